@@ -1,0 +1,11 @@
+"""Importing this module registers every command on the app (one module per command)."""
+
+from . import (  # noqa: F401
+    collect_cmd,
+    generate_cmd,
+    report_cmd,
+    run_cmd,
+    runs_cmd,
+    saes_cmd,
+    score_cmd,
+)

@@ -1,0 +1,132 @@
+"""The columns of every table in the store (``run`` and ``sae`` are added by the store).
+
+Stage code builds tables with ``make_table(name, rows_or_columns)`` so that types stay stable
+across stages, runs and empty results (DuckDB globs over many files need identical schemas).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMAS: dict[str, pa.Schema] = {
+    # one row per SAE latent (all of them, not only selected ones)
+    "features": pa.schema([
+        ("feature_index", pa.int64()),
+        ("frequency", pa.float64()),        # firings / counted tokens
+        ("n_firings", pa.int64()),          # counted tokens with activation > 0
+        ("max_activation", pa.float64()),   # over every counted token of the pass
+        ("top_activation", pa.float64()),   # strongest top-window peak (marks use 1% of this)
+        ("alive", pa.bool_()),              # n_firings > dead_min_firings (15 by default)
+        ("selected", pa.bool_()),           # chosen for this run's examples
+    ]),
+    # candidate peaks kept by the one-pass collector, so other selections need no new pass
+    "candidates": pa.schema([
+        ("feature_index", pa.int64()),
+        ("pool", pa.string()),              # top | iw
+        ("rank", pa.int32()),
+        ("window_index", pa.int64()),
+        ("position", pa.int32()),           # token position of the peak inside its context window
+        ("activation", pa.float64()),
+        ("key", pa.float64()),              # weighted-reservoir key (iw pool), NaN for top
+    ]),
+    # per selected feature: top windows and importance-weighted samples
+    "examples": pa.schema([
+        ("feature_index", pa.int64()),
+        ("example_index", pa.int32()),
+        ("kind", pa.string()),              # top | iw
+        ("max_activation", pa.float64()),   # the peak's activation in its full context
+        ("text", pa.string()),              # activating tokens marked {{like this}}
+        ("token_ids", pa.list_(pa.int32())),
+        ("tokens", pa.list_(pa.string())),
+        ("activations", pa.list_(pa.float32())),
+        ("peak_offset", pa.int32()),        # index of the peak inside token_ids
+        ("window_index", pa.int64()),       # corpus context window it came from
+        ("context_position", pa.int32()),   # peak position inside that context
+        ("doc_index", pa.int64()),          # source document of the peak token
+        ("doc_token_position", pa.int64()), # peak's token offset inside its document
+    ]),
+    "queries": pa.schema([
+        ("feature_index", pa.int64()),
+        ("generator", pa.string()),
+        ("system_prompt", pa.string()),
+        ("user_prompt", pa.string()),
+        ("response", pa.string()),
+        ("status", pa.string()),            # ok | error | imported
+        ("attempts", pa.int32()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("latency_s", pa.float64()),
+        ("n_parsed", pa.int32()),
+        ("parse_method", pa.string()),      # separator | blank_lines | numbered | single | table
+        ("cost_usd", pa.float64()),
+        ("query_hash", pa.string()),
+        ("error", pa.string()),
+    ]),
+    "generations": pa.schema([
+        ("feature_index", pa.int64()),
+        ("generator", pa.string()),
+        ("sample_index", pa.int32()),
+        ("text", pa.string()),
+    ]),
+    "scores": pa.schema([
+        ("feature_index", pa.int64()),
+        ("source", pa.string()),            # generated | original
+        ("variant", pa.string()),           # generated | window (exact tokens) | text (original method)
+        ("generator", pa.string()),         # the generator for generated rows, '' for originals
+        ("sample_index", pa.int32()),       # sample_index, or example_index for originals
+        ("text", pa.string()),
+        ("n_tokens", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("empty", pa.bool_()),
+        ("max_activation", pa.float64()),   # NULL when empty
+        ("max_position", pa.int32()),
+        ("active", pa.bool_()),             # max_activation > threshold; NULL when empty
+        ("frac_of_top", pa.float64()),      # max_activation / the feature's top_activation
+        ("activations", pa.list_(pa.float32())),
+    ]),
+    "feature_stats": pa.schema([
+        ("feature_index", pa.int64()),
+        ("generator", pa.string()),
+        ("generated_sensitivity", pa.float64()),
+        ("original_sensitivity", pa.float64()),         # originals re-tokenised, as the original code
+        ("original_sensitivity_window", pa.float64()),  # originals as their exact token windows
+        ("n_generated", pa.int64()),
+        ("n_original", pa.int64()),
+        ("n_empty", pa.int64()),
+        ("mean_max_activation", pa.float64()),
+        ("median_max_activation", pa.float64()),
+        ("top_activation", pa.float64()),
+        ("threshold", pa.float64()),
+    ]),
+}
+
+
+def make_table(name: str, data: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Build table ``name`` from columns or row dicts; missing columns become NULL, extra ones are kept."""
+    schema = SCHEMAS[name]
+    if isinstance(data, Mapping):
+        n = len(next(iter(data.values()))) if data else 0
+        cols = dict(data)
+    else:
+        rows = list(data)
+        n = len(rows)
+        keys: list[str] = list(schema.names) + sorted({k for r in rows for k in r} - set(schema.names))
+        cols = {k: [r.get(k) for r in rows] for k in keys}
+    arrays, fields = [], []
+    for field in schema:
+        values = cols.get(field.name, [None] * n)
+        arrays.append(pa.array(values, type=field.type) if not isinstance(values, pa.Array) else values.cast(field.type))
+        fields.append(field)
+    for k, values in cols.items():
+        if k not in schema.names:
+            arr = values if isinstance(values, pa.Array) else pa.array(values)
+            arrays.append(arr)
+            fields.append(pa.field(k, arr.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def empty_table(name: str) -> pa.Table:
+    return SCHEMAS[name].empty_table()

@@ -1,0 +1,136 @@
+"""What every stage shares: opening the SAE and its model once, freshness checks, manifest records.
+
+A stage module (collect, generate, score) has a pure function (tables in, tables out) and a
+``run_<stage>(store, run, sae, ...)`` wrapper that uses the helpers here to skip fresh work,
+write its tables atomically and record what it did. The CLI calls only the wrappers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from .errors import ConfigError
+from .model import HookedLM, load_model
+from .progress import NULL_PROGRESS, ProgressSink
+from .sae import Sae, load_sae
+from .store import Store, now_iso
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to run the model: all optional, defaults come from the SAE's spec."""
+
+    model: str | None = None
+    hook: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int = 32
+
+
+_MODEL_CACHE: dict[tuple[str, str, str, str], HookedLM] = {}
+
+
+def open_sae(name: str, opts: ModelOptions) -> Sae:
+    return load_sae(name, device=opts.device, dtype=opts.dtype)
+
+
+def open_model(sae: Sae, opts: ModelOptions) -> HookedLM:
+    """The model the SAE reads, at the SAE's hook; loaded once per process and reused across SAEs."""
+    model_id = opts.model or sae.spec.model_id
+    if not model_id:
+        raise ConfigError(f"SAE {sae.spec.name!r} does not say which model it reads", "pass --model <hub id or folder>")
+    hook = opts.hook or sae.spec.hook
+    if not hook:
+        raise ConfigError(f"SAE {sae.spec.name!r} does not say which hook it reads", "pass --hook blocks.<L>.hook_resid_post")
+    dtype = opts.dtype or sae.spec.default_dtype
+    key = (model_id, hook, str(opts.device), str(dtype))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()  # one model in memory at a time
+        _MODEL_CACHE[key] = load_model(model_id, hook, device=opts.device, dtype=dtype)
+    lm = _MODEL_CACHE[key]
+    if lm.d_model != sae.d_in:
+        raise ConfigError(
+            f"SAE {sae.spec.name!r} reads {sae.d_in}-dim activations but {model_id} has d_model {lm.d_model}",
+            "pass the --model this SAE was trained on",
+        )
+    if sae.device != lm.device:
+        sae.to(lm.device)
+    return lm
+
+
+def model_inputs(sae: Sae, lm: HookedLM) -> dict[str, str]:
+    """The non-table inputs of a model stage, for the manifest (no secrets: ids and hashes only)."""
+    return {
+        "sae_weights": sae.weight_hash,
+        "model": f"{lm.model_id}@{lm.revision or 'local'}",
+        "hook": lm.hook.name,
+    }
+
+
+def record_sae_info(store: Store, run: str, sae_name: str, sae: Sae) -> None:
+    manifest = store.manifest(run, sae_name)
+    info = {k: v for k, v in sae.spec.to_json().items() if k != "extra"}
+    info.update({"d_in": sae.d_in, "d_sae": sae.d_sae})
+    ev = sae.info.get("eval_results")
+    if isinstance(ev, dict):
+        info["eval_results"] = ev
+    manifest.data["sae_info"] = info
+    manifest.save()
+
+
+def table_inputs(store: Store, run: str, sae: str, tables: list[str]) -> dict[str, str]:
+    """``table:<name>`` -> content hash, for each upstream table (read through the store so that a
+    missing one is a clear error)."""
+    out = {}
+    for t in tables:
+        h = store.table_hash(run, sae, t)
+        if h is None:
+            store.read_table(run, sae, t)  # raises MissingTableError with the fix
+        out[f"table:{t}"] = str(h)
+    return out
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    skipped: bool
+    rows: dict[str, int]
+    extra: dict[str, Any]
+
+
+def run_stage(
+    store: Store,
+    run: str,
+    sae: str,
+    stage: str,
+    *,
+    config: dict[str, Any],
+    inputs: dict[str, str],
+    compute: Callable[[], dict[str, pa.Table]],
+    outputs: dict[str, tuple[str, Any] | None] | None = None,
+    force: bool = False,
+    extra: Callable[[], dict[str, Any]] | None = None,
+    progress: ProgressSink = NULL_PROGRESS,
+) -> StageOutcome:
+    """Skip when fresh, else compute, write every returned table atomically and record the stage.
+
+    ``outputs`` names the row filter a stage owns in a table other stages also write
+    (``{"generations": ("generator", g)}``); tables not named are owned whole.
+    """
+    if not force and store.is_fresh(run, sae, stage, config, inputs):
+        rec = store.manifest(run, sae).stage(stage)
+        rows = {t: int(o.get("rows", 0)) for t, o in (rec.outputs if rec else {}).items()}
+        progress.log(f"{stage}: {sae} is up to date (use --force to rerun)")
+        return StageOutcome(stage, True, rows, rec.extra if rec else {})
+    started = now_iso()
+    tables = compute()
+    for name, table in tables.items():
+        store.write_table(run, sae, name, table)
+    owned = {name: (outputs or {}).get(name) for name in tables}
+    ex = extra() if extra else {}
+    rec = store.record_stage(run, sae, stage, config=config, inputs=inputs, outputs=owned, started_at=started, extra=ex)
+    return StageOutcome(stage, False, {t: int(o["rows"]) for t, o in rec.outputs.items()}, ex)

@@ -1,0 +1,201 @@
+"""Tiny real components for tests and benchmarks: an offline-built tokenizer, a randomly
+initialised causal LM saved as a normal Hugging Face folder, and SAEs saved in the
+dictionary_learning format that sae_bench's loaders read. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+WORDS = (
+    "the cat sat on a mat while dogs ran in the park and birds sang songs about rivers mountains "
+    "cities rain sun moon stars coffee tea bread apple orange music piano guitar science physics "
+    "chemistry history war peace king queen river ocean ship train car road bridge tower castle"
+).split()
+
+
+def tiny_corpus(n_docs: int = 200, seed: int = 0, words: Sequence[str] = WORDS) -> list[str]:
+    """Deterministic pseudo-English documents, 20-80 words each."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        n = rng.randint(20, 80)
+        docs.append(" ".join(rng.choice(words) for _ in range(n)) + ".")
+    return docs
+
+
+def build_tokenizer(texts: Sequence[str], vocab_size: int = 400) -> Any:
+    """A byte-level BPE tokenizer trained on ``texts`` (instant), with <bos>/<eos>/<pad>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        chat_template=(
+            "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+        ),
+    )
+
+
+def build_tiny_model(
+    folder: str | Path,
+    *,
+    family: str = "llama",
+    texts: Sequence[str] | None = None,
+    hidden: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Save a randomly initialised causal LM plus its tokenizer to ``folder`` and return it."""
+    import transformers as tf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(texts or tiny_corpus())
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    if family == "llama":
+        cfg: Any = tf.LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **common)
+        model: Any = tf.LlamaForCausalLM(cfg)
+    elif family == "gpt_neox":
+        cfg = tf.GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                               num_attention_heads=4, max_position_embeddings=512, **common)
+        model = tf.GPTNeoXForCausalLM(cfg)
+    elif family == "gpt2":
+        cfg = tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **common)
+        model = tf.GPT2LMHeadModel(cfg)
+    elif family == "qwen2":
+        cfg = tf.Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **common)
+        model = tf.Qwen2ForCausalLM(cfg)
+    elif family == "gemma2":
+        cfg = tf.Gemma2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                              num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+                              **common)
+        model = tf.Gemma2ForCausalLM(cfg)
+    elif family == "gemma3_text":
+        cfg = tf.Gemma3TextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                                  num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+                                  max_position_embeddings=512, **common)
+        model = tf.Gemma3ForCausalLM(cfg)
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def save_dictionary_learning_sae(
+    folder: str | Path,
+    *,
+    W_enc: torch.Tensor,  # [d_in, d_sae]
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor | None = None,  # [d_sae, d_in]
+    b_dec: torch.Tensor | None = None,
+    trainer_class: str = "StandardTrainer",
+    layer: int = 1,
+    lm_name: str = "tiny-llama",
+    k: int | None = None,
+    threshold: float | torch.Tensor | None = None,
+    extra_state: dict[str, torch.Tensor] | None = None,
+    eval_results: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``ae.pt`` + ``config.json`` exactly as dictionary_learning / SAEBench do."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    d_in, d_sae = W_enc.shape
+    if W_dec is None:
+        W_dec = W_enc.T.clone()
+    if b_dec is None:
+        b_dec = torch.zeros(d_in)
+    state: dict[str, torch.Tensor] = {
+        "encoder.weight": W_enc.T.contiguous().float(),
+        "encoder.bias": b_enc.float(),
+        "decoder.weight": W_dec.T.contiguous().float(),
+        "bias": b_dec.float(),
+    }
+    if k is not None:
+        state["k"] = torch.tensor(k, dtype=torch.int)
+    if threshold is not None:
+        state["threshold"] = torch.as_tensor(threshold, dtype=torch.float32)
+    state.update(extra_state or {})
+    torch.save(state, folder / "ae.pt")
+    trainer = {"trainer_class": trainer_class, "layer": layer, "lm_name": lm_name,
+               "activation_dim": d_in, "dict_size": d_sae}
+    if k is not None:
+        trainer["k"] = k
+    (folder / "config.json").write_text(json.dumps({"trainer": trainer}, indent=2))
+    if eval_results is not None:
+        (folder / "eval_results.json").write_text(json.dumps(eval_results, indent=2))
+    return folder
+
+
+def token_detector_sae(
+    folder: str | Path,
+    model_dir: str | Path,
+    token_ids: Sequence[int],
+    *,
+    layer: int = 1,
+    n_random: int = 6,
+    seed: int = 0,
+    texts: Sequence[str] | None = None,
+) -> Path:
+    """A ReLU SAE whose latent ``i < len(token_ids)`` fires exactly where ``token_ids[i]`` appears.
+
+    Directions and biases are fitted on the tiny model's own hidden states at ``layer`` (the residual
+    stream keeps each token's identity linearly readable), then the bias is set halfway between the
+    weakest on-token and strongest off-token projection. Extra random latents make it a real SAE.
+    """
+    from .model import load_model
+
+    lm = load_model(str(model_dir), f"blocks.{layer}.hook_resid_post", device="cpu", dtype="float32")
+    docs = list(texts or tiny_corpus(100, seed=seed + 1))
+    seqs = [ids for ids, _ in lm.encode_texts(docs, 128)]
+    ids, mask = lm.pad(seqs)
+    h = lm.hidden(ids, mask).float()
+    keep = lm.count_mask(ids, mask)
+    hs, toks = h[keep], ids[keep]
+    g = torch.Generator().manual_seed(seed)
+    cols, biases = [], []
+    for t in token_ids:
+        on = toks == t
+        if not on.any():
+            raise ValueError(f"token {t} never appears in the fitting texts")
+        w = hs[on].mean(0) - hs[~on].mean(0)
+        w = w / w.norm()
+        proj = hs @ w
+        lo, hi = proj[on].min(), proj[~on].max()
+        if lo <= hi:
+            raise ValueError(f"token {t} is not linearly separable at layer {layer}")
+        cols.append(w)
+        biases.append(-(lo + hi) / 2)
+    d_in = hs.shape[1]
+    # sae_bench's loaders require d_sae >= d_in
+    for _ in range(max(n_random, d_in - len(token_ids))):
+        cols.append(torch.randn(d_in, generator=g) / d_in**0.5)
+        biases.append(torch.tensor(-0.1))
+    W_enc = torch.stack(cols, 1)
+    b_enc = torch.stack([torch.as_tensor(b, dtype=torch.float32) for b in biases])
+    return save_dictionary_learning_sae(folder, W_enc=W_enc, b_enc=b_enc, layer=layer,
+                                        lm_name=Path(model_dir).name)
