@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,6 +243,23 @@ class HookedLM:
         return captured[0]
 
 
+def _demo_model(model_id: str) -> str:
+    from . import demo
+
+    return str(demo.resolve_model(model_id))
+
+
+# Model ids with a prefix resolve to a local folder first (e.g. "demo:smollm2" -> converted GGUF cache).
+MODEL_RESOLVERS: dict[str, Callable[[str], str]] = {"demo:": _demo_model}
+
+
+def resolve_model_id(model_id: str) -> str:
+    for prefix, fn in MODEL_RESOLVERS.items():
+        if model_id.startswith(prefix):
+            return fn(model_id)
+    return model_id
+
+
 def load_model(
     model_id: str,
     hook: str,
@@ -256,6 +273,7 @@ def load_model(
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, model_id)
+    label, model_id = model_id, resolve_model_id(model_id)
     token = os.environ.get("HF_TOKEN") or None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, token=token)
@@ -269,4 +287,4 @@ def load_model(
         ) from e
     model.to(dev)
     resolved_rev = revision or getattr(model.config, "_commit_hash", None)
-    return HookedLM(model, tokenizer, hook, model_id=model_id, revision=resolved_rev)
+    return HookedLM(model, tokenizer, hook, model_id=label, revision=resolved_rev)
