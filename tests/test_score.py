@@ -287,7 +287,8 @@ def test_generator_filter_and_errors(lm: HookedLM, detector_sae: Sae) -> None:
     with pytest.raises(ConfigError, match="'zz'") as e:
         score_tables(lm, detector_sae, examples(lm, []), gens, features([0]), ScoreConfig(generator="zz"))
     assert "generators in this run: a, b" in e.value.one_line()
-    with pytest.raises(MissingTableError, match="generate"):
+    with pytest.raises(MissingTableError, match="empty") as e2:
         score_tables(lm, detector_sae, examples(lm, []), generations([]), features([0]), ScoreConfig())
+    assert "sae-sens generate" in e2.value.one_line()
     with pytest.raises(ConfigError, match="max-length"):
         score_tables(lm, detector_sae, examples(lm, []), gens, features([0]), ScoreConfig(max_length=1))
