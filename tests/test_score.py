@@ -292,3 +292,78 @@ def test_generator_filter_and_errors(lm: HookedLM, detector_sae: Sae) -> None:
     assert "sae-sens generate" in e2.value.one_line()
     with pytest.raises(ConfigError, match="max-length"):
         score_tables(lm, detector_sae, examples(lm, []), gens, features([0]), ScoreConfig(max_length=1))
+
+
+# ----- the stage and the CLI over a real store --------------------------------------------------
+
+@pytest.fixture()
+def store_dir(tmp_path: Path, lm: HookedLM, detector: Path) -> Path:
+    from sae_sens.store import Store
+
+    store = Store(tmp_path / "evals")
+    sae = str(detector)
+    store.write_table("default", sae, "features", features([0, 2]))
+    store.write_table("default", sae, "examples", examples(lm, [(0, "the {{cat}} sat"), (2, "a {{castle}}")]))
+    store.write_table("default", sae, "generations", generations(
+        [(0, "imported", t) for t in ("the cat", "a cat sat", "the dog")]
+        + [(2, "imported", t) for t in ("the castle", "a tower")]
+        + [(0, "other", t) for t in ("a cat", "the cat ran")]
+    ))
+    return store.root
+
+
+def cli(*args: str) -> int:
+    from sae_sens.cli.app import main
+
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_cli_score_end_to_end(store_dir: Path, model_dir: Path, detector: Path,
+                              capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from sae_sens.cli import output
+    from sae_sens.store import Store
+
+    monkeypatch.setattr(output.console, "width", 200)  # one table line per generator
+
+    base = ("score", "--sae", str(detector), "--store", str(store_dir), "--model", str(model_dir),
+            "--device", "cpu", "--batch-size", "2")
+    assert cli(*base) == 0
+    out = capsys.readouterr()
+    lines = {line.split("│")[1].strip(): line for line in out.out.splitlines() if line.count("│") > 2}
+    assert set(lines) == {"imported", "other"}
+    # imported: 2 features, mean generated sensitivity (2/3 + 1/2) / 2, originals all active, 5 samples
+    assert [c.strip() for c in lines["imported"].split("│")[2:-1]] == ["2", "0.5833", "1", "1", "5", "0", "0"]
+    assert "11 rows from" in out.err  # 7 generated + 2 originals × 2 variants, logged by the stage
+    store = Store(store_dir)
+    stats = store.read_table("default", str(detector), "feature_stats")
+    assert stat(stats, 0, "imported")["generated_sensitivity"] == pytest.approx(2 / 3)
+    assert stat(stats, 2, "imported")["generated_sensitivity"] == 0.5
+    assert stat(stats, 0, "other")["generated_sensitivity"] == 1.0
+    assert stat(stats, 0, "other")["original_sensitivity"] == 1.0
+    scores = store.read_table("default", str(detector), "scores")
+    assert set(scores["run"].to_pylist()) == {"default"} and set(scores["sae"].to_pylist()) == {str(detector)}
+    rec = store.manifest("default", str(detector)).stage("score")
+    assert rec is not None and rec.config["threshold"] == 1e-6 and "table:generations" in rec.inputs
+    # unchanged inputs: skipped; --force reruns; another threshold reruns
+    assert cli(*base) == 0
+    assert "up to date" in capsys.readouterr().err
+    assert cli(*base, "--threshold", "1000") == 0
+    stats = store.read_table("default", str(detector), "feature_stats")
+    assert stat(stats, 0, "imported")["generated_sensitivity"] == 0.0
+    assert stat(stats, 0, "imported")["threshold"] == 1000
+
+
+def test_cli_score_without_generations_says_what_to_do(store_dir: Path, model_dir: Path, detector: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from sae_sens.store import Store
+
+    Store(store_dir).table_path("default", str(detector), "generations").unlink()
+    code = cli("score", "--sae", str(detector), "--store", str(store_dir), "--model", str(model_dir))
+    err = capsys.readouterr().err
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "no generations table" in err and "sae-sens generate" in err
