@@ -216,13 +216,13 @@ def score_tables(
     gen_texts = [t or "" for t in _column(gens, "text")]
     texts = gen_texts + [original_text(t or "") for t in _column(examples, "text")]
     distinct = sorted(set(texts))
-    encoded = dict(zip(distinct, lm.encode_texts(distinct, cfg.max_length))) if distinct else {}
+    encoded = dict(zip(distinct, lm.encode_texts(distinct, cfg.max_length), strict=True)) if distinct else {}
 
-    for f, g, s, t in zip(*(_column(gens, c) for c in ("feature_index", "generator", "sample_index")), gen_texts):
+    for f, g, s, t in zip(*(_column(gens, c) for c in ("feature_index", "generator", "sample_index")), gen_texts, strict=True):
         ids, trunc = encoded[t]
         add(int(f), ids, trunc, t, source="generated", variant="generated", generator=g, sample_index=int(s), kind=None)
     cols = ("feature_index", "example_index", "kind", "text", "token_ids")
-    for f, e, k, t, tok in zip(*(_column(examples, c) for c in cols)):
+    for f, e, k, t, tok in zip(*(_column(examples, c) for c in cols), strict=True):
         common = dict(source="original", generator="", sample_index=int(e), kind=k)
         ids, trunc = window_ids(tok or [], lm.bos_id, cfg.max_length)
         add(int(f), ids, trunc, t or "", variant="window", **common)  # type: ignore[arg-type]
@@ -234,7 +234,7 @@ def score_tables(
         lm, sae, sequences, [sorted(n) for n in needs],
         batch_size=batch_size, chunk_tokens=cfg.chunk_tokens, progress=progress, task=f"score {sae.spec.name}",
     )
-    top = dict(zip(_column(features, "feature_index"), _column(features, "top_activation")))
+    top = dict(zip(_column(features, "feature_index"), _column(features, "top_activation"), strict=True))
     scores = _scores_table(rows, traces, top, cfg.threshold)
     stats = feature_stats(scores, generators, top, cfg.threshold)
     counts = {
@@ -275,7 +275,7 @@ def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, An
     generated: dict[tuple[int, str], list[tuple[bool, float]]] = {}
     empty: dict[tuple[int, str], int] = {}
     truncated: dict[tuple[int, str], int] = {}
-    for f, src, var, g, act, m, tr in zip(*cols.values()):
+    for f, src, var, g, act, m, tr in zip(*cols.values(), strict=True):
         if src == "original":
             if act is not None:
                 originals.setdefault((f, var), []).append(act)

@@ -153,7 +153,7 @@ def test_chunked_equals_unchunked(lm: HookedLM, random_saes: Sae) -> None:
     chunked, _ = score_tables(*args, ScoreConfig(chunk_tokens=3))
     a, b = whole["scores"], chunked["scores"]
     np.testing.assert_allclose(a["max_activation"].to_numpy(), b["max_activation"].to_numpy(), atol=1e-6)
-    for x, y in zip(a["activations"].to_pylist(), b["activations"].to_pylist()):
+    for x, y in zip(a["activations"].to_pylist(), b["activations"].to_pylist(), strict=True):
         np.testing.assert_allclose(x, y, atol=1e-6)
     assert a["max_position"].to_pylist() == b["max_position"].to_pylist()
 
