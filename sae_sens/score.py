@@ -28,17 +28,23 @@ chunked over tokens so TopK-style SAEs, which need every pre-activation, stay in
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from .errors import ConfigError, MissingTableError
+from .hashing import hash_bytes, hash_config
 from .model import HookedLM
 from .progress import NULL_PROGRESS, ProgressSink
 from .sae import Sae
@@ -53,7 +59,7 @@ from .stages import (
     run_stage,
     table_inputs,
 )
-from .store import Store
+from .store import Store, atomic_write_json, atomic_write_parquet
 
 _MARK_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 
@@ -98,6 +104,89 @@ def window_ids(token_ids: Sequence[int], bos_id: int | None, max_length: int) ->
     return ids[:max_length], len(ids) > max_length
 
 
+def _seq_key(ids: Sequence[int]) -> str:
+    return hash_bytes(np.asarray(ids, dtype=np.int64).tobytes())
+
+
+class Checkpoint:
+    """Finished traces of an interrupted scoring run, as Parquet parts in ``folder``.
+
+    ``key`` names everything a trace depends on besides its token ids and latent (model, SAE
+    weights, hook, dtype, device); parts written under another key are discarded.
+    """
+
+    def __init__(self, folder: Path, key: str, every_s: float = 30.0) -> None:
+        self.folder, self.key, self.every_s = folder, key, every_s
+        self._pending: list[tuple[str, int, Trace]] = []
+        self._last = time.monotonic()
+
+    def load(self) -> dict[tuple[str, int], Trace]:
+        key_file = self.folder / "key.json"
+        if not key_file.exists() or json.loads(key_file.read_text()) != self.key:
+            self.clear()
+            atomic_write_json(key_file, self.key)
+            return {}
+        done = {}
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            for r in pq.read_table(part).to_pylist():
+                acts = np.asarray(r["activations"], dtype=np.float32)
+                done[(r["seq"], r["latent"])] = Trace(r["max_activation"], r["max_position"], acts)
+        return done
+
+    def add(self, seq: str, latent: int, trace: Trace) -> None:
+        self._pending.append((seq, latent, trace))
+        if time.monotonic() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            table = pa.table({
+                "seq": [s for s, _, _ in self._pending],
+                "latent": pa.array([f for _, f, _ in self._pending], pa.int64()),
+                "max_activation": pa.array([t.max_activation for _, _, t in self._pending], pa.float64()),
+                "max_position": pa.array([t.max_position for _, _, t in self._pending], pa.int32()),
+                "activations": pa.array([t.activations for _, _, t in self._pending], pa.list_(pa.float32())),
+            })
+            n = len(list(self.folder.glob("part-*.parquet")))
+            atomic_write_parquet(self.folder / f"part-{n:06d}.parquet", table)
+            self._pending = []
+        self._last = time.monotonic()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+
+def _score_batch(
+    lm: HookedLM, sae: Sae, seqs: Sequence[Sequence[int]], wanted: Sequence[Sequence[int]], chunk_tokens: int
+) -> list[dict[int, Trace]]:
+    """One forward pass; the SAE computes the union of the wanted latents on counted tokens only."""
+    union = sorted({f for w in wanted for f in w})
+    col = {f: c for c, f in enumerate(union)}
+    ids, mask = lm.pad(seqs)
+    keep = lm.count_mask(ids, mask)
+    hidden = lm.hidden(ids, mask)
+    lat = torch.as_tensor(union, dtype=torch.long, device=sae.device)
+    acts = sae.encode_latents(hidden[keep.to(hidden.device)], lat, chunk_tokens).float()
+    dense = torch.zeros((*keep.shape, len(union)), dtype=torch.float32, device=acts.device)
+    dense[keep.to(acts.device)] = acts
+    dense_np, keep_np = dense.cpu().numpy(), keep.numpy()
+    out: list[dict[int, Trace]] = []
+    for row, (seq, fs) in enumerate(zip(seqs, wanted, strict=True)):
+        counted = keep_np[row, 1 : len(seq)]
+        traces = {}
+        for f in fs:
+            a = np.ascontiguousarray(dense_np[row, 1 : len(seq), col[f]])
+            if counted.any():
+                masked = np.where(counted, a, -np.inf)
+                pos = int(masked.argmax())
+                traces[f] = Trace(float(masked[pos]), pos, a)
+            else:
+                traces[f] = Trace(None, None, a)
+        out.append(traces)
+    return out
+
+
 def score_sequences(
     lm: HookedLM,
     sae: Sae,
@@ -108,43 +197,32 @@ def score_sequences(
     chunk_tokens: int = 4096,
     progress: ProgressSink = NULL_PROGRESS,
     task: str = "score",
+    checkpoint: Checkpoint | None = None,
 ) -> list[dict[int, Trace]]:
     """For each sequence (already starting with BOS), the traces of the latents it needs.
 
     Sequences run longest first in batches of ``batch_size`` (little padding, and an out-of-memory
-    batch shows up at once); a batch's SAE call computes the union of its sequences' latents on
-    its counted tokens only.
+    batch shows up at once). With a ``checkpoint``, traces it holds are reused and new ones saved.
     """
-    out: list[dict[int, Trace]] = [{} for _ in sequences]
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    keys = [_seq_key(s) for s in sequences]
+    done = checkpoint.load() if checkpoint is not None else {}
+    out = [{int(f): done[(k, int(f))] for f in fs if (k, int(f)) in done} for k, fs in zip(keys, latents, strict=True)]
+    todo = [[int(f) for f in fs if int(f) not in o] for fs, o in zip(latents, out, strict=True)]
+    order = sorted((i for i in range(len(sequences)) if todo[i]), key=lambda i: -len(sequences[i]))
     progress.start(task, total=len(order))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        union = sorted({int(f) for i in batch for f in latents[i]})
-        if union:
-            ids, mask = lm.pad([sequences[i] for i in batch])
-            keep = lm.count_mask(ids, mask)
-            hidden = lm.hidden(ids, mask)
-            keep_dev = keep.to(hidden.device)
-            lat = torch.as_tensor(union, dtype=torch.long, device=sae.device)
-            acts = sae.encode_latents(hidden[keep_dev], lat, chunk_tokens).float()
-            dense = torch.zeros((*keep.shape, len(union)), dtype=torch.float32, device=acts.device)
-            dense[keep_dev.to(acts.device)] = acts
-            dense_np = dense.cpu().numpy()
-            keep_np = keep.numpy()
-            col = {f: c for c, f in enumerate(union)}
-            for row, i in enumerate(batch):
-                n = len(sequences[i])
-                counted = keep_np[row, 1:n]
-                for f in latents[i]:
-                    a = np.ascontiguousarray(dense_np[row, 1:n, col[int(f)]])
-                    if counted.any():
-                        masked = np.where(counted, a, -np.inf)
-                        pos = int(masked.argmax())
-                        out[i][int(f)] = Trace(float(masked[pos]), pos, a)
-                    else:
-                        out[i][int(f)] = Trace(None, None, a)
-        progress.advance(task, len(batch), f"{len(union)} latents")
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            traces = _score_batch(lm, sae, [sequences[i] for i in batch], [todo[i] for i in batch], chunk_tokens)
+            for i, tr in zip(batch, traces, strict=True):
+                out[i].update(tr)
+                if checkpoint is not None:
+                    for f, t in tr.items():
+                        checkpoint.add(keys[i], f, t)
+            progress.advance(task, len(batch), f"{len({f for i in batch for f in todo[i]})} latents")
+    finally:  # keep what finished, even when interrupted
+        if checkpoint is not None:
+            checkpoint.flush()
     progress.finish(task)
     return out
 
@@ -188,6 +266,7 @@ def score_tables(
     *,
     batch_size: int = 32,
     progress: ProgressSink = NULL_PROGRESS,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[dict[str, pa.Table], dict[str, int]]:
     """Tables in, ``{"scores", "feature_stats"}`` out, plus counts for the stage record."""
     cfg.validate()
@@ -233,6 +312,7 @@ def score_tables(
     traces = score_sequences(
         lm, sae, sequences, [sorted(n) for n in needs],
         batch_size=batch_size, chunk_tokens=cfg.chunk_tokens, progress=progress, task=f"score {sae.spec.name}",
+        checkpoint=checkpoint,
     )
     top = dict(zip(_column(features, "feature_index"), _column(features, "top_activation"), strict=True))
     scores = _scores_table(rows, traces, top, cfg.threshold)
@@ -331,6 +411,10 @@ def run_score(
     lm = open_model(sae, opts)
     record_sae_info(store, run, sae_name, sae)
     counts: dict[str, int] = {}
+    inputs = {**tables, **model_inputs(sae, lm)}
+    # an interrupted run resumes from the traces it finished (Ctrl-C, crash, preemption)
+    key = hash_config({**model_inputs(sae, lm), "dtype": str(lm.dtype), "device": lm.device.type})
+    checkpoint = Checkpoint(store.checkpoint_dir(run, sae_name, "score"), key)
 
     def compute() -> dict[str, pa.Table]:
         result, c = score_tables(
@@ -338,7 +422,7 @@ def run_score(
             store.read_table(run, sae_name, "examples"),
             store.read_table(run, sae_name, "generations"),
             store.read_table(run, sae_name, "features"),
-            cfg, batch_size=opts.batch_size, progress=progress,
+            cfg, batch_size=opts.batch_size, progress=progress, checkpoint=checkpoint,
         )
         counts.update(c)
         progress.log(
@@ -347,15 +431,17 @@ def run_score(
         )
         return result
 
-    return run_stage(
+    outcome = run_stage(
         store, run, sae_name, "score",
         config=cfg.stage_config(),
-        inputs={**tables, **model_inputs(sae, lm)},
+        inputs=inputs,
         compute=compute,
         force=force,
         extra=lambda: dict(counts),
         progress=progress,
     )
+    shutil.rmtree(checkpoint.folder, ignore_errors=True)
+    return outcome
 
 
 def summarize(scores: pa.Table, stats: pa.Table) -> list[dict[str, Any]]:

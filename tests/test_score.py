@@ -13,9 +13,10 @@ import torch
 
 from sae_sens.errors import ConfigError, MissingTableError
 from sae_sens.model import HookedLM, load_model
+from sae_sens.progress import NullProgress
 from sae_sens.sae import Sae, load_sae
 from sae_sens.schemas import make_table
-from sae_sens.score import ScoreConfig, original_text, score_tables, window_ids
+from sae_sens.score import Checkpoint, ScoreConfig, original_text, score_tables, window_ids
 from sae_sens.testing import WORDS, build_tiny_model, save_dictionary_learning_sae, token_detector_sae
 
 LAYER = 1
@@ -346,6 +347,7 @@ def test_cli_score_end_to_end(store_dir: Path, model_dir: Path, detector: Path,
     assert stat(stats, 0, "other")["original_sensitivity"] == 1.0
     scores = store.read_table("default", str(detector), "scores")
     assert set(scores["run"].to_pylist()) == {"default"} and set(scores["sae"].to_pylist()) == {str(detector)}
+    assert not store.checkpoint_dir("default", str(detector), "score").exists()  # removed once written
     rec = store.manifest("default", str(detector)).stage("score")
     assert rec is not None and rec.config["threshold"] == 1e-6 and "table:generations" in rec.inputs
     # unchanged inputs: skipped; --force reruns; another threshold reruns
@@ -367,3 +369,33 @@ def test_cli_score_without_generations_says_what_to_do(store_dir: Path, model_di
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "no generations table" in err and "sae-sens generate" in err
+
+
+class StopAfter(NullProgress):
+    """Interrupts scoring (as Ctrl-C would) after ``n`` batches."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def advance(self, task: str, n: int = 1, info: str = "") -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_scoring_resumes_from_its_checkpoint(tmp_path: Path, lm: HookedLM, detector_sae: Sae) -> None:
+    texts = list(dict.fromkeys(random_texts(30, seed=21)))[:12]
+    gens = generations([(f, "a", t) for t in texts for f in (0, 2)])
+    args = (lm, detector_sae, examples(lm, []), gens, features([0, 2]), ScoreConfig())
+    with pytest.raises(KeyboardInterrupt):
+        score_tables(*args, batch_size=4, progress=StopAfter(2), checkpoint=Checkpoint(tmp_path / "ck", "k1"))
+    before = lm.forward_calls
+    resumed, _ = score_tables(*args, batch_size=4, checkpoint=Checkpoint(tmp_path / "ck", "k1"))
+    assert lm.forward_calls - before == 1  # 12 texts in 3 batches, 2 of them saved
+    fresh, _ = score_tables(*args, batch_size=4)
+    for col in ("max_activation", "max_position", "active", "activations"):
+        assert resumed["scores"][col].to_pylist() == fresh["scores"][col].to_pylist()
+    # traces saved for another model / SAE are not reused
+    before = lm.forward_calls
+    score_tables(*args, batch_size=4, checkpoint=Checkpoint(tmp_path / "ck", "k2"))
+    assert lm.forward_calls - before == 3
