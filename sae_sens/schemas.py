@@ -77,15 +77,16 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("variant", pa.string()),           # generated | window (exact tokens) | text (original method)
         ("generator", pa.string()),         # the generator for generated rows, '' for originals
         ("sample_index", pa.int32()),       # sample_index, or example_index for originals
-        ("text", pa.string()),
-        ("n_tokens", pa.int32()),
-        ("truncated", pa.bool_()),
-        ("empty", pa.bool_()),
-        ("max_activation", pa.float64()),   # NULL when empty
-        ("max_position", pa.int32()),
+        ("kind", pa.string()),              # top | iw for originals, NULL for generated
+        ("text", pa.string()),              # as scored (window rows: the example's marked text)
+        ("n_tokens", pa.int32()),           # tokens scored after the BOS (= len(activations))
+        ("truncated", pa.bool_()),          # cut at max_length tokens (BOS included)
+        ("empty", pa.bool_()),              # blank text / no token to read: not scored, NULL below
+        ("max_activation", pa.float64()),   # over counted tokens; NULL when empty
+        ("max_position", pa.int32()),       # index into activations (window rows: into token_ids)
         ("active", pa.bool_()),             # max_activation > threshold; NULL when empty
         ("frac_of_top", pa.float64()),      # max_activation / the feature's top_activation
-        ("activations", pa.list_(pa.float32())),
+        ("activations", pa.list_(pa.float32())),  # per token after the BOS; non-counted tokens are 0
     ]),
     "feature_stats": pa.schema([
         ("feature_index", pa.int64()),
@@ -93,10 +94,11 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("generated_sensitivity", pa.float64()),
         ("original_sensitivity", pa.float64()),         # originals re-tokenised, as the original code
         ("original_sensitivity_window", pa.float64()),  # originals as their exact token windows
-        ("n_generated", pa.int64()),
-        ("n_original", pa.int64()),
-        ("n_empty", pa.int64()),
-        ("mean_max_activation", pa.float64()),
+        ("n_generated", pa.int64()),        # non-empty generated samples (the sensitivity denominator)
+        ("n_original", pa.int64()),         # non-empty originals, text variant
+        ("n_empty", pa.int64()),            # empty generated samples (left out of n_generated)
+        ("n_truncated", pa.int64()),        # generated samples cut at max_length
+        ("mean_max_activation", pa.float64()),    # over non-empty generated samples
         ("median_max_activation", pa.float64()),
         ("top_activation", pa.float64()),
         ("threshold", pa.float64()),

@@ -1,12 +1,66 @@
-"""`sae-sens score` (placeholder until its stage lands)."""
+"""`sae-sens score`: run generated samples and original examples back through model + SAE."""
 
 from __future__ import annotations
 
-from ..errors import UsageError
-from .app import app
+from typing import Annotated
+
+import typer
+
+from .app import RichProgress, app
+from .options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ForceOpt,
+    GeneratorOpt,
+    HookOpt,
+    ModelOpt,
+    RunOpt,
+    SaeOpt,
+    StoreOpt,
+)
+
+# summary key -> column header
+COLUMNS = {"generator": "generator", "features": "features", "generated_sensitivity": "generated sens.",
+           "original_sensitivity": "original sens.", "original_sensitivity_window": "original (window)",
+           "samples": "samples", "truncated": "truncated", "empty": "empty"}
 
 
 @app.command("score")
-def score_command() -> None:
-    """Not implemented yet."""
-    raise UsageError("`score` is not implemented yet")
+def score_command(
+    sae: SaeOpt,
+    run: RunOpt = "default",
+    store: StoreOpt = None,
+    model: ModelOpt = None,
+    hook: HookOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    batch_size: BatchSizeOpt = 32,
+    threshold: Annotated[float, typer.Option("--threshold", help="A text is active when the feature's max "
+                                             "activation is above this.")] = 1e-6,
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text, BOS included; longer "
+                                            "texts are truncated and counted.", min=2)] = 128,
+    generator: GeneratorOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Score each SAE's generated samples (every generator, or only --generator) and original examples.
+
+    A text is active when its feature's max activation over the text's tokens is above --threshold;
+    sensitivity is the share of a feature's generated samples that are active. Writes the `scores` and
+    `feature_stats` tables.
+
+    Example: sae-sens score --sae py_4k_topk_s0 --sae py_4k_relu_s0 --run pilot --batch-size 64
+    """
+    from ..score import ScoreConfig, run_score, summarize
+    from ..stages import ModelOptions
+    from ..store import Store
+    from .output import emit
+
+    st = Store(store)
+    opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
+    cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator)
+    for name in sae:
+        with RichProgress() as progress:
+            run_score(st, run, name, cfg, opts, force=force, progress=progress)
+        summary = summarize(st.read_table(run, name, "scores"), st.read_table(run, name, "feature_stats"))
+        emit(list(COLUMNS.values()), [[row[c] for c in COLUMNS] for row in summary], "table", title=f"{run} / {name}")

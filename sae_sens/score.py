@@ -1,0 +1,465 @@
+"""The score stage: run generated samples and original examples back through model + SAE.
+
+A text is *active* for a feature when the feature's maximum activation over the text's counted
+tokens (``HookedLM.count_mask``: never position 0, BOS, EOS or pad) is above ``threshold``
+(1e-6 by default, as in the original tool). A feature's sensitivity is the share of its
+non-empty generated samples that are active.
+
+Original examples are scored two ways, both kept in ``scores`` (column ``variant``):
+
+* ``window``: the exact token ids of the collected window, with a fresh BOS as position 0. No
+  re-tokenisation, so every token the collector saw is scored as the same token; only the context
+  to the left of the window (up to the start of its corpus context) is lost.
+* ``text``: what the original tool does. The marked text has its ``{{ }}`` marks stripped and
+  newlines written as ``↵``, and is re-tokenised after a fresh BOS. Besides losing the left
+  context, this can tokenise differently: the window's first token may have been a word piece
+  whose merge depended on the text before it, ``↵`` is not the newline token the model saw, and
+  decoding then re-encoding is not an identity for every byte-level BPE. A feature can therefore
+  look less (or more) sensitive on its own examples than it is.
+
+``feature_stats.original_sensitivity`` uses ``text`` (the original tool's number) and
+``original_sensitivity_window`` uses ``window``.
+
+Speed: every distinct token sequence is run once whatever the number of (feature, sample) rows
+that share it; sequences are sorted by length and batched; the model stops at the hook layer; and
+the SAE computes only the latents needed by the sequences of each batch (``Sae.encode_latents``,
+chunked over tokens so TopK-style SAEs, which need every pre-activation, stay in bounded memory).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from .errors import ConfigError, MissingTableError
+from .hashing import hash_bytes, hash_config
+from .model import HookedLM
+from .progress import NULL_PROGRESS, ProgressSink
+from .sae import Sae
+from .schemas import make_table
+from .stages import (
+    ModelOptions,
+    StageOutcome,
+    model_inputs,
+    open_model,
+    open_sae,
+    record_sae_info,
+    run_stage,
+    table_inputs,
+)
+from .store import Store, atomic_write_json, atomic_write_parquet
+
+_MARK_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    threshold: float = 1e-6
+    max_length: int = 128  # tokens per scored text, BOS included; longer texts are truncated
+    generator: str | None = None  # score only this generator's samples (default: all)
+    chunk_tokens: int = 4096  # tokens per SAE encode call: bounds memory, never changes results
+
+    def stage_config(self) -> dict[str, Any]:
+        """What the results depend on (recorded in the manifest; chunking is not part of it)."""
+        return {"threshold": self.threshold, "max_length": self.max_length, "generator": self.generator}
+
+    def validate(self) -> None:
+        if self.max_length < 2:
+            raise ConfigError(f"--max-length {self.max_length} leaves no token to score", "use at least 2 (BOS + 1)")
+        if self.chunk_tokens < 1:
+            raise ConfigError(f"chunk_tokens must be positive, got {self.chunk_tokens}")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One feature's activations on one token sequence (positions after position 0)."""
+
+    max_activation: float | None  # None when no position counts
+    max_position: int | None  # index into ``activations``
+    activations: np.ndarray  # float32, non-counted positions are 0
+
+
+def original_text(marked: str) -> str:
+    """An example's text as the original tool re-scores it: marks stripped, newlines as ``↵``."""
+    return _MARK_RE.sub(r"\1", marked).replace("\n", "↵")
+
+
+def window_ids(token_ids: Sequence[int], bos_id: int | None, max_length: int) -> tuple[list[int], bool]:
+    """A collected window as model input: BOS + its exact tokens, truncated at ``max_length``."""
+    ids = list(token_ids)
+    if bos_id is not None and (not ids or ids[0] != bos_id):
+        ids = [bos_id, *ids]
+    return ids[:max_length], len(ids) > max_length
+
+
+def _seq_key(ids: Sequence[int]) -> str:
+    return hash_bytes(np.asarray(ids, dtype=np.int64).tobytes())
+
+
+class Checkpoint:
+    """Finished traces of an interrupted scoring run, as Parquet parts in ``folder``.
+
+    ``key`` names everything a trace depends on besides its token ids and latent (model, SAE
+    weights, hook, dtype, device); parts written under another key are discarded.
+    """
+
+    def __init__(self, folder: Path, key: str, every_s: float = 30.0) -> None:
+        self.folder, self.key, self.every_s = folder, key, every_s
+        self._pending: list[tuple[str, int, Trace]] = []
+        self._last = time.monotonic()
+
+    def load(self) -> dict[tuple[str, int], Trace]:
+        key_file = self.folder / "key.json"
+        if not key_file.exists() or json.loads(key_file.read_text()) != self.key:
+            self.clear()
+            atomic_write_json(key_file, self.key)
+            return {}
+        done = {}
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            for r in pq.read_table(part).to_pylist():
+                acts = np.asarray(r["activations"], dtype=np.float32)
+                done[(r["seq"], r["latent"])] = Trace(r["max_activation"], r["max_position"], acts)
+        return done
+
+    def add(self, seq: str, latent: int, trace: Trace) -> None:
+        self._pending.append((seq, latent, trace))
+        if time.monotonic() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            table = pa.table({
+                "seq": [s for s, _, _ in self._pending],
+                "latent": pa.array([f for _, f, _ in self._pending], pa.int64()),
+                "max_activation": pa.array([t.max_activation for _, _, t in self._pending], pa.float64()),
+                "max_position": pa.array([t.max_position for _, _, t in self._pending], pa.int32()),
+                "activations": pa.array([t.activations for _, _, t in self._pending], pa.list_(pa.float32())),
+            })
+            n = len(list(self.folder.glob("part-*.parquet")))
+            atomic_write_parquet(self.folder / f"part-{n:06d}.parquet", table)
+            self._pending = []
+        self._last = time.monotonic()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+
+def _score_batch(
+    lm: HookedLM, sae: Sae, seqs: Sequence[Sequence[int]], wanted: Sequence[Sequence[int]], chunk_tokens: int
+) -> list[dict[int, Trace]]:
+    """One forward pass; the SAE computes the union of the wanted latents on counted tokens only."""
+    union = sorted({f for w in wanted for f in w})
+    col = {f: c for c, f in enumerate(union)}
+    ids, mask = lm.pad(seqs)
+    keep = lm.count_mask(ids, mask)
+    hidden = lm.hidden(ids, mask)
+    lat = torch.as_tensor(union, dtype=torch.long, device=sae.device)
+    acts = sae.encode_latents(hidden[keep.to(hidden.device)], lat, chunk_tokens).float()
+    dense = torch.zeros((*keep.shape, len(union)), dtype=torch.float32, device=acts.device)
+    dense[keep.to(acts.device)] = acts
+    dense_np, keep_np = dense.cpu().numpy(), keep.numpy()
+    out: list[dict[int, Trace]] = []
+    for row, (seq, fs) in enumerate(zip(seqs, wanted, strict=True)):
+        counted = keep_np[row, 1 : len(seq)]
+        traces = {}
+        for f in fs:
+            a = np.ascontiguousarray(dense_np[row, 1 : len(seq), col[f]])
+            if counted.any():
+                masked = np.where(counted, a, -np.inf)
+                pos = int(masked.argmax())
+                traces[f] = Trace(float(masked[pos]), pos, a)
+            else:
+                traces[f] = Trace(None, None, a)
+        out.append(traces)
+    return out
+
+
+def score_sequences(
+    lm: HookedLM,
+    sae: Sae,
+    sequences: Sequence[Sequence[int]],
+    latents: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 32,
+    chunk_tokens: int = 4096,
+    progress: ProgressSink = NULL_PROGRESS,
+    task: str = "score",
+    checkpoint: Checkpoint | None = None,
+) -> list[dict[int, Trace]]:
+    """For each sequence (already starting with BOS), the traces of the latents it needs.
+
+    Sequences run longest first in batches of ``batch_size`` (little padding, and an out-of-memory
+    batch shows up at once). With a ``checkpoint``, traces it holds are reused and new ones saved.
+    """
+    keys = [_seq_key(s) for s in sequences]
+    done = checkpoint.load() if checkpoint is not None else {}
+    out = [{int(f): done[(k, int(f))] for f in fs if (k, int(f)) in done} for k, fs in zip(keys, latents, strict=True)]
+    todo = [[int(f) for f in fs if int(f) not in o] for fs, o in zip(latents, out, strict=True)]
+    order = sorted((i for i in range(len(sequences)) if todo[i]), key=lambda i: -len(sequences[i]))
+    progress.start(task, total=len(order))
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            traces = _score_batch(lm, sae, [sequences[i] for i in batch], [todo[i] for i in batch], chunk_tokens)
+            for i, tr in zip(batch, traces, strict=True):
+                out[i].update(tr)
+                if checkpoint is not None:
+                    for f, t in tr.items():
+                        checkpoint.add(keys[i], f, t)
+            progress.advance(task, len(batch), f"{len({f for i in batch for f in todo[i]})} latents")
+    finally:  # keep what finished, even when interrupted
+        if checkpoint is not None:
+            checkpoint.flush()
+    progress.finish(task)
+    return out
+
+
+@dataclass
+class _Row:
+    feature_index: int
+    source: str
+    variant: str
+    generator: str
+    sample_index: int
+    kind: str | None
+    text: str
+    seq: int  # index into the distinct sequences, -1 when empty
+    n_tokens: int
+    truncated: bool
+
+
+def _column(table: pa.Table, name: str) -> list[Any]:
+    return table.column(name).to_pylist()
+
+
+def _generators(generations: pa.Table, only: str | None) -> list[str]:
+    present = sorted(set(_column(generations, "generator")))
+    if not present:
+        raise MissingTableError("the generations table is empty", "run `sae-sens generate` for this SAE first")
+    if only is None:
+        return present
+    if only not in present:
+        raise ConfigError(f"no generations from generator {only!r}", f"generators in this run: {', '.join(present)}")
+    return [only]
+
+
+def score_tables(
+    lm: HookedLM,
+    sae: Sae,
+    examples: pa.Table,
+    generations: pa.Table,
+    features: pa.Table,
+    cfg: ScoreConfig,
+    *,
+    batch_size: int = 32,
+    progress: ProgressSink = NULL_PROGRESS,
+    checkpoint: Checkpoint | None = None,
+) -> tuple[dict[str, pa.Table], dict[str, int]]:
+    """Tables in, ``{"scores", "feature_stats"}`` out, plus counts for the stage record."""
+    cfg.validate()
+    generators = _generators(generations, cfg.generator)
+    gens = generations.filter(pc.is_in(generations["generator"], pa.array(generators, pa.string())))
+
+    seq_index: dict[tuple[int, ...], int] = {}
+    sequences: list[tuple[int, ...]] = []
+    needs: list[set[int]] = []
+    rows: list[_Row] = []
+
+    def add(feature: int, ids: list[int], truncated: bool, text: str, **kw: Any) -> None:
+        # empty = nothing to read: blank text, or no token after position 0
+        empty = not text.strip() or len(ids) < 2
+        seq = -1
+        if not empty:
+            key = tuple(ids)
+            seq = seq_index.setdefault(key, len(sequences))
+            if seq == len(sequences):
+                sequences.append(key)
+                needs.append(set())
+            needs[seq].add(feature)
+        rows.append(_Row(feature, text=text, seq=seq, n_tokens=max(len(ids) - 1, 0), truncated=truncated, **kw))
+
+    # re-tokenise each distinct text once
+    gen_texts = [t or "" for t in _column(gens, "text")]
+    texts = gen_texts + [original_text(t or "") for t in _column(examples, "text")]
+    distinct = sorted(set(texts))
+    encoded = dict(zip(distinct, lm.encode_texts(distinct, cfg.max_length), strict=True)) if distinct else {}
+
+    for f, g, s, t in zip(*(_column(gens, c) for c in ("feature_index", "generator", "sample_index")), gen_texts, strict=True):
+        ids, trunc = encoded[t]
+        add(int(f), ids, trunc, t, source="generated", variant="generated", generator=g, sample_index=int(s), kind=None)
+    cols = ("feature_index", "example_index", "kind", "text", "token_ids")
+    for f, e, k, t, tok in zip(*(_column(examples, c) for c in cols), strict=True):
+        common = dict(source="original", generator="", sample_index=int(e), kind=k)
+        ids, trunc = window_ids(tok or [], lm.bos_id, cfg.max_length)
+        add(int(f), ids, trunc, t or "", variant="window", **common)  # type: ignore[arg-type]
+        plain = original_text(t or "")
+        ids, trunc = encoded[plain]
+        add(int(f), ids, trunc, plain, variant="text", **common)  # type: ignore[arg-type]
+
+    traces = score_sequences(
+        lm, sae, sequences, [sorted(n) for n in needs],
+        batch_size=batch_size, chunk_tokens=cfg.chunk_tokens, progress=progress, task=f"score {sae.spec.name}",
+        checkpoint=checkpoint,
+    )
+    top = dict(zip(_column(features, "feature_index"), _column(features, "top_activation"), strict=True))
+    scores = _scores_table(rows, traces, top, cfg.threshold)
+    stats = feature_stats(scores, generators, top, cfg.threshold)
+    counts = {
+        "n_rows": len(rows),
+        "n_sequences": len(sequences),
+        "n_truncated": sum(r.truncated for r in rows),
+        "n_empty": sum(r.seq < 0 for r in rows),
+    }
+    return {"scores": scores, "feature_stats": stats}, counts
+
+
+def _scores_table(rows: list[_Row], traces: list[dict[int, Trace]], top: dict[int, Any], threshold: float) -> pa.Table:
+    cols: dict[str, list[Any]] = {k: [] for k in (
+        "feature_index", "source", "variant", "generator", "sample_index", "kind", "text", "n_tokens", "truncated",
+        "empty", "max_activation", "max_position", "active", "frac_of_top", "activations")}
+    for r in rows:
+        tr = traces[r.seq].get(r.feature_index) if r.seq >= 0 else None
+        m = tr.max_activation if tr is not None else None
+        t = top.get(r.feature_index)
+        for k in ("feature_index", "source", "variant", "generator", "sample_index", "kind", "text", "n_tokens",
+                  "truncated"):
+            cols[k].append(getattr(r, k))
+        cols["empty"].append(m is None)
+        cols["max_activation"].append(m)
+        cols["max_position"].append(tr.max_position if tr is not None else None)
+        cols["active"].append(None if m is None else m > threshold)
+        cols["frac_of_top"].append(m / t if m is not None and t is not None and t > 0 else None)
+        cols["activations"].append(tr.activations if tr is not None else None)
+    return make_table("scores", cols)
+
+
+def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, Any], threshold: float) -> pa.Table:
+    """Per feature × generator: sensitivities (empty texts are left out of every denominator),
+    sample counts and the generated samples' mean and median max activation."""
+    cols = {c: _column(scores, c) for c in ("feature_index", "source", "variant", "generator", "active",
+                                            "max_activation", "truncated")}
+    originals: dict[tuple[int, str], list[bool]] = {}
+    generated: dict[tuple[int, str], list[tuple[bool, float]]] = {}
+    empty: dict[tuple[int, str], int] = {}
+    truncated: dict[tuple[int, str], int] = {}
+    for f, src, var, g, act, m, tr in zip(*cols.values(), strict=True):
+        if src == "original":
+            if act is not None:
+                originals.setdefault((f, var), []).append(act)
+            continue
+        truncated[(f, g)] = truncated.get((f, g), 0) + int(tr)
+        if act is None:
+            empty[(f, g)] = empty.get((f, g), 0) + 1
+        else:
+            generated.setdefault((f, g), []).append((act, m))
+
+    def share(xs: list[bool]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    feats = sorted({f for f, _ in originals} | {f for f, _ in generated} | {f for f, _ in empty})
+    out: list[dict[str, Any]] = []
+    for g in generators:
+        for f in feats:
+            gen = generated.get((f, g), [])
+            maxes = np.array([m for _, m in gen], dtype=np.float64)
+            out.append({
+                "feature_index": f,
+                "generator": g,
+                "generated_sensitivity": share([a for a, _ in gen]),
+                "original_sensitivity": share(originals.get((f, "text"), [])),
+                "original_sensitivity_window": share(originals.get((f, "window"), [])),
+                "n_generated": len(gen),
+                "n_original": len(originals.get((f, "text"), [])),
+                "n_empty": empty.get((f, g), 0),
+                "n_truncated": truncated.get((f, g), 0),
+                "mean_max_activation": float(maxes.mean()) if len(maxes) else None,
+                "median_max_activation": float(np.median(maxes)) if len(maxes) else None,
+                "top_activation": top.get(f),
+                "threshold": threshold,
+            })
+    return make_table("feature_stats", out)
+
+
+def run_score(
+    store: Store,
+    run: str,
+    sae_name: str,
+    cfg: ScoreConfig,
+    opts: ModelOptions,
+    *,
+    force: bool = False,
+    progress: ProgressSink = NULL_PROGRESS,
+) -> StageOutcome:
+    """Score one SAE's generated samples and original examples; skipped when nothing changed."""
+    cfg.validate()
+    # upstream tables first: a missing one is a clear error before any model is loaded
+    tables = table_inputs(store, run, sae_name, ["examples", "generations", "features"])
+    sae = open_sae(sae_name, opts)
+    lm = open_model(sae, opts)
+    record_sae_info(store, run, sae_name, sae)
+    counts: dict[str, int] = {}
+    inputs = {**tables, **model_inputs(sae, lm)}
+    # an interrupted run resumes from the traces it finished (Ctrl-C, crash, preemption)
+    key = hash_config({**model_inputs(sae, lm), "dtype": str(lm.dtype), "device": lm.device.type})
+    checkpoint = Checkpoint(store.checkpoint_dir(run, sae_name, "score"), key)
+
+    def compute() -> dict[str, pa.Table]:
+        result, c = score_tables(
+            lm, sae,
+            store.read_table(run, sae_name, "examples"),
+            store.read_table(run, sae_name, "generations"),
+            store.read_table(run, sae_name, "features"),
+            cfg, batch_size=opts.batch_size, progress=progress, checkpoint=checkpoint,
+        )
+        counts.update(c)
+        progress.log(
+            f"score {sae_name}: {c['n_rows']} rows from {c['n_sequences']} distinct texts; "
+            f"{c['n_truncated']} truncated at {cfg.max_length} tokens, {c['n_empty']} empty"
+        )
+        return result
+
+    outcome = run_stage(
+        store, run, sae_name, "score",
+        config=cfg.stage_config(),
+        inputs=inputs,
+        compute=compute,
+        force=force,
+        extra=lambda: dict(counts),
+        progress=progress,
+    )
+    shutil.rmtree(checkpoint.folder, ignore_errors=True)
+    return outcome
+
+
+def summarize(scores: pa.Table, stats: pa.Table) -> list[dict[str, Any]]:
+    """Per generator: features, mean sensitivities over features, and truncated/empty sample counts."""
+    out = []
+    gens = _column(stats, "generator")
+    for g in sorted(set(gens)):
+        sub = stats.filter(pc.equal(stats["generator"], g))
+        mine = scores.filter(pc.equal(scores["generator"], g))
+
+        means = {c: pc.mean(sub[c]).as_py() for c in
+                 ("generated_sensitivity", "original_sensitivity", "original_sensitivity_window")}
+        out.append({
+            "generator": g,
+            "features": sub.num_rows,
+            **means,
+            "samples": mine.num_rows,
+            "truncated": int(pc.sum(mine["truncated"]).as_py() or 0),
+            "empty": int(pc.sum(mine["empty"]).as_py() or 0),
+        })
+    return out
