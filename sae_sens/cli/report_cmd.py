@@ -181,7 +181,8 @@ def sql_command(
     if duckdb_cli is not None:
         with tempfile.TemporaryDirectory(prefix="sae-sens-sql-") as tmp:
             init = write_init_sql(st, Path(tmp), run, sae)
-            raise typer.Exit(subprocess.call([duckdb_cli, "-init", str(init)]))
+            code = subprocess.call([duckdb_cli, "-init", str(init)])
+        sys.exit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which drops its code
     con = connect(st, run, sae)
     if sys.stdin.isatty():
         err_console.print("sae-sens sql: end statements with ';', .tables lists the views, .quit leaves")

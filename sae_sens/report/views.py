@@ -210,6 +210,7 @@ def saes_table(manifests: Manifests) -> pa.Table:
         run, sae = data.get("run", path.parent.parent.name), data.get("sae", path.parent.name)
         info = data.get("sae_info") or {}
         parsed = parse_sae_name(str(info.get("name") or sae))
+        info = {"model": info.get("model_id"), **info}  # SaeSpec calls it model_id
         row = {f: info.get(f) if info.get(f) is not None else parsed.get(f) for f in SAES_SCHEMA.names}
         row.update(run=run, sae=sae)
         row["width"] = row["width"] or info.get("d_sae")
