@@ -26,6 +26,7 @@ from sae_sens.report import (
     connect,
     parse_sae_name,
     query,
+    require_results,
     summarize,
     write_init_sql,
 )
@@ -217,14 +218,34 @@ def test_bootstrap_interval_contains_mean_and_narrows_with_more_features() -> No
     assert np.array_equal(low, again[0], equal_nan=True)  # seeded
 
 
-def test_bootstrap_matches_index_resampling() -> None:
-    v = np.array([0.0, 0.1, 0.1, 0.5, 0.9, 1.0, 1.0, 0.3, 0.3, 0.3])
-    low, high = bootstrap_mean_ci(np.zeros(v.size, int), v, n_resamples=40_000, seed=1)
-    naive = v[np.random.default_rng(2).integers(0, v.size, (40_000, v.size))].mean(axis=1)
-    ref = np.quantile(naive, [0.025, 0.975])
-    assert low[0] == pytest.approx(ref[0], abs=0.011) and high[0] == pytest.approx(ref[1], abs=0.011)
+def naive_interval(v: np.ndarray, n_resamples: int = 40_000) -> np.ndarray:
+    means = v[np.random.default_rng(2).integers(0, v.size, (n_resamples, v.size))].mean(axis=1)
+    return np.quantile(means, [0.025, 0.975])
+
+
+def test_bootstrap_exact_and_resampled_paths_match_index_resampling() -> None:
+    tenths = np.array([0.0, 0.1, 0.1, 0.5, 0.9, 1.0, 1.0, 0.3, 0.3, 0.3])  # on a lattice: exact path
+    thirds = np.array([-1 / 3, 0.0, 1 / 3, 2 / 3, 2 / 3, 1.0])
+    irrational = np.sqrt(np.arange(2, 14)) / 4  # on no lattice: resampled path
+    for v in (tenths, thirds, irrational):
+        ref = naive_interval(v)
+        for exact in (True, False):
+            low, high = bootstrap_mean_ci(np.zeros(v.size, int), v, n_resamples=40_000, seed=1, exact=exact)
+            assert (low[0], high[0]) == (pytest.approx(ref[0], abs=0.012), pytest.approx(ref[1], abs=0.012))
     constant = bootstrap_mean_ci(np.zeros(5, int), np.full(5, 0.4))
     assert constant[0][0] == pytest.approx(0.4) and constant[1][0] == pytest.approx(0.4)
+
+
+def test_bootstrap_paths_agree_on_many_large_groups() -> None:
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(1, 3000, 40)
+    groups = np.repeat(np.arange(sizes.size), sizes)
+    values = rng.binomial(10, rng.random(sizes.size)[groups]) / 10
+    exact = bootstrap_mean_ci(groups, values)
+    resampled = bootstrap_mean_ci(groups, values, n_resamples=4000, exact=False)
+    assert np.abs(exact[0] - resampled[0]).max() < 0.02 and np.abs(exact[1] - resampled[1]).max() < 0.02
+    means = np.bincount(groups, values) / sizes
+    assert np.all(exact[0] <= means + 1e-12) and np.all(means <= exact[1] + 1e-12)
 
 
 def test_summary_per_sae_and_generator(con: duckdb.DuckDBPyConnection) -> None:
@@ -398,9 +419,7 @@ def test_cli_empty_store_says_what_to_run(tmp_path: Path, capsys: pytest.Capture
     Store(tmp_path / "half").manifest(RUN, "py_4k_topk_s0").save()  # collected, never scored
     code, err = cli_fails(capsys, "report", "--store", str(tmp_path / "half"))
     assert "sae-sens score" in err
-    with pytest.raises(MissingTableError):
-        from sae_sens.report import require_results
-
+    with pytest.raises(MissingTableError, match="no runs found"):
         require_results(connect(Store(tmp_path / "empty")), Store(tmp_path / "empty"))
 
 

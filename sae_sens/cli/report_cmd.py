@@ -97,9 +97,11 @@ def report_command(
         typer.Option("--html", help="Write a self-contained HTML page of every feature's examples and "
                                     "generated samples, highlighted by activation.", show_default=False),
     ] = None,
-    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples for the 95% intervals.",
-                                           min=10)] = N_RESAMPLES,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    resamples: Annotated[int, typer.Option(
+        "--resamples", help="Bootstrap resamples for the 95% intervals, where values are not on a lattice "
+                            "(sensitivities always are: they get the exact bootstrap distribution).", min=10)
+    ] = N_RESAMPLES,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of those resamples.")] = 0,
 ) -> None:
     """Summarise sensitivity per run × SAE × generator, regroup, compare, or query with SQL.
 
@@ -122,8 +124,9 @@ def report_command(
     if compare_ is not None and by:
         raise UsageError("--compare and --by are alternatives", "pass one of them")
     st = Store(store)
-    con = connect(st, run, sae)
-    if sql is not None or sql_file is not None:
+    as_sql = sql is not None or sql_file is not None
+    con = connect(st, run, sae, status=as_sql)
+    if as_sql:
         text = sql if sql is not None else sql_file.read_text()  # type: ignore[union-attr]
         _output(query(con, text), fmt, output)
     else:

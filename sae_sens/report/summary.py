@@ -1,9 +1,14 @@
 """The numbers a researcher reads: sensitivity per SAE (or regrouped), intervals, comparisons.
 
-Aggregation happens in DuckDB; the bootstrap runs in numpy over all groups at once. Resampling
-n features with replacement is a draw from a multinomial over the group's distinct values, so the
-bootstrap samples counts per distinct value instead of n indices: the same distribution, at a cost
-that scales with the number of distinct values (11 for sensitivities of 10 samples), not with n.
+Aggregation happens in DuckDB; the bootstrap runs in numpy over all groups at once.
+
+Bootstrap intervals are percentile intervals of the mean over features resampled with
+replacement. A resampled sum of n values is a sum of n independent draws from the group's
+distinct values, so where those values lie on a lattice (sensitivities are k / n_samples, so they
+always do) its distribution is the n-fold convolution of one draw's, computed exactly with one
+FFT: the interval is the limit of infinitely many resamples, with no Monte Carlo noise. Other
+values fall back to ``n_resamples`` seeded resamples, drawn as multinomial counts per distinct
+value (the same distribution as resampling indices, at a cost independent of n).
 """
 
 from __future__ import annotations
@@ -22,6 +27,77 @@ GROUP_KEYS = ("run", "sae", "generator", "model", "width", "architecture", "spar
 DEFAULT_KEYS = ("run", "sae", "generator")
 DESCRIBE = ("model", "width", "architecture", "sparsity")  # shown next to the default per-SAE keys
 N_RESAMPLES = 1000
+MAX_DENOMINATOR = 64  # values k / d with d up to this use the exact path
+
+
+def _distinct_counts(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(present groups, counts [G, K], distinct values [G, K]), zero-padded to the largest K."""
+    order = np.lexsort((values, groups))
+    g, v = groups[order], values[order]
+    starts = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (v[1:] != v[:-1])])
+    counts = np.diff(np.r_[starts, g.size])
+    ug, uv = g[starts], v[starts]
+    first = np.flatnonzero(np.r_[True, ug[1:] != ug[:-1]])  # first distinct value of each group
+    sizes = np.diff(np.r_[first, ug.size])
+    k_of = np.arange(ug.size) - np.repeat(first, sizes)
+    gi = np.repeat(np.arange(first.size), sizes)
+    cnt = np.zeros((first.size, int(sizes.max())))
+    val = np.zeros_like(cnt)
+    cnt[gi, k_of] = counts
+    val[gi, k_of] = uv
+    return ug[first], cnt, val
+
+
+def _lattice_step(cnt: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """Per group, the smallest d <= MAX_DENOMINATOR with every value a multiple of 1/d (0: none)."""
+    d = np.arange(1, MAX_DENOMINATOR + 1)
+    scaled = val[:, :, None] * d
+    fits = ((np.abs(scaled - np.round(scaled)) < 1e-9) | (cnt[:, :, None] == 0)).all(axis=1)
+    return np.where(fits.any(axis=1), d[fits.argmax(axis=1)], 0)
+
+
+def _exact(cnt: np.ndarray, val: np.ndarray, den: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentiles of the exact bootstrap distribution of the mean, for groups on a lattice 1/den."""
+    n = cnt.sum(axis=1)
+    base = np.where(cnt > 0, val, np.inf).min(axis=1)
+    steps = np.where(cnt > 0, np.round((val - base[:, None]) * den[:, None]), 0)
+    mean = (cnt * steps).sum(axis=1)  # of the resampled sum, in lattice steps
+    # Hoeffding: a sum of n draws in [0, A] is further than 3.8 sqrt(n) A from its mean with
+    # probability < 1e-12, so a circular FFT this wide loses nothing to wrap-around.
+    reach = np.minimum(np.ceil(3.8 * np.sqrt(n) * steps.max(axis=1)), n * steps.max(axis=1)) + 1
+    size = 1 << np.ceil(np.log2(2 * reach + 1)).astype(np.int64)
+    low, high = np.empty(n.size), np.empty(n.size)
+    for p in np.unique(size):  # groups of one FFT length at a time, to bound memory
+        rows = np.flatnonzero(size == p)
+        one = np.zeros((rows.size, p))
+        np.add.at(one, (np.repeat(np.arange(rows.size), cnt.shape[1]), steps[rows].astype(np.int64).ravel() % p),
+                  (cnt[rows] / n[rows, None]).ravel())
+        pmf = np.fft.irfft(np.fft.rfft(one, axis=1) ** n[rows, None], n=p, axis=1)
+        start = np.round(mean[rows]).astype(np.int64) - p // 2  # the window of sums, in order
+        cdf = np.cumsum(np.take_along_axis(pmf, (start[:, None] + np.arange(p)) % p, axis=1), axis=1)
+        scale = den[rows] * n[rows]
+        low[rows] = base[rows] + (start + (cdf < alpha - 1e-9).sum(axis=1)) / scale
+        high[rows] = base[rows] + (start + (cdf < 1 - alpha - 1e-9).sum(axis=1)) / scale
+    return low, high
+
+
+def _resampled(cnt: np.ndarray, val: np.ndarray, alpha: float, n_resamples: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Percentiles of ``n_resamples`` bootstrap means per group, drawn as multinomial counts."""
+    n = cnt.sum(axis=1)
+    # a multinomial draw as a chain of binomials, vectorised over resamples × groups
+    # (numpy's multinomial loops per row and is several times slower)
+    remaining = np.broadcast_to(n.astype(np.int64), (n_resamples, n.size)).copy()
+    left = n.copy()  # features not yet assigned to a value, per group
+    total = np.zeros((n_resamples, n.size))
+    for k in range(cnt.shape[1] - 1):
+        x = rng.binomial(remaining, np.divide(cnt[:, k], left, out=np.zeros(n.size), where=left > 0))
+        total += x * val[:, k]
+        remaining -= x
+        left -= cnt[:, k]
+    total += remaining * val[:, -1]
+    low, high = np.quantile(total / n, [alpha, 1 - alpha], axis=0)
+    return low, high
 
 
 def bootstrap_mean_ci(
@@ -32,11 +108,14 @@ def bootstrap_mean_ci(
     n_resamples: int = N_RESAMPLES,
     confidence: float = 0.95,
     seed: int = 0,
+    exact: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile bootstrap interval of the mean of ``values`` within each group.
 
     ``groups[i]`` is the group code (0..n_groups-1) of ``values[i]``. Returns (low, high) arrays of
-    length ``n_groups``; NaN for a group without values. Seeded, so reports are reproducible.
+    length ``n_groups``; NaN for a group without values. Groups whose values lie on a lattice get
+    the exact bootstrap distribution (unless ``exact=False``); the others ``n_resamples`` seeded
+    resamples. Both are reproducible.
     """
     groups = np.asarray(groups, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
@@ -45,38 +124,15 @@ def bootstrap_mean_ci(
     high = np.full(n_groups, np.nan)
     if values.size == 0:
         return low, high
-    order = np.lexsort((values, groups))
-    g, v = groups[order], values[order]
-    # distinct (group, value) pairs and how often each occurs
-    starts = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (v[1:] != v[:-1])])
-    counts = np.diff(np.r_[starts, g.size])
-    ug, uv = g[starts], v[starts]
-    first = np.flatnonzero(np.r_[True, ug[1:] != ug[:-1]])  # first distinct value of each group
-    present = ug[first]
-    k_of = np.arange(ug.size) - np.repeat(first, np.diff(np.r_[first, ug.size]))
-    n_distinct = int(k_of.max()) + 1
-    gi = np.repeat(np.arange(present.size), np.diff(np.r_[first, ug.size]))
-    cnt = np.zeros((present.size, n_distinct))
-    val = np.zeros((present.size, n_distinct))
-    cnt[gi, k_of] = counts
-    val[gi, k_of] = uv
-    n = cnt.sum(axis=1)
-    rng = np.random.default_rng(seed)
-    # A multinomial draw as a chain of binomials over the distinct values, vectorised over
-    # resamples × groups (numpy's multinomial loops per row and is several times slower).
-    remaining = np.broadcast_to(n.astype(np.int64), (n_resamples, n.size)).copy()
-    left = n.copy()  # features not yet assigned to a value, per group
-    total = np.zeros((n_resamples, n.size))
-    for k in range(n_distinct - 1):
-        q = np.divide(cnt[:, k], left, out=np.zeros(n.size), where=left > 0)
-        x = rng.binomial(remaining, q)
-        total += x * val[:, k]
-        remaining -= x
-        left -= cnt[:, k]
-    total += remaining * val[:, n_distinct - 1]
+    present, cnt, val = _distinct_counts(groups, values)
     alpha = (1.0 - confidence) / 2
-    q_low, q_high = np.quantile(total / n, [alpha, 1 - alpha], axis=0)
-    low[present], high[present] = q_low, q_high
+    den = _lattice_step(cnt, val) if exact else np.zeros(present.size, np.int64)
+    fast = den > 0
+    if fast.any():
+        low[present[fast]], high[present[fast]] = _exact(cnt[fast], val[fast], den[fast], alpha)
+    if (~fast).any():
+        rng = np.random.default_rng(seed)
+        low[present[~fast]], high[present[~fast]] = _resampled(cnt[~fast], val[~fast], alpha, n_resamples, rng)
     return low, high
 
 

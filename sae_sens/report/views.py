@@ -179,14 +179,16 @@ def _empty_select(schema: pa.Schema) -> str:
 def table_view_sql(store: Store, table: str, scope: Scope, sae_dirs: Sequence[Path]) -> str:
     """``CREATE VIEW <table>`` over the store's Parquet files (an empty typed view when none exist)."""
     schema = pa.schema([("run", pa.string()), ("sae", pa.string()), *SCHEMAS[table]])
-    files = [d / f"{table}.parquet" for d in sae_dirs]
-    files = [f for f in files if f.exists()]
+    files = (d / f"{table}.parquet" for d in sae_dirs)
     body = _empty_select(schema)
-    if files:
-        if scope.filtered:
-            source = "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
-        else:  # a glob, so the view also sees SAEs added later and reads well in `sae-sens sql`
-            source = _sql_str(str(store.root / "*" / "*" / f"{table}.parquet"))
+    if scope.filtered:
+        source = ", ".join(_sql_str(str(f)) for f in files if f.exists())
+        source = f"[{source}]" if source else ""
+    elif any(f.exists() for f in files):  # a glob: sees SAEs added later, and reads well in `sae-sens sql`
+        source = _sql_str(str(store.root / "*" / "*" / f"{table}.parquet"))
+    else:
+        source = ""
+    if source:
         body += f" UNION ALL BY NAME SELECT * FROM read_parquet({source}, union_by_name=true)"
     return f"CREATE OR REPLACE VIEW {table} AS {body}"
 
@@ -251,14 +253,15 @@ def stage_tables(store: Store, manifests: Manifests) -> tuple[pa.Table, pa.Table
     return pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), pa.Table.from_pylist(stages, schema=STAGES_SCHEMA)
 
 
-def _view_statements(store: Store, scope: Scope) -> tuple[list[str], dict[str, pa.Table]]:
-    """The table views' SQL, and the manifest-derived tables (saes, runs, stages)."""
+def _view_statements(store: Store, scope: Scope, status: bool) -> tuple[list[str], dict[str, pa.Table]]:
+    """The table views' SQL, and the manifest-derived tables (saes; runs and stages if ``status``)."""
     for run in scope.runs or ():
         Store.check_run(run)
     dirs = scope.sae_dirs(store)
     manifests = read_manifests(dirs)
-    runs_t, stages_t = stage_tables(store, manifests)
-    meta = {"saes": saes_table(manifests), "runs": runs_t, "stages": stages_t}
+    meta = {"saes": saes_table(manifests)}
+    if status:
+        meta["runs"], meta["stages"] = stage_tables(store, manifests)
     return [table_view_sql(store, t, scope, dirs) for t in TABLE_VIEWS], meta
 
 
@@ -266,12 +269,16 @@ def connect(
     store: Store,
     runs: Sequence[str] | None = None,
     saes: Sequence[str] | None = None,
+    *,
+    status: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view per store table plus ``saes``, ``runs`` and ``stages``.
 
-    ``runs`` / ``saes`` restrict every view to those runs and SAE names.
+    ``runs`` / ``saes`` restrict every view to those runs and SAE names. ``status=False`` leaves
+    out ``runs`` and ``stages``, which check every stage's inputs and outputs on disk: summaries
+    do not need them.
     """
-    statements, meta = _view_statements(store, Scope.of(runs, saes))
+    statements, meta = _view_statements(store, Scope.of(runs, saes), status)
     con = duckdb.connect(":memory:")
     con.execute("SET parquet_metadata_cache = true")  # every query re-binds the views' file globs
     for sql in statements:
@@ -286,7 +293,7 @@ def write_init_sql(store: Store, folder: Path, runs: Sequence[str] | None = None
                    saes: Sequence[str] | None = None) -> Path:
     """An init script for the ``duckdb`` CLI defining the same views as ``connect`` (the manifest
     tables are written next to it as Parquet, since the CLI cannot see Python objects)."""
-    statements, meta = _view_statements(store, Scope.of(runs, saes))
+    statements, meta = _view_statements(store, Scope.of(runs, saes), status=True)
     folder.mkdir(parents=True, exist_ok=True)
     lines = [sql + ";" for sql in statements]
     for name, table in meta.items():
