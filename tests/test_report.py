@@ -487,3 +487,34 @@ def test_cli_sql_shell_uses_duckdb_cli_when_installed(store: Store, tmp_path: Pa
         cli("sql", "--store", str(store.root))
     assert exc.value.code == 3  # its exit status is passed on
     assert json.loads(result.read_text()) == [["relu", 1], ["topk", 2]]
+
+
+def test_compare_runs_and_groups_without_generated_samples(store: Store) -> None:
+    rows = [{"feature_index": i, "generator": "g1", "generated_sensitivity": 1.0 if i < 5 else None,
+             "original_sensitivity": 1.0} for i in range(N_FEATURES)]
+    store.write_table("r2", SAES[0], "feature_stats", make_table("feature_stats", rows))
+    store.write_table("r3", SAES[0], "feature_stats", make_table("feature_stats", [
+        {"feature_index": 0, "generator": "g1", "generated_sensitivity": None, "original_sensitivity": 0.5}]))
+    con = connect(store)
+    c = compare(con, RUN, "r2")
+    assert c.dimension == "run"
+    shared = [r for r in c.rows.to_pylist() if r["diff"] is not None]
+    assert [r["feature_index"] for r in shared] == list(range(5))  # g1 of SAES[0], where r2 has samples
+    assert all(r["r2"] == 1.0 and r[RUN] == sensitivity(0, 0, r["feature_index"]) for r in shared)
+    summary = {r["run"]: r for r in summarize(con).to_pylist() if r["run"] != RUN}
+    assert (summary["r2"]["features"], summary["r2"]["sensitivity"]) == (5, 1.0)
+    assert summary["r2"]["original_sensitivity"] == 1.0
+    r3 = summary["r3"]  # scored originals only: no generated sensitivity, no interval, but no error
+    assert (r3["features"], r3["sensitivity"], r3["ci_low"], r3["ci_high"]) == (0, None, None, None)
+
+
+def test_cli_by_comma_list_and_sql_shell_on_empty_store(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("report", "--store", str(store.root), "--by", "width,architecture", "--format", "json")
+    got = [(r["width"], r["architecture"], r["saes"]) for r in json.loads(capsys.readouterr().out)]
+    assert got == [(4096, "relu", 1), (4096, "topk", 1), (16384, "topk", 1)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("SELECT count(*) AS n FROM scores;\n"))
+    cli("sql", "--store", str(tmp_path / "nothing"), "--builtin")
+    captured = capsys.readouterr()
+    assert "sae-sens run" in captured.err and "│ 0 │" in captured.out

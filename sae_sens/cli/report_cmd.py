@@ -21,6 +21,7 @@ from ..report.html import write_html, write_user_file
 from ..report.plot import write_plots
 from ..report.shell import sql_shell
 from ..report.summary import GROUP_KEYS, N_RESAMPLES
+from ..report.views import has_results
 from ..store import Store
 from .app import app
 from .options import FormatOpt, OptionalSaeOpt, StoreOpt
@@ -69,8 +70,8 @@ def report_command(
     generator: GeneratorsFilterOpt = None,
     by: Annotated[
         list[str] | None,
-        typer.Option("--by", help=f"Regroup the summary: {', '.join(GROUP_KEYS)}; repeat to combine "
-                                  "(features of all SAEs in a group are pooled).", show_default=False),
+        typer.Option("--by", help=f"Regroup the summary: {', '.join(GROUP_KEYS)}; repeat or comma-separate "
+                                  "to combine (features of all SAEs in a group are pooled).", show_default=False),
     ] = None,
     compare_: Annotated[
         tuple[str, str] | None,
@@ -137,8 +138,9 @@ def report_command(
             (console if fmt == "table" and output is None else err_console).print(
                 result.summary, highlight=False, soft_wrap=True)
         else:
-            table = summarize(con, by or (), generators=generator, n_resamples=resamples, seed=seed)
-            title = "sensitivity per " + (" × ".join(by) if by else "run × SAE × generator")
+            keys = [k.strip() for b in by or () for k in b.split(",") if k.strip()]  # --by width,architecture
+            table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
+            title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
             _output(table, fmt, output, title)
     if plot is not None:
         require_results(con, st)
@@ -187,6 +189,8 @@ def sql_command(
             code = subprocess.call([duckdb_cli, "-init", str(init)])
         sys.exit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which drops its code
     con = connect(st, run, sae)
+    if not has_results(con):
+        err_console.print(f"note: no runs in {st.root} yet, so the views are empty; run `sae-sens run` first")
     if sys.stdin.isatty():
         err_console.print("sae-sens sql: end statements with ';', .tables lists the views, .quit leaves")
     sql_shell(

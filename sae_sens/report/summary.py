@@ -39,7 +39,7 @@ def _distinct_counts(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray
     ug, uv = g[starts], v[starts]
     first = np.flatnonzero(np.r_[True, ug[1:] != ug[:-1]])  # first distinct value of each group
     sizes = np.diff(np.r_[first, ug.size])
-    k_of = np.arange(ug.size) - np.repeat(first, sizes)
+    k_of: np.ndarray = np.arange(ug.size) - np.repeat(first, sizes)
     gi = np.repeat(np.arange(first.size), sizes)
     cnt = np.zeros((first.size, int(sizes.max())))
     val = np.zeros_like(cnt)
@@ -194,7 +194,8 @@ def summarize(
     low, high = bootstrap_mean_ci(codes, flat, table.num_rows, n_resamples=n_resamples, seed=seed)
     table = table.drop_columns(["_values"])
     at = table.column_names.index("sensitivity") + 1
-    table = table.add_column(at, "ci_low", pa.array(low)).add_column(at + 1, "ci_high", pa.array(high))
+    low_col, high_col = (pa.array(x, from_pandas=True) for x in (low, high))  # NaN (no features) -> NULL
+    table = table.add_column(at, "ci_low", low_col).add_column(at + 1, "ci_high", high_col)
     return table.select([c for c in shown if c in table.column_names]
                         + [c for c in table.column_names if c not in shown])
 
