@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--saes", type=int, default=250)
     ap.add_argument("--features", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=10)
-    args = ap.parse_args(argv)
+    args = ap.parse_args(argv or [])  # bench.py calls main() with its own argv in sys.argv
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         store = build_store(Path(tmp), args.saes, args.features, args.samples)
@@ -127,4 +128,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -163,7 +163,8 @@ def test_saes_view_parses_names_and_prefers_manifest_info(store: Store) -> None:
                                  "eval_results": {"core": {"sparsity": {"l0": 31.5}}}}
     manifest.save()
     manifest = store.manifest(RUN, "mysae")
-    manifest.data["sae_info"] = {"name": "mysae", "architecture": "relu", "d_sae": 2048}
+    manifest.data["sae_info"] = {"name": "mysae", "architecture": "relu", "d_sae": 2048, "sparsity": 3,
+                                 "layer": "not a number"}
     manifest.save()
     con = connect(store)
     saes = {r["sae"]: r for r in query(con, "SELECT * FROM saes").to_pylist()}
@@ -171,7 +172,8 @@ def test_saes_view_parses_names_and_prefers_manifest_info(store: Store) -> None:
     assert saes["py_4k_relu_s0"]["architecture"] == "relu"
     smol = saes["smol_1k_topk"]
     assert (smol["model"], smol["width"], smol["layer"], smol["l0"], smol["d_in"]) == ("demo:smollm2", 1000, 3, 31.5, 64)
-    assert (saes["mysae"]["width"], saes["mysae"]["architecture"]) == (2048, "relu")
+    mine = saes["mysae"]
+    assert (mine["width"], mine["architecture"], mine["sparsity"], mine["layer"]) == (2048, "relu", "3", None)
     grouped = query(con, "SELECT width, architecture, count(*) AS n FROM saes WHERE sae LIKE 'py%' "
                          "GROUP BY width, architecture ORDER BY ALL").to_pylist()
     assert grouped == [{"width": 4096, "architecture": "relu", "n": 1}, {"width": 4096, "architecture": "topk", "n": 1},

@@ -218,8 +218,22 @@ def saes_table(manifests: Manifests) -> pa.Table:
         row["width"] = row["width"] or info.get("d_sae")
         if row["l0"] is None:
             row["l0"] = _find_l0(info.get("eval_results"))
-        rows.append(row)
+        rows.append({f.name: _coerce(row[f.name], f.type) for f in SAES_SCHEMA})
     return pa.Table.from_pylist(rows, schema=SAES_SCHEMA)
+
+
+def _coerce(value: Any, type_: pa.DataType) -> Any:
+    """A manifest value as the column's type (hand-edited or older manifests may say "4k" or 2)."""
+    if value is None:
+        return None
+    try:
+        if pa.types.is_integer(type_):
+            return parse_width(value) if isinstance(value, str) else int(value)
+        if pa.types.is_floating(type_):
+            return float(value)
+    except (TypeError, ValueError):
+        return None
+    return str(value)
 
 
 def stage_tables(store: Store, manifests: Manifests) -> tuple[pa.Table, pa.Table]:
