@@ -152,7 +152,12 @@ def test_views_read_every_sae_and_keep_missing_columns(store: Store) -> None:
     only = connect(store, runs=[RUN], saes=["py_4k_relu_s0"])
     assert query(only, "SELECT DISTINCT sae FROM feature_stats").column(0).to_pylist() == ["py_4k_relu_s0"]
     assert query(only, "SELECT sae FROM saes").column(0).to_pylist() == ["py_4k_relu_s0"]
-    assert query(connect(store, runs=["other"]), "SELECT count(*) FROM scores").column(0)[0].as_py() == 0
+    with pytest.raises(UsageError) as e:
+        connect(store, runs=["other"])
+    assert "no run 'other'" in e.value.one_line() and "runs there: r1" in e.value.one_line()
+    with pytest.raises(UsageError) as e:
+        connect(store, saes=["py_4k_typo"])
+    assert "no SAE 'py_4k_typo'" in e.value.one_line() and "SAEs there: py_16k_topk_s0" in e.value.one_line()
 
 
 def test_saes_view_parses_names_and_prefers_manifest_info(store: Store) -> None:

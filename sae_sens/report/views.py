@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import MissingTableError, SqlError
+from ..errors import MissingTableError, SqlError, UsageError
 from ..schemas import SCHEMAS
 from ..store import MANIFEST, Store, sae_slug
 
@@ -267,11 +267,26 @@ def stage_tables(store: Store, manifests: Manifests) -> tuple[pa.Table, pa.Table
     return pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), pa.Table.from_pylist(stages, schema=STAGES_SCHEMA)
 
 
-def _view_statements(store: Store, scope: Scope, status: bool) -> tuple[list[str], dict[str, pa.Table]]:
-    """The table views' SQL, and the manifest-derived tables (saes; runs and stages if ``status``)."""
+def _check_scope(store: Store, scope: Scope, dirs: Sequence[Path]) -> None:
+    """A --run or --sae that matches nothing is a typo, not an empty report."""
     for run in scope.runs or ():
         Store.check_run(run)
+        if not store.run_dir(run).is_dir():
+            raise UsageError(f"no run {run!r} in store {store.root}",
+                             f"runs there: {', '.join(store.runs()) or 'none yet'}")
+    found = {d.name for d in dirs}
+    missing = [s for s in scope.saes or () if sae_slug(s) not in found]
+    if missing:
+        known = sorted({sae for _, sae in store.iter_run_saes()})
+        raise UsageError(f"no SAE {', '.join(map(repr, missing))} in store {store.root}"
+                         + (f" run {', '.join(scope.runs)}" if scope.runs else ""),
+                         f"SAEs there: {', '.join(known) or 'none yet'}")
+
+
+def _view_statements(store: Store, scope: Scope, status: bool) -> tuple[list[str], dict[str, pa.Table]]:
+    """The table views' SQL, and the manifest-derived tables (saes; runs and stages if ``status``)."""
     dirs = scope.sae_dirs(store)
+    _check_scope(store, scope, dirs)
     manifests = read_manifests(dirs)
     meta = {"saes": saes_table(manifests)}
     if status:
