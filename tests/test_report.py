@@ -319,6 +319,8 @@ def test_html_shows_each_features_samples_highlighted(con: duckdb.DuckDBPyConnec
     assert 'style="background:rgba(255,140,0,1.00)" title="4">' in page  # the peak token at full strength
     assert 'style="background:rgba(255,140,0,0.25)" title="1">' in page  # a weaker one, lighter
     assert page.count('class="feature"') == len(SAES) * N_FEATURES
+    assert page.count('title="re-tokenised text, as the original code">t<span class="on">✓') == len(SAES) * N_FEATURES * 2
+    assert 'title="exact window"' not in page  # that variant was not scored in this store
     # least sensitive feature first, within each SAE (sections follow the SAE names' order)
     k = SAES.index(sorted(SAES)[0])
     order = [int(m) for m in re.findall(r'id="sae-0-f(\d+)"', page)]

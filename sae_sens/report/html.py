@@ -4,6 +4,8 @@ generated samples, activations highlighted by strength.
 
 Original examples are shown token by token (the ``examples`` table stores tokens and their
 activations); a token's background opacity is its activation over the feature's top activation.
+Each is marked t✓/t✗ and w✓/w✗ by whether scoring found it active as re-tokenised text (the
+original code's way) and as its exact window, where those variants were scored.
 Generated texts have per-token activations in ``scores`` but no stored tokens, and the report does
 not load a tokenizer, so each is shown as its text, tinted by its max activation, with a strip of
 one cell per scored token (same colour scale; hover for the value) showing where it fired.
@@ -87,8 +89,7 @@ def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None
         ORDER BY run, sae, feature_index, kind DESC, example_index
     """)
     original = query(con, """
-        SELECT run, sae, feature_index, sample_index, active FROM scores
-        WHERE source = 'original' AND variant = 'text'
+        SELECT run, sae, feature_index, sample_index, variant, active FROM scores WHERE source = 'original'
     """)
     generated = query(con, f"""
         SELECT run, sae, feature_index, generator, sample_index, text, max_activation,
@@ -98,7 +99,7 @@ def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None
     """, params)
     stats_by = _rows_by(stats, "run", "sae", "feature_index")
     ex_by = _rows_by(examples, "run", "sae", "feature_index")
-    orig_active = {(r["run"], r["sae"], r["feature_index"], r["sample_index"]): r["active"]
+    orig_active = {(r["run"], r["sae"], r["feature_index"], r["sample_index"], r["variant"]): r["active"]
                    for r in original.to_pylist()}
     gen_by = _rows_by(generated, "run", "sae", "feature_index")
 
@@ -138,7 +139,10 @@ def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None
                 parts.append("<h4>original examples</h4>")
             for e in ex_by.get(key, []):
                 toks = "".join(_token(t, a, scale) for t, a in zip(e["tokens"] or [], e["activations"] or [], strict=False))
-                mark = _mark(orig_active.get((run, sae, key[2], e["example_index"])))
+                mark = " ".join(
+                    f'<span title="{title}">{variant[0]}{_mark(orig_active[k])}</span>'
+                    for variant, title in (("text", "re-tokenised text, as the original code"), ("window", "exact window"))
+                    if (k := (run, sae, key[2], e["example_index"], variant)) in orig_active)
                 parts.append(f'<div class="ex">{mark} <span class="badge">{html.escape(e["kind"] or "")} '
                              f'#{e["example_index"]} max {_fmt(e["max_activation"])}</span>{toks}</div>')
             if gen_rows:

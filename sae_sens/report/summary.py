@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import UsageError
 from .views import query
@@ -255,7 +256,7 @@ def compare(
         SELECT {dim} AS side, generated_sensitivity AS v FROM feature_stats
         WHERE {dim} IN (?, ?) AND generated_sensitivity IS NOT NULL
     """, [a, b])
-    side_code = np.asarray(side.column("side").to_pylist()) == b
+    side_code = pc.equal(side.column("side"), b).to_numpy(zero_copy_only=False)
     v = side.column("v").to_numpy()
     low, high = bootstrap_mean_ci(side_code.astype(np.int64), v, 2, n_resamples=n_resamples, seed=seed)
     means = [float(v[side_code == s].mean()) if (side_code == s).any() else float("nan") for s in (False, True)]
