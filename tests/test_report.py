@@ -439,10 +439,12 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_cli_plot_writes_both_pngs(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store.write_table(RUN, "gem_16k_gated_s2", "feature_stats", make_table("feature_stats", [
+        {"feature_index": i, "generator": "g1", "generated_sensitivity": i / 10} for i in range(5)]))
     path = tmp_path / "fig" / "sens.png"
     cli("report", "--store", str(store.root), "--plot", str(path), "--format", "csv")
     assert png_size(path) == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
-    rows = len(SAES) * len(GENERATORS)
+    rows = len(SAES) * len(GENERATORS) + 1
     assert png_size(hist_path(path)) == (round(HIST_WIDTH * DPI), round(hist_height(rows) * DPI))
     import matplotlib.image
 

@@ -3,7 +3,8 @@
 ``write_plots(con, "sens.png")`` writes two files:
 
 * ``sens.png``: mean generated sensitivity vs SAE width (log scale), one line per architecture
-  (and generator, when several are shown), with 95% bootstrap intervals over features;
+  (split by model and by generator where several are shown), with 95% bootstrap intervals over
+  the pooled features of the SAEs at each point;
 * ``sens_hist.png``: the distribution of per-feature sensitivity for each SAE × generator, one row
   per SAE, one column per sensitivity bin (tenths), colour = share of the SAE's features. A heatmap
   keeps hundreds of SAEs readable where overlaid histograms would not.
@@ -42,10 +43,10 @@ def _width_label(w: float) -> str:
     return f"{w >> 10}k" if w >= 1024 and w % 1024 == 0 else str(w)
 
 
-def _generator_filter(generators: Sequence[str] | None) -> tuple[str, list[str]]:
+def _generator_filter(generators: Sequence[str] | None, column: str = "generator") -> tuple[str, list[str]]:
     if not generators:
         return "", []
-    return f"AND generator IN ({', '.join('?' for _ in generators)})", list(generators)
+    return f"AND {column} IN ({', '.join('?' for _ in generators)})", list(generators)
 
 
 def write_plots(
@@ -65,31 +66,36 @@ def write_plots(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     where, params = _generator_filter(generators)
-    n_gen = query(con, f"SELECT count(DISTINCT generator) FROM feature_stats WHERE true {where}", params).column(0)[0]
-    several = n_gen.as_py() > 1
-    by = ["architecture", "generator", "width"] if several else ["architecture", "width"]
-    points = summarize(con, by, generators=generators, n_resamples=n_resamples, seed=seed).to_pydict()
+    f_where, _ = _generator_filter(generators, "f.generator")
+    # one line per architecture, split further by model and generator only where several are shown
+    distinct = query(con, f"""
+        SELECT count(DISTINCT s.model) AS model, count(DISTINCT f.generator) AS generator
+        FROM feature_stats f LEFT JOIN saes s USING (run, sae) WHERE true {f_where}
+    """, params).to_pylist()[0]
+    series = ["architecture"] + [k for k in ("model", "generator") if distinct[k] > 1]
+    points = summarize(con, [*series, "width"], generators=generators, n_resamples=n_resamples, seed=seed)
 
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
-    arch = np.asarray(points["architecture"], dtype=object)
-    gen = np.asarray(points["generator"], dtype=object) if several else np.full(arch.size, "", dtype=object)
-    width = np.asarray([np.nan if w is None else w for w in points["width"]], dtype=float)
-    mean, lo, hi = (np.asarray(points[k], dtype=float) for k in ("sensitivity", "ci_low", "ci_high"))
+    labels = np.asarray([" · ".join(str(v).rsplit("/", 1)[-1] for v in key) for key in zip(  # org/ is noise
+        *(points.column(k).to_pylist() for k in series), strict=True)], dtype=object)
+    width = points.column("width").to_numpy(zero_copy_only=False).astype(float)  # NULL -> NaN
+    mean, lo, hi = (points.column(k).to_numpy(zero_copy_only=False).astype(float)
+                    for k in ("sensitivity", "ci_low", "ci_high"))
     keep = ~np.isnan(width) & ~np.isnan(mean)
-    lines = sorted({(str(a), str(g)) for a, g in zip(arch[keep], gen[keep], strict=True)})
-    for i, (a, g) in enumerate(lines):
-        sel = keep & (arch.astype(str) == a) & (gen.astype(str) == g)
+    lines = sorted(set(labels[keep]))
+    for i, label in enumerate(lines):
+        sel = keep & (labels == label)
         order = np.argsort(width[sel])
         dodge = 2 ** (0.04 * (i - (len(lines) - 1) / 2))  # so interval bars at one width do not overlap
         x, y = width[sel][order] * dodge, mean[sel][order]
         yerr = np.vstack([y - lo[sel][order], hi[sel][order] - y])
-        ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=f"{a} · {g}" if several else a)
+        ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=label)
     if keep.any():
         ax.set_xscale("log", base=2)
         ticks = np.unique(width[keep])
         ax.set_xticks(ticks, [_width_label(t) for t in ticks])
         ax.minorticks_off()
-        ax.legend(title="architecture", fontsize=8)
+        ax.legend(title=" · ".join(series), fontsize=8)
     else:
         ax.text(0.5, 0.5, "no SAE widths known", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylim(0, 1.05)
@@ -114,7 +120,8 @@ def write_plots(
     np.add.at(grid, ([row_of[k] for k in keys], counts["bin"]), counts["n"])
     share = grid / np.maximum(grid.sum(axis=1, keepdims=True), 1)
     several_runs = len({r for r, _, _ in rows}) > 1
-    labels = [(f"{r}/{s}" if several_runs else s) + (f" · {g}" if several else "") for r, s, g in rows]
+    several_gens = distinct["generator"] > 1
+    labels = [(f"{r}/{s}" if several_runs else s) + (f" · {g}" if several_gens else "") for r, s, g in rows]
 
     hpath = hist_path(path)
     fig, ax = plt.subplots(figsize=(HIST_WIDTH, hist_height(len(rows))), dpi=DPI)
