@@ -121,7 +121,7 @@ def write_plots(
     share = grid / np.maximum(grid.sum(axis=1, keepdims=True), 1)
     several_runs = len({r for r, _, _ in rows}) > 1
     several_gens = distinct["generator"] > 1
-    labels = [(f"{r}/{s}" if several_runs else s) + (f" · {g}" if several_gens else "") for r, s, g in rows]
+    row_labels = [(f"{r}/{s}" if several_runs else s) + (f" · {g}" if several_gens else "") for r, s, g in rows]
 
     hpath = hist_path(path)
     fig, ax = plt.subplots(figsize=(HIST_WIDTH, hist_height(len(rows))), dpi=DPI)
@@ -130,7 +130,7 @@ def write_plots(
                        extent=(-0.05, 1.05, len(rows) - 0.5, -0.5))
         fig.colorbar(im, ax=ax, label="share of features")
         if len(rows) <= 60:
-            ax.set_yticks(range(len(rows)), labels, fontsize=7 if len(rows) > 20 else 9)
+            ax.set_yticks(range(len(rows)), row_labels, fontsize=7 if len(rows) > 20 else 9)
         else:
             ax.set_yticks([])
             ax.set_ylabel(f"{len(rows)} SAEs")
