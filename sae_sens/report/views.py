@@ -182,10 +182,10 @@ def table_view_sql(store: Store, table: str, scope: Scope, sae_dirs: Sequence[Pa
     files = (d / f"{table}.parquet" for d in sae_dirs)
     body = _empty_select(schema)
     if scope.filtered:
-        source = ", ".join(_sql_str(str(f)) for f in files if f.exists())
+        source = ", ".join(_sql_str(str(f.resolve())) for f in files if f.exists())
         source = f"[{source}]" if source else ""
     elif any(f.exists() for f in files):  # a glob: sees SAEs added later, and reads well in `sae-sens sql`
-        source = _sql_str(str(store.root / "*" / "*" / f"{table}.parquet"))
+        source = _sql_str(str(store.root.resolve() / "*" / "*" / f"{table}.parquet"))
     else:
         source = ""
     if source:
