@@ -253,6 +253,10 @@ def test_bootstrap_paths_agree_on_many_large_groups() -> None:
     assert np.abs(exact[0] - resampled[0]).max() < 0.02 and np.abs(exact[1] - resampled[1]).max() < 0.02
     means = np.bincount(groups, values) / sizes
     assert np.all(exact[0] <= means + 1e-12) and np.all(means <= exact[1] + 1e-12)
+    rare = np.r_[np.zeros(1995), np.full(5, 0.7)]  # skewed: the FFT window must still hold the tail
+    one = np.zeros(rare.size, int)
+    assert np.concatenate(bootstrap_mean_ci(one, rare)) == pytest.approx(
+        np.concatenate(bootstrap_mean_ci(one, rare, n_resamples=40_000, exact=False)), abs=2e-4)
 
 
 def test_summary_per_sae_and_generator(con: duckdb.DuckDBPyConnection) -> None:

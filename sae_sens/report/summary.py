@@ -63,9 +63,14 @@ def _exact(cnt: np.ndarray, val: np.ndarray, den: np.ndarray, alpha: float) -> t
     base = np.where(cnt > 0, val, np.inf).min(axis=1)
     steps = np.where(cnt > 0, np.round((val - base[:, None]) * den[:, None]), 0)
     mean = (cnt * steps).sum(axis=1)  # of the resampled sum, in lattice steps
-    # Hoeffding: a sum of n draws in [0, A] is further than 3.8 sqrt(n) A from its mean with
-    # probability < 1e-12, so a circular FFT this wide loses nothing to wrap-around.
-    reach = np.minimum(np.ceil(3.8 * np.sqrt(n) * steps.max(axis=1)), n * steps.max(axis=1)) + 1
+    # Bernstein: a sum of n draws in [0, A] with variance v each is further than t from its mean
+    # with probability <= 2 exp(-t^2 / (2 (n v + A t / 3))); at t = reach that is < 1e-12, so a
+    # circular FFT of twice that width loses nothing to wrap-around.
+    span = steps.max(axis=1)
+    var = (cnt * (steps - (mean / n)[:, None]) ** 2).sum(axis=1)  # n v
+    log_p = np.log(2e12)
+    t = (2 * log_p * span / 3 + np.sqrt((2 * log_p * span / 3) ** 2 + 8 * log_p * var)) / 2
+    reach = np.minimum(np.ceil(t), n * span) + 1
     size = 1 << np.ceil(np.log2(2 * reach + 1)).astype(np.int64)
     low, high = np.empty(n.size), np.empty(n.size)
     for p in np.unique(size):  # groups of one FFT length at a time, to bound memory
