@@ -188,7 +188,7 @@ def summarize(
             avg(original_sensitivity) AS original_sensitivity,
             avg(original_sensitivity_window) AS original_sensitivity_window,
             avg((generated_sensitivity < 0.5)::DOUBLE) AS share_below_half,
-            list(generated_sensitivity ORDER BY generated_sensitivity)
+            list(generated_sensitivity)
                 FILTER (WHERE generated_sensitivity IS NOT NULL) AS _values
         FROM fs GROUP BY {key_cols} ORDER BY {key_cols}
     """
