@@ -23,10 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sae_sens.report import connect, query, summarize
-from sae_sens.report.views import ARCHITECTURES, parse_sae_name
-from sae_sens.schemas import make_table
-from sae_sens.store import Store, with_run_sae
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout, uninstalled
+from sae_sens.report import connect, query, summarize  # noqa: E402
+from sae_sens.report.views import ARCHITECTURES, parse_sae_name  # noqa: E402
+from sae_sens.schemas import make_table  # noqa: E402
+from sae_sens.store import Store, with_run_sae  # noqa: E402
 
 RUN = "bench"
 GENERATOR = "openai:gpt-4o-mini"

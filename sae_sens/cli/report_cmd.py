@@ -16,10 +16,18 @@ import typer
 from rich.console import Console
 
 from ..errors import UsageError
-from ..report import compare, connect, query, require_results, summarize, write_init_sql
-from ..report.html import write_html, write_user_file
-from ..report.plot import write_plots
-from ..report.shell import sql_shell
+from ..report import (
+    compare,
+    connect,
+    query,
+    require_results,
+    sql_shell,
+    summarize,
+    write_html,
+    write_init_sql,
+    write_plots,
+)
+from ..report.html import write_user_file
 from ..report.summary import GROUP_KEYS, N_RESAMPLES
 from ..report.views import has_results
 from ..store import Store
