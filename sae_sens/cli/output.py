@@ -29,15 +29,19 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def rich_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> Table:
+    t = Table(title=title, show_lines=False, header_style="bold cyan")
+    for c in columns:
+        t.add_column(str(c))
+    for r in rows:
+        t.add_row(*(_cell(v) for v in r))
+    return t
+
+
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table", title: str | None = None) -> str | None:
     """Render rows in ``fmt``; returns text for csv/json/markdown, prints a rich table for ``table``."""
     if fmt == "table":
-        t = Table(title=title, show_lines=False, header_style="bold cyan")
-        for c in columns:
-            t.add_column(str(c))
-        for r in rows:
-            t.add_row(*(_cell(v) for v in r))
-        console.print(t)
+        console.print(rich_table(columns, rows, title))
         return None
     if fmt == "csv":
         buf = io.StringIO()

@@ -1,12 +1,209 @@
-"""`sae-sens report` (placeholder until its stage lands)."""
+"""`sae-sens report` (summaries, comparisons, SQL, plots, HTML) and `sae-sens sql` (a SQL shell)."""
 
 from __future__ import annotations
 
+import io
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow as pa
+import typer
+from rich.console import Console
+
 from ..errors import UsageError
+from ..report import (
+    compare,
+    connect,
+    query,
+    require_results,
+    sql_shell,
+    summarize,
+    write_html,
+    write_init_sql,
+    write_plots,
+)
+from ..report.html import write_user_file
+from ..report.summary import GROUP_KEYS, N_RESAMPLES
+from ..report.views import has_results
+from ..store import Store
 from .app import app
+from .options import FormatOpt, OptionalSaeOpt, StoreOpt
+from .output import FORMATS, console, err_console, render, rich_table
+
+RunsFilterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--run", "-r", help="Limit to these runs; repeat for several (default: all).", show_default=False),
+]
+GeneratorsFilterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--generator", "-g", help="Limit to these generators; repeat for several (default: all).",
+                 show_default=False),
+]
+
+
+def _columns_rows(table: pa.Table) -> tuple[list[str], list[tuple]]:
+    return table.column_names, list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+
+
+def _output(table: pa.Table, fmt: str, output: Path | None, title: str | None = None) -> None:
+    """Print ``table`` in ``fmt``, or write it to ``output`` (a table format is written as plain text)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    columns, rows = _columns_rows(table)
+    if output is None:
+        text = render(columns, rows, fmt, title)
+        if text is not None:
+            sys.stdout.write(text)
+        return
+    if fmt == "table":
+        buf = io.StringIO()
+        Console(file=buf, width=10_000, no_color=True, highlight=False).print(rich_table(columns, rows, title))
+        text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+    else:
+        text = render(columns, rows, fmt) or ""
+    write_user_file(output, text)
+    err_console.print(f"wrote {output}")
 
 
 @app.command("report")
-def report_command() -> None:
-    """Not implemented yet."""
-    raise UsageError("`report` is not implemented yet")
+def report_command(
+    store: StoreOpt = None,
+    run: RunsFilterOpt = None,
+    sae: OptionalSaeOpt = None,
+    generator: GeneratorsFilterOpt = None,
+    by: Annotated[
+        list[str] | None,
+        typer.Option("--by", help=f"Regroup the summary: {', '.join(GROUP_KEYS)}; repeat or comma-separate "
+                                  "to combine (features of all SAEs in a group are pooled).", show_default=False),
+    ] = None,
+    compare_: Annotated[
+        tuple[str, str] | None,
+        typer.Option("--compare", help="Two SAEs, generators or runs side by side, per shared feature.",
+                     metavar="A B", show_default=False),
+    ] = None,
+    sql: Annotated[str | None, typer.Option("--sql", help="Run a SQL query over the views.",
+                                               show_default=False)] = None,
+    sql_file: Annotated[
+        Path | None,
+        typer.Option("--sql-file", help="Run the SQL in this file.", exists=True, dir_okay=False, show_default=False),
+    ] = None,
+    fmt: FormatOpt = "table",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the output to this file.", show_default=False)
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write FILE.png (sensitivity vs width per architecture, with intervals) "
+                                    "and FILE_hist.png (per-feature sensitivity per SAE).", show_default=False),
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a self-contained HTML page of every feature's examples and "
+                                    "generated samples, highlighted by activation.", show_default=False),
+    ] = None,
+    resamples: Annotated[int, typer.Option(
+        "--resamples", help="Bootstrap resamples for the 95% intervals, where values are not on a lattice "
+                            "(sensitivities always are: they get the exact bootstrap distribution).", min=10)
+    ] = N_RESAMPLES,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of those resamples.")] = 0,
+) -> None:
+    """Summarise sensitivity per run × SAE × generator, regroup, compare, or query with SQL.
+
+    The views: features, examples, candidates, queries, generations, scores, feature_stats,
+    saes (model, width, architecture, sparsity, ... per SAE), runs and stages (stage status).
+
+    Examples:
+
+      sae-sens report
+
+      sae-sens report --by width --by architecture --plot sens.png
+
+      sae-sens report --compare py_4k_topk_s0 py_4k_relu_s0 --format csv -o cmp.csv
+
+      sae-sens report --sql "SELECT width, architecture, avg(generated_sensitivity) FROM feature_stats
+      JOIN saes USING (run, sae) GROUP BY ALL ORDER BY ALL"
+    """
+    if sql is not None and sql_file is not None:
+        raise UsageError("--sql and --sql-file are alternatives", "pass one of them")
+    if compare_ is not None and by:
+        raise UsageError("--compare and --by are alternatives", "pass one of them")
+    st = Store(store)
+    as_sql = sql is not None or sql_file is not None
+    con = connect(st, run, sae, status=as_sql)
+    if as_sql:
+        text = sql if sql is not None else sql_file.read_text()  # type: ignore[union-attr]
+        _output(query(con, text), fmt, output)
+    else:
+        require_results(con, st)
+        if compare_ is not None:
+            result = compare(con, *compare_, n_resamples=resamples, seed=seed)
+            _output(result.rows, fmt, output, title=f"{result.dimension}: a={result.a}, b={result.b}")
+            (console if fmt == "table" and output is None else err_console).print(
+                result.summary, highlight=False, soft_wrap=True)
+        else:
+            keys = [k.strip() for b in by or () for k in b.split(",") if k.strip()]  # --by width,architecture
+            table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
+            title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
+            _output(table, fmt, output, title)
+    if plot is not None:
+        require_results(con, st)
+        paths = write_plots(con, plot, generators=generator, n_resamples=resamples, seed=seed)
+        err_console.print("wrote " + ", ".join(map(str, paths)))
+    if html is not None:
+        require_results(con, st)
+        err_console.print(f"wrote {write_html(con, html, generator)}")
+
+
+def _stdin_lines() -> Iterator[str]:
+    if not sys.stdin.isatty():
+        yield from sys.stdin
+        return
+    while True:
+        try:
+            yield input("sae-sens sql> ")
+        except EOFError:
+            return
+
+
+@app.command("sql")
+def sql_command(
+    store: StoreOpt = None,
+    run: RunsFilterOpt = None,
+    sae: OptionalSaeOpt = None,
+    builtin: Annotated[bool, typer.Option("--builtin", help="Use the built-in prompt even if the duckdb CLI "
+                                                           "is installed.")] = False,
+) -> None:
+    """An interactive DuckDB SQL shell with the report views defined.
+
+    Uses the `duckdb` command when it is on PATH, otherwise a small built-in prompt (statements
+    end with ';'; .tables, .help, .quit). Reads from stdin, so it also runs piped queries.
+
+    Example:
+
+      sae-sens sql --store evals
+
+      echo "SELECT sae, avg(generated_sensitivity) FROM feature_stats GROUP BY sae;" | sae-sens sql
+    """
+    st = Store(store)
+    duckdb_cli = None if builtin else shutil.which("duckdb")
+    if duckdb_cli is not None:
+        with tempfile.TemporaryDirectory(prefix="sae-sens-sql-") as tmp:
+            init = write_init_sql(st, Path(tmp), run, sae)
+            code = subprocess.call([duckdb_cli, "-init", str(init)])
+        sys.exit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which drops its code
+    con = connect(st, run, sae)
+    if not has_results(con):
+        err_console.print(f"note: no runs in {st.root} yet, so the views are empty; run `sae-sens run` first")
+    if sys.stdin.isatty():
+        err_console.print("sae-sens sql: end statements with ';', .tables lists the views, .quit leaves")
+    sql_shell(
+        con,
+        _stdin_lines(),
+        show=lambda t: console.print(rich_table(*_columns_rows(t))),
+        note=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
+    )

@@ -1,0 +1,280 @@
+"""The numbers a researcher reads: sensitivity per SAE (or regrouped), intervals, comparisons.
+
+Aggregation happens in DuckDB; the bootstrap runs in numpy over all groups at once.
+
+Bootstrap intervals are percentile intervals of the mean over features resampled with
+replacement. A resampled sum of n values is a sum of n independent draws from the group's
+distinct values, so where those values lie on a lattice (sensitivities are k / n_samples, so they
+always do) its distribution is the n-fold convolution of one draw's, computed exactly with one
+FFT: the interval is the limit of infinitely many resamples, with no Monte Carlo noise. Other
+values fall back to ``n_resamples`` seeded resamples, drawn as multinomial counts per distinct
+value (the same distribution as resampling indices, at a cost independent of n).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import UsageError
+from .views import query
+
+GROUP_KEYS = ("run", "sae", "generator", "model", "width", "architecture", "sparsity", "layer")
+DEFAULT_KEYS = ("run", "sae", "generator")
+DESCRIBE = ("model", "width", "architecture", "sparsity")  # shown next to the default per-SAE keys
+N_RESAMPLES = 1000
+MAX_DENOMINATOR = 64  # values k / d with d up to this use the exact path
+
+
+def _distinct_counts(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(present groups, counts [G, K], distinct values [G, K]), zero-padded to the largest K."""
+    order = np.lexsort((values, groups))
+    g, v = groups[order], values[order]
+    starts = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (v[1:] != v[:-1])])
+    counts = np.diff(np.r_[starts, g.size])
+    ug, uv = g[starts], v[starts]
+    first = np.flatnonzero(np.r_[True, ug[1:] != ug[:-1]])  # first distinct value of each group
+    sizes = np.diff(np.r_[first, ug.size])
+    k_of: np.ndarray = np.arange(ug.size) - np.repeat(first, sizes)
+    gi = np.repeat(np.arange(first.size), sizes)
+    cnt = np.zeros((first.size, int(sizes.max())))
+    val = np.zeros_like(cnt)
+    cnt[gi, k_of] = counts
+    val[gi, k_of] = uv
+    return ug[first], cnt, val
+
+
+def _lattice_step(cnt: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """Per group, the smallest d <= MAX_DENOMINATOR with every value a multiple of 1/d (0: none)."""
+    d = np.arange(1, MAX_DENOMINATOR + 1)
+    scaled = val[:, :, None] * d
+    fits = ((np.abs(scaled - np.round(scaled)) < 1e-9) | (cnt[:, :, None] == 0)).all(axis=1)
+    return np.where(fits.any(axis=1), d[fits.argmax(axis=1)], 0)
+
+
+def _exact(cnt: np.ndarray, val: np.ndarray, den: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentiles of the exact bootstrap distribution of the mean, for groups on a lattice 1/den."""
+    n = cnt.sum(axis=1)
+    base = np.where(cnt > 0, val, np.inf).min(axis=1)
+    steps = np.where(cnt > 0, np.round((val - base[:, None]) * den[:, None]), 0)
+    mean = (cnt * steps).sum(axis=1)  # of the resampled sum, in lattice steps
+    # Bernstein: a sum of n draws in [0, A] with variance v each is further than t from its mean
+    # with probability <= 2 exp(-t^2 / (2 (n v + A t / 3))); at t = reach that is < 1e-12, so a
+    # circular FFT of twice that width loses nothing to wrap-around.
+    span = steps.max(axis=1)
+    var = (cnt * (steps - (mean / n)[:, None]) ** 2).sum(axis=1)  # n v
+    log_p = np.log(2e12)
+    t = (2 * log_p * span / 3 + np.sqrt((2 * log_p * span / 3) ** 2 + 8 * log_p * var)) / 2
+    reach = np.minimum(np.ceil(t), n * span) + 1
+    size = 1 << np.ceil(np.log2(2 * reach + 1)).astype(np.int64)
+    low, high = np.empty(n.size), np.empty(n.size)
+    for p in np.unique(size):  # groups of one FFT length at a time, to bound memory
+        rows = np.flatnonzero(size == p)
+        one = np.zeros((rows.size, p))
+        np.add.at(one, (np.repeat(np.arange(rows.size), cnt.shape[1]), steps[rows].astype(np.int64).ravel() % p),
+                  (cnt[rows] / n[rows, None]).ravel())
+        pmf = np.fft.irfft(np.fft.rfft(one, axis=1) ** n[rows, None], n=p, axis=1)
+        start = np.round(mean[rows]).astype(np.int64) - p // 2  # the window of sums, in order
+        cdf = np.cumsum(np.take_along_axis(pmf, (start[:, None] + np.arange(p)) % p, axis=1), axis=1)
+        scale = den[rows] * n[rows]
+        low[rows] = base[rows] + (start + (cdf < alpha - 1e-9).sum(axis=1)) / scale
+        high[rows] = base[rows] + (start + (cdf < 1 - alpha - 1e-9).sum(axis=1)) / scale
+    return low, high
+
+
+def _resampled(cnt: np.ndarray, val: np.ndarray, alpha: float, n_resamples: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Percentiles of ``n_resamples`` bootstrap means per group, drawn as multinomial counts."""
+    n = cnt.sum(axis=1)
+    # a multinomial draw as a chain of binomials, vectorised over resamples × groups
+    # (numpy's multinomial loops per row and is several times slower)
+    remaining = np.broadcast_to(n.astype(np.int64), (n_resamples, n.size)).copy()
+    left = n.copy()  # features not yet assigned to a value, per group
+    total = np.zeros((n_resamples, n.size))
+    for k in range(cnt.shape[1] - 1):
+        x = rng.binomial(remaining, np.divide(cnt[:, k], left, out=np.zeros(n.size), where=left > 0))
+        total += x * val[:, k]
+        remaining -= x
+        left -= cnt[:, k]
+    total += remaining * val[:, -1]
+    low, high = np.quantile(total / n, [alpha, 1 - alpha], axis=0)
+    return low, high
+
+
+def bootstrap_mean_ci(
+    groups: np.ndarray,
+    values: np.ndarray,
+    n_groups: int | None = None,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
+    exact: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean of ``values`` within each group.
+
+    ``groups[i]`` is the group code (0..n_groups-1) of ``values[i]``. Returns (low, high) arrays of
+    length ``n_groups``; NaN for a group without values. Groups whose values lie on a lattice get
+    the exact bootstrap distribution (unless ``exact=False``); the others ``n_resamples`` seeded
+    resamples. Both are reproducible.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    n_groups = int(groups.max(initial=-1)) + 1 if n_groups is None else n_groups
+    low = np.full(n_groups, np.nan)
+    high = np.full(n_groups, np.nan)
+    if values.size == 0:
+        return low, high
+    present, cnt, val = _distinct_counts(groups, values)
+    alpha = (1.0 - confidence) / 2
+    den = _lattice_step(cnt, val) if exact else np.zeros(present.size, np.int64)
+    fast = den > 0
+    if fast.any():
+        low[present[fast]], high[present[fast]] = _exact(cnt[fast], val[fast], den[fast], alpha)
+    if (~fast).any():
+        rng = np.random.default_rng(seed)
+        low[present[~fast]], high[present[~fast]] = _resampled(cnt[~fast], val[~fast], alpha, n_resamples, rng)
+    return low, high
+
+
+def _keys(by: Sequence[str]) -> list[str]:
+    keys = list(dict.fromkeys(by)) or list(DEFAULT_KEYS)
+    bad = [k for k in keys if k not in GROUP_KEYS]
+    if bad:
+        raise UsageError(f"cannot group by {', '.join(bad)}", f"use --by with one of {', '.join(GROUP_KEYS)}")
+    return keys
+
+
+def _where(generators: Sequence[str] | None) -> tuple[str, list[str]]:
+    if not generators:
+        return "", []
+    return f"WHERE f.generator IN ({', '.join('?' for _ in generators)})", list(generators)
+
+
+def summarize(
+    con: duckdb.DuckDBPyConnection,
+    by: Sequence[str] = (),
+    *,
+    generators: Sequence[str] | None = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> pa.Table:
+    """Per run × SAE × generator (or per ``by`` keys): features scored, mean generated sensitivity
+    with a 95% bootstrap interval over features, mean original sensitivity (re-tokenised text and
+    exact window), share of features below 0.5, and what the SAE is (model, width, ...).
+
+    Grouped summaries (``by``) pool the features of every SAE in the group.
+    """
+    keys = _keys(by)
+    shown = keys + [d for d in DESCRIBE if d not in keys] if keys == list(DEFAULT_KEYS) else keys
+    key_cols = ", ".join(keys)
+    where, params = _where(generators)
+    # the per-SAE description columns are constant within a default group: any_value picks it
+    extra = [d for d in shown if d not in keys]
+    sql = f"""
+        WITH fs AS (
+            SELECT f.*, s.model, s.width, s.architecture, s.sparsity, s.layer
+            FROM feature_stats f LEFT JOIN saes s USING (run, sae) {where}
+        )
+        SELECT {key_cols}{''.join(f', any_value({d}) AS {d}' for d in extra)},
+            {'' if keys == list(DEFAULT_KEYS) else 'count(DISTINCT (run, sae)) AS saes, '}
+            count(generated_sensitivity) AS features,
+            avg(generated_sensitivity) AS sensitivity,
+            avg(original_sensitivity) AS original_sensitivity,
+            avg(original_sensitivity_window) AS original_sensitivity_window,
+            avg((generated_sensitivity < 0.5)::DOUBLE) AS share_below_half,
+            list(generated_sensitivity)
+                FILTER (WHERE generated_sensitivity IS NOT NULL) AS _values
+        FROM fs GROUP BY {key_cols} ORDER BY {key_cols}
+    """
+    table = query(con, sql, params)
+    values = table.column("_values").combine_chunks()
+    lengths = values.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    flat = values.flatten().to_numpy(zero_copy_only=False)
+    codes = np.repeat(np.arange(table.num_rows), lengths)
+    low, high = bootstrap_mean_ci(codes, flat, table.num_rows, n_resamples=n_resamples, seed=seed)
+    table = table.drop_columns(["_values"])
+    at = table.column_names.index("sensitivity") + 1
+    low_col, high_col = (pa.array(x, from_pandas=True) for x in (low, high))  # NaN (no features) -> NULL
+    table = table.add_column(at, "ci_low", low_col).add_column(at + 1, "ci_high", high_col)
+    return table.select([c for c in shown if c in table.column_names]
+                        + [c for c in table.column_names if c not in shown])
+
+
+@dataclass
+class Comparison:
+    dimension: str  # sae | generator | run
+    a: str
+    b: str
+    rows: pa.Table  # per shared feature: the other keys, feature_index, a, b, diff (b - a)
+    summary: str
+
+
+def _dimension(con: duckdb.DuckDBPyConnection, a: str, b: str) -> str:
+    for dim in ("sae", "generator", "run"):
+        found = {r[0] for r in con.execute(
+            f"SELECT DISTINCT {dim} FROM feature_stats WHERE {dim} IN (?, ?)", [a, b]).fetchall()}
+        if found == {a, b}:
+            return dim
+    known = {dim: [r[0] for r in con.execute(f"SELECT DISTINCT {dim} FROM feature_stats ORDER BY 1").fetchall()]
+             for dim in ("sae", "generator")}
+    raise UsageError(
+        f"cannot compare {a!r} with {b!r}: they are not two SAEs, two generators or two runs with scores",
+        f"SAEs: {', '.join(known['sae']) or 'none'}; generators: {', '.join(known['generator']) or 'none'}",
+    )
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def compare(
+    con: duckdb.DuckDBPyConnection,
+    a: str,
+    b: str,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> Comparison:
+    """Two SAEs, two generators or two runs side by side, per feature they share (joined on the
+    other keys and feature_index), plus a one-line summary with each side's mean over all its features."""
+    if a == b:
+        raise UsageError("--compare needs two different names", "e.g. --compare py_4k_topk_s0 py_4k_relu_s0")
+    dim = _dimension(con, a, b)
+    others = [k for k in ("run", "sae", "generator") if k != dim]
+    on = " AND ".join(f"x.{k} = y.{k}" for k in [*others, "feature_index"])
+    label_a, label_b = (a, b) if a != "diff" and b != "diff" else (f"{a} (a)", f"{b} (b)")
+    rows = query(con, f"""
+        SELECT {', '.join(f'x.{k}' for k in others)}, x.feature_index,
+            x.generated_sensitivity AS {_ident(label_a)}, y.generated_sensitivity AS {_ident(label_b)},
+            y.generated_sensitivity - x.generated_sensitivity AS diff
+        FROM feature_stats x JOIN feature_stats y ON {on}
+        WHERE x.{dim} = ? AND y.{dim} = ?
+        ORDER BY {', '.join(f'x.{k}' for k in others)}, x.feature_index
+    """, [a, b])
+    side = query(con, f"""
+        SELECT {dim} AS side, generated_sensitivity AS v FROM feature_stats
+        WHERE {dim} IN (?, ?) AND generated_sensitivity IS NOT NULL
+    """, [a, b])
+    side_code = pc.equal(side.column("side"), b).to_numpy(zero_copy_only=False)
+    v = side.column("v").to_numpy()
+    low, high = bootstrap_mean_ci(side_code.astype(np.int64), v, 2, n_resamples=n_resamples, seed=seed)
+    means = [float(v[side_code == s].mean()) if (side_code == s).any() else float("nan") for s in (False, True)]
+    counts = [int((side_code == s).sum()) for s in (False, True)]
+    parts = [f"{name}: mean {m:.3f} [{lo:.3f}, {hi:.3f}] over {n} features"
+             for name, m, lo, hi, n in zip((a, b), means, low, high, counts, strict=True)]
+    diff = rows.column("diff").to_numpy(zero_copy_only=False).astype(float)
+    diff = diff[~np.isnan(diff)]
+    if diff.size:
+        parts.append(
+            f"{diff.size} shared: mean diff (b - a) {diff.mean():+.3f}, b higher on {(diff > 0).sum()}, "
+            f"a higher on {(diff < 0).sum()}, equal on {(diff == 0).sum()}"
+        )
+    else:
+        parts.append("no shared features")
+    return Comparison(dim, a, b, rows, f"compare {dim}s a={a} vs b={b}: " + "; ".join(parts))

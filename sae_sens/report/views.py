@@ -1,0 +1,376 @@
+"""DuckDB views over the artifact store: one view per table, plus ``saes`` and ``runs``.
+
+Table views read ``<store>/*/*/<table>.parquet`` lazily (nothing is loaded until a query
+touches them) and are unioned by name with an empty relation of the table's schema, so every
+column in ``schemas.SCHEMAS`` exists with its declared type even before the stage that writes
+it has run, and a query never fails only because a stage is missing.
+
+``saes`` (what each SAE is: model, width, architecture, sparsity, ...) and ``runs`` / ``stages``
+(status of each stage) come from the manifests, which are small JSON files; they are read once
+per connection, into Arrow tables registered with DuckDB.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import MissingTableError, SqlError, UsageError
+from ..schemas import SCHEMAS
+from ..store import MANIFEST, Store, sae_slug
+
+TABLE_VIEWS = ("features", "examples", "candidates", "queries", "generations", "scores", "feature_stats")
+META_VIEWS = ("saes", "runs", "stages")
+STAGE_FAMILIES = ("collect", "generate", "score")
+
+# The SAEBench grid's model codes (see the original tool's README).
+MODEL_CODES = {"py": "EleutherAI/pythia-160m-deduped", "gem": "google/gemma-2-2b"}
+ARCHITECTURES = ("btopk", "matbtopk", "gated", "jumprelu", "topk", "relu", "pan")
+_SAEBENCH_RE = re.compile(rf"^(py|gem)_(\d+[km])_({'|'.join(ARCHITECTURES)})_(s\d+)$")
+_GSCOPE_RE = re.compile(r"^gscope_(?:layer(\d+)_)?(\d+[km]?)_l0_(\d+)$")
+_DEMO_RE = re.compile(r"^([a-z][a-z0-9]*)_(\d+[km])_([a-z0-9]+)(?:_(s\d+))?$")
+
+SAES_SCHEMA = pa.schema([
+    ("run", pa.string()),
+    ("sae", pa.string()),
+    ("model", pa.string()),
+    ("width", pa.int64()),          # number of latents
+    ("architecture", pa.string()),  # SAEBench code: relu, topk, btopk, matbtopk, gated, jumprelu, pan
+    ("sparsity", pa.string()),      # SAEBench s0..s5, GemmaScope l0_<N>
+    ("l0", pa.float64()),           # target or measured L0 when known
+    ("layer", pa.int64()),
+    ("hook", pa.string()),
+    ("source", pa.string()),        # saebench | gemmascope | saelens | local | demo
+    ("format", pa.string()),
+    ("d_in", pa.int64()),
+    ("d_sae", pa.int64()),
+])
+RUNS_SCHEMA = pa.schema(
+    [("run", pa.string()), ("sae", pa.string())]
+    + [(f, pa.string()) for f in STAGE_FAMILIES]
+    + [(f"{f}_finished_at", pa.string()) for f in STAGE_FAMILIES]
+    + [("n_generators", pa.int64())]
+)
+STAGES_SCHEMA = pa.schema([
+    ("run", pa.string()),
+    ("sae", pa.string()),
+    ("stage", pa.string()),
+    ("family", pa.string()),
+    ("status", pa.string()),        # done | stale
+    ("started_at", pa.string()),
+    ("finished_at", pa.string()),
+    ("config_hash", pa.string()),
+    ("rows", pa.int64()),           # rows written, over all its output tables
+])
+
+
+def parse_width(token: str) -> int:
+    """``4k`` -> 4096, ``65k`` -> 65536, ``1m`` -> 1048576, ``4096`` -> 4096.
+
+    SAE widths are powers of two written loosely in thousands, so ``Nk`` snaps to the nearest
+    power of two when that is within 5%, and is N*1000 otherwise.
+    """
+    m = re.fullmatch(r"(\d+)([km]?)", token.lower())
+    if m is None:
+        raise ValueError(f"not a width: {token!r}")
+    n = int(m.group(1))
+    if not m.group(2):
+        return n
+    approx = n * (1000 if m.group(2) == "k" else 1_000_000)
+    pow2 = 1 << round(math.log2(approx))
+    return pow2 if abs(pow2 - approx) <= 0.05 * approx else approx
+
+
+def parse_sae_name(name: str) -> dict[str, Any]:
+    """What an SAE name says about the SAE (SAEBench, GemmaScope and demo grammars); {} if nothing."""
+    base = Path(name.rstrip("/")).name
+    if m := _SAEBENCH_RE.match(base):
+        code, width, arch, sparsity = m.groups()
+        return {"model": MODEL_CODES[code], "width": parse_width(width), "architecture": arch,
+                "sparsity": sparsity, "source": "saebench"}
+    if m := _GSCOPE_RE.match(base):
+        layer, width, l0 = m.groups()
+        out: dict[str, Any] = {"model": "google/gemma-2-2b", "width": parse_width(width), "architecture": "jumprelu",
+                               "sparsity": f"l0_{l0}", "l0": float(l0), "source": "gemmascope"}
+        if layer is not None:
+            out["layer"] = int(layer)
+        return out
+    if m := _DEMO_RE.match(base):
+        _, width, arch, sparsity = m.groups()
+        out = {"width": parse_width(width), "architecture": arch}
+        if sparsity:
+            out["sparsity"] = sparsity
+        return out
+    return {}
+
+
+def _find_l0(obj: Any) -> float | None:
+    """The first numeric ``l0`` anywhere inside SAEBench's nested eval_results."""
+    if isinstance(obj, dict):
+        v = obj.get("l0")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        for child in obj.values():
+            found = _find_l0(child)
+            if found is not None:
+                return found
+    return None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which runs and SAEs a connection sees (None: all)."""
+
+    runs: tuple[str, ...] | None = None
+    saes: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, runs: Iterable[str] | None = None, saes: Iterable[str] | None = None) -> Scope:
+        return cls(tuple(runs) if runs else None, tuple(saes) if saes else None)
+
+    def run_dirs(self, store: Store) -> list[Path]:
+        return [store.run_dir(r) for r in (self.runs if self.runs is not None else store.runs())]
+
+    def sae_dirs(self, store: Store) -> list[Path]:
+        out = []
+        for rd in self.run_dirs(store):
+            if self.saes is not None:
+                out += [rd / sae_slug(s) for s in self.saes]
+            elif rd.is_dir():
+                out += sorted(p for p in rd.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        return [d for d in out if d.is_dir()]
+
+    @property
+    def filtered(self) -> bool:
+        return self.runs is not None or self.saes is not None
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def duckdb_type(t: pa.DataType) -> str:
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return duckdb_type(t.value_type) + "[]"
+    simple = {
+        pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.int16(): "SMALLINT", pa.int8(): "TINYINT",
+        pa.float64(): "DOUBLE", pa.float32(): "FLOAT", pa.bool_(): "BOOLEAN",
+        pa.string(): "VARCHAR", pa.large_string(): "VARCHAR",
+    }
+    if t in simple:
+        return simple[t]
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+def _empty_select(schema: pa.Schema) -> str:
+    cols = ", ".join(f"CAST(NULL AS {duckdb_type(f.type)}) AS {f.name}" for f in schema)
+    return f"SELECT {cols} WHERE false"
+
+
+def table_view_sql(store: Store, table: str, scope: Scope, sae_dirs: Sequence[Path]) -> str:
+    """``CREATE VIEW <table>`` over the store's Parquet files (an empty typed view when none exist)."""
+    schema = pa.schema([("run", pa.string()), ("sae", pa.string()), *SCHEMAS[table]])
+    files = (d / f"{table}.parquet" for d in sae_dirs)
+    body = _empty_select(schema)
+    if scope.filtered:
+        source = ", ".join(_sql_str(str(f.resolve())) for f in files if f.exists())
+        source = f"[{source}]" if source else ""
+    elif any(f.exists() for f in files):  # a glob: sees SAEs added later, and reads well in `sae-sens sql`
+        source = _sql_str(str(store.root.resolve() / "*" / "*" / f"{table}.parquet"))
+    else:
+        source = ""
+    if source:
+        body += f" UNION ALL BY NAME SELECT * FROM read_parquet({source}, union_by_name=true)"
+    return f"CREATE OR REPLACE VIEW {table} AS {body}"
+
+
+Manifests = list[tuple[Path, dict[str, Any]]]
+
+
+def read_manifests(sae_dirs: Sequence[Path]) -> Manifests:
+    out = []
+    for d in sae_dirs:
+        path = d / MANIFEST
+        if path.exists():
+            out.append((path, json.loads(path.read_text())))
+    return out
+
+
+def saes_table(manifests: Manifests) -> pa.Table:
+    """One row per run × SAE: the manifest's ``sae_info``, with gaps filled from the SAE's name."""
+    rows = []
+    for path, data in manifests:
+        run, sae = data.get("run", path.parent.parent.name), data.get("sae", path.parent.name)
+        info = data.get("sae_info") or {}
+        parsed = parse_sae_name(str(info.get("name") or sae))
+        info = {"model": info.get("model_id"), **info}  # SaeSpec calls it model_id
+        row = {f: info.get(f) if info.get(f) is not None else parsed.get(f) for f in SAES_SCHEMA.names}
+        row.update(run=run, sae=sae)
+        row["width"] = row["width"] or info.get("d_sae")
+        if row["l0"] is None:
+            row["l0"] = _find_l0(info.get("eval_results"))
+        rows.append({f.name: _coerce(row[f.name], f.type) for f in SAES_SCHEMA})
+    return pa.Table.from_pylist(rows, schema=SAES_SCHEMA)
+
+
+def _coerce(value: Any, type_: pa.DataType) -> Any:
+    """A manifest value as the column's type (hand-edited or older manifests may say "4k" or 2)."""
+    if value is None:
+        return None
+    try:
+        if pa.types.is_integer(type_):
+            return parse_width(value) if isinstance(value, str) else int(value)
+        if pa.types.is_floating(type_):
+            return float(value)
+    except (TypeError, ValueError):
+        return None
+    return str(value)
+
+
+def stage_tables(store: Store, manifests: Manifests) -> tuple[pa.Table, pa.Table]:
+    """(``runs``, ``stages``): per run × SAE the status of each stage family, and per stage the detail.
+
+    Status comes from ``Store.status`` (done, stale, missing), so it means what ``sae-sens runs`` shows.
+    """
+    runs, stages = [], []
+    for path, data in manifests:
+        run, sae = data.get("run", path.parent.parent.name), data.get("sae", path.parent.name)
+        status = store.status(run, sae)
+        row: dict[str, Any] = {"run": run, "sae": sae}
+        mine = []
+        for key, rec in sorted((data.get("stages") or {}).items()):
+            if key.startswith("_"):
+                continue
+            mine.append({
+                "run": run, "sae": sae, "stage": key, "family": key.split(":", 1)[0], "status": status.get(key),
+                "started_at": rec.get("started_at"), "finished_at": rec.get("finished_at"),
+                "config_hash": rec.get("config_hash"),
+                "rows": sum(int(o.get("rows", 0)) for o in (rec.get("outputs") or {}).values()),
+            })
+        for family in STAGE_FAMILIES:
+            fam = [s for s in mine if s["family"] == family]
+            states = {s["status"] for s in fam}
+            row[family] = "missing" if not fam else "stale" if "stale" in states else "done"
+            row[f"{family}_finished_at"] = max((s["finished_at"] or "" for s in fam), default="") or None
+        row["n_generators"] = sum(s["family"] == "generate" for s in mine)
+        stages += mine
+        runs.append(row)
+    return pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), pa.Table.from_pylist(stages, schema=STAGES_SCHEMA)
+
+
+def _check_scope(store: Store, scope: Scope, dirs: Sequence[Path]) -> None:
+    """A --run or --sae that matches nothing is a typo, not an empty report."""
+    for run in scope.runs or ():
+        Store.check_run(run)
+        if not store.run_dir(run).is_dir():
+            raise UsageError(f"no run {run!r} in store {store.root}",
+                             f"runs there: {', '.join(store.runs()) or 'none yet'}")
+    found = {d.name for d in dirs}
+    missing = [s for s in scope.saes or () if sae_slug(s) not in found]
+    if missing:
+        known = sorted({sae for _, sae in store.iter_run_saes()})
+        raise UsageError(f"no SAE {', '.join(map(repr, missing))} in store {store.root}"
+                         + (f" run {', '.join(scope.runs)}" if scope.runs else ""),
+                         f"SAEs there: {', '.join(known) or 'none yet'}")
+
+
+def _view_statements(store: Store, scope: Scope, status: bool) -> tuple[list[str], dict[str, pa.Table]]:
+    """The table views' SQL, and the manifest-derived tables (saes; runs and stages if ``status``)."""
+    dirs = scope.sae_dirs(store)
+    _check_scope(store, scope, dirs)
+    manifests = read_manifests(dirs)
+    meta = {"saes": saes_table(manifests)}
+    if status:
+        meta["runs"], meta["stages"] = stage_tables(store, manifests)
+    return [table_view_sql(store, t, scope, dirs) for t in TABLE_VIEWS], meta
+
+
+def connect(
+    store: Store,
+    runs: Sequence[str] | None = None,
+    saes: Sequence[str] | None = None,
+    *,
+    status: bool = True,
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view per store table plus ``saes``, ``runs`` and ``stages``.
+
+    ``runs`` / ``saes`` restrict every view to those runs and SAE names. ``status=False`` leaves
+    out ``runs`` and ``stages``, which check every stage's inputs and outputs on disk: summaries
+    do not need them.
+    """
+    statements, meta = _view_statements(store, Scope.of(runs, saes), status)
+    con = duckdb.connect(":memory:")
+    con.execute("SET parquet_metadata_cache = true")  # every query re-binds the views' file globs
+    for sql in statements:
+        con.execute(sql)
+    for name, table in meta.items():
+        con.register(f"_{name}_arrow", table)
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _{name}_arrow")
+    return con
+
+
+def write_init_sql(store: Store, folder: Path, runs: Sequence[str] | None = None,
+                   saes: Sequence[str] | None = None) -> Path:
+    """An init script for the ``duckdb`` CLI defining the same views as ``connect`` (the manifest
+    tables are written next to it as Parquet, since the CLI cannot see Python objects)."""
+    statements, meta = _view_statements(store, Scope.of(runs, saes), status=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [sql + ";" for sql in statements]
+    for name, table in meta.items():
+        pq.write_table(table, folder / f"{name}.parquet")
+        source = _sql_str(str(folder / f"{name}.parquet"))
+        lines.append(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({source});")
+    path = folder / "init.sql"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def has_results(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute("SELECT count(*) FROM saes").fetchall()[0][0])
+
+
+def require_results(con: duckdb.DuckDBPyConnection, store: Store, table: str = "feature_stats") -> None:
+    """Raise a clear error when there is nothing to report yet."""
+    n = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+    if n:
+        return
+    if not has_results(con):
+        raise MissingTableError(
+            f"no runs found in store {store.root}",
+            "run `sae-sens run --sae NAME` (or collect, generate and score) first, or pass --store",
+        )
+    raise MissingTableError(
+        f"no {table} in store {store.root} yet",
+        "run `sae-sens score` (or `sae-sens run`) for these SAEs first",
+    )
+
+
+def sql_error(e: duckdb.Error) -> SqlError:
+    """A DuckDB error as one line: its first line plus any "did you mean" hint, without the caret
+    diagram or long candidate-function lists."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    keep = lines[:1] + [line for line in lines[1:] if line.startswith(("Candidate bindings", "Did you mean"))]
+    return SqlError(
+        "SQL error: " + " ".join(keep),
+        f"views: {', '.join(TABLE_VIEWS + META_VIEWS)}; list columns with --sql \"DESCRIBE scores\"",
+    )
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+    """Run SQL over the views; DuckDB errors become ``SqlError`` (one clear line)."""
+    if not sql.strip():
+        raise SqlError("empty SQL query", 'pass a query, e.g. --sql "SELECT * FROM saes"')
+    try:
+        rel = con.sql(sql, params=list(params) if params else None)
+        return pa.table({}) if rel is None else rel.to_arrow_table()
+    except duckdb.Error as e:
+        raise sql_error(e) from None
