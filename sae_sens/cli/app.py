@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     debug = os.environ.get("SAE_SENS_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=False)
+        # with standalone_mode=False click returns a command's typer.Exit code instead of exiting
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except SaeSensError as e:
         if debug:
             raise
