@@ -94,6 +94,30 @@ def build_tiny_model(
                               num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
                               **common)
         model = tf.Gemma2ForCausalLM(cfg)
+    elif family == "mistral":
+        cfg = tf.MistralConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **common)
+        model = tf.MistralForCausalLM(cfg)
+    elif family == "qwen3":
+        cfg = tf.Qwen3Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+                             **common)
+        model = tf.Qwen3ForCausalLM(cfg)
+    elif family == "gemma":
+        cfg = tf.GemmaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+                             **common)
+        model = tf.GemmaForCausalLM(cfg)
+    elif family == "gemma3":  # the multimodal checkpoint layout (language model under model.language_model)
+        text_cfg = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+                        **common)
+        vision_cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          image_size=28, patch_size=14)
+        n = len(tokenizer)  # image tokens: ids the text never uses
+        cfg = tf.Gemma3Config(text_config=text_cfg, vision_config=vision_cfg, mm_tokens_per_image=4,
+                              boi_token_index=n - 3, eoi_token_index=n - 2, image_token_index=n - 1)
+        model = tf.Gemma3ForConditionalGeneration(cfg)
     elif family == "gemma3_text":
         cfg = tf.Gemma3TextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                                   num_attention_heads=4, num_key_value_heads=4, head_dim=16,
@@ -118,10 +142,19 @@ def save_dictionary_learning_sae(
     lm_name: str = "tiny-llama",
     k: int | None = None,
     threshold: float | torch.Tensor | None = None,
+    r_mag: torch.Tensor | None = None,
+    b_mag: torch.Tensor | None = None,
     extra_state: dict[str, torch.Tensor] | None = None,
     eval_results: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``ae.pt`` + ``config.json`` exactly as dictionary_learning / SAEBench do."""
+    """Write ``ae.pt`` + ``config.json`` exactly as dictionary_learning / SAEBench do.
+
+    The state-dict layout follows ``trainer_class``, as sae_bench's loaders expect it: ReLU, p-anneal,
+    TopK and BatchTopK store ``nn.Linear`` weights (``encoder.weight`` = W_enc.T, ``bias`` = b_dec);
+    JumpReLU and Matryoshka store ``W_enc``/``b_enc``/``W_dec``/``b_dec`` as they are; gated stores
+    ``gate_bias`` (= ``b_enc`` here), ``r_mag``, ``mag_bias`` and ``decoder_bias`` and no encoder bias.
+    ``threshold`` is a scalar for the BatchTopK family and one value per latent for JumpReLU.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     d_in, d_sae = W_enc.shape
@@ -129,12 +162,28 @@ def save_dictionary_learning_sae(
         W_dec = W_enc.T.clone()
     if b_dec is None:
         b_dec = torch.zeros(d_in)
-    state: dict[str, torch.Tensor] = {
-        "encoder.weight": W_enc.T.contiguous().float(),
-        "encoder.bias": b_enc.float(),
-        "decoder.weight": W_dec.T.contiguous().float(),
-        "bias": b_dec.float(),
-    }
+    W_enc, b_enc, W_dec, b_dec = W_enc.float(), b_enc.float(), W_dec.float(), b_dec.float()
+    state: dict[str, torch.Tensor]
+    if trainer_class == "GatedSAETrainer":
+        state = {
+            "encoder.weight": W_enc.T.contiguous(),
+            "decoder.weight": W_dec.T.contiguous(),
+            "decoder_bias": b_dec,
+            "gate_bias": b_enc,
+            "r_mag": torch.zeros(d_sae) if r_mag is None else r_mag.float(),
+            "mag_bias": b_enc.clone() if b_mag is None else b_mag.float(),
+        }
+    elif trainer_class in ("JumpReluTrainer", "MatryoshkaBatchTopKTrainer"):
+        state = {"W_enc": W_enc.contiguous(), "b_enc": b_enc, "W_dec": W_dec.contiguous(), "b_dec": b_dec}
+        if trainer_class == "MatryoshkaBatchTopKTrainer":
+            state["group_sizes"] = torch.tensor([d_sae // 2, d_sae - d_sae // 2])
+    else:
+        state = {
+            "encoder.weight": W_enc.T.contiguous(),
+            "encoder.bias": b_enc,
+            "decoder.weight": W_dec.T.contiguous(),
+            "bias": b_dec,
+        }
     if k is not None:
         state["k"] = torch.tensor(k, dtype=torch.int)
     if threshold is not None:
