@@ -208,9 +208,21 @@ def _check_width(spec: SaeSpec, module: Any, path: Path) -> None:
 
 
 def dictionary_learning_loaders() -> dict[str, Callable[..., Any]]:
-    from sae_bench.custom_saes.run_all_evals_dictionary_learning_saes import TRAINER_LOADERS
+    """trainer_class -> sae_bench's loader function: the same functions as sae_bench's ``TRAINER_LOADERS``
+    (relu and p-anneal share one). That table lives in its run-all-evals module, whose import pulls
+    in every eval and costs seconds, so the mapping is restated here; a test checks it stays equal."""
+    from sae_bench.custom_saes import batch_topk_sae, gated_sae, jumprelu_sae, relu_sae, topk_sae
 
-    return dict(TRAINER_LOADERS)
+    return {
+        "MatryoshkaBatchTopKTrainer": batch_topk_sae.load_dictionary_learning_matryoshka_batch_topk_sae,
+        "BatchTopKTrainer": batch_topk_sae.load_dictionary_learning_batch_topk_sae,
+        "TopKTrainer": topk_sae.load_dictionary_learning_topk_sae,
+        "StandardTrainerAprilUpdate": relu_sae.load_dictionary_learning_relu_sae,
+        "StandardTrainer": relu_sae.load_dictionary_learning_relu_sae,
+        "PAnnealTrainer": relu_sae.load_dictionary_learning_relu_sae,
+        "JumpReluTrainer": jumprelu_sae.load_dictionary_learning_jump_relu_sae,
+        "GatedSAETrainer": gated_sae.load_dictionary_learning_gated_sae,
+    }
 
 
 def _call_sae_bench(loader: Callable[..., Any], what: str, **kwargs: Any) -> Any:

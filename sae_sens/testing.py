@@ -248,3 +248,102 @@ def token_detector_sae(
     b_enc = torch.stack([torch.as_tensor(b, dtype=torch.float32) for b in biases])
     return save_dictionary_learning_sae(folder, W_enc=W_enc, b_enc=b_enc, layer=layer,
                                         lm_name=Path(model_dir).name)
+
+
+def put_in_hub_cache(cache: str | Path, repo_id: str, files: dict[str, bytes | Path], commit: str = "0" * 40) -> Path:
+    """Lay ``files`` ({path in repo: content or local file}) out exactly as huggingface_hub caches a
+    model repo: ``models--{org}--{name}/blobs/<sha256>``, ``snapshots/<commit>/<path>`` linking to the
+    blob, and ``refs/main`` naming the commit. Returns the snapshot folder."""
+    import hashlib
+    import os
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for rel, content in files.items():
+        data = content.read_bytes() if isinstance(content, Path) else content
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def _exceeded_by(values: torch.Tensor, frac: float) -> torch.Tensor:
+    """Per column, the value that a share ``frac`` of the rows exceed (topk: much faster than quantile)."""
+    n = max(1, round(frac * values.shape[0]))
+    return values.T.contiguous().topk(n, dim=1).values[:, -1]
+
+
+# SAEBench architecture code -> dictionary_learning trainer class
+ARCH_TRAINER = {
+    "relu": "StandardTrainer",
+    "pan": "PAnnealTrainer",
+    "topk": "TopKTrainer",
+    "btopk": "BatchTopKTrainer",
+    "matbtopk": "MatryoshkaBatchTopKTrainer",
+    "jumprelu": "JumpReluTrainer",
+    "gated": "GatedSAETrainer",
+}
+
+
+def random_sae(
+    folder: str | Path,
+    arch: str,
+    *,
+    d_in: int,
+    d_sae: int,
+    acts: torch.Tensor | None = None,
+    fire: float = 0.1,
+    k: int = 8,
+    layer: int = 1,
+    lm_name: str = "tiny-llama",
+    seed: int = 0,
+    eval_results: dict[str, Any] | None = None,
+) -> Path:
+    """A random SAE of ``arch`` (an SAEBench code, or ``gemmascope`` for a GemmaScope ``params.npz``)
+    in its real file format, with unit-norm decoder rows (sae_bench's loaders insist) and biases and
+    thresholds set so that about ``fire`` of the latents fire on ``acts`` ([n, d_in]; default
+    Gaussian). Returns the folder (dictionary_learning) or the ``params.npz`` file (gemmascope)."""
+    g = torch.Generator().manual_seed(seed)
+    x = acts.float().reshape(-1, d_in) if acts is not None else torch.randn(128, d_in, generator=g)
+    scale = x.std()
+    W_enc = torch.randn(d_in, d_sae, generator=g)
+    W_enc = W_enc / W_enc.norm(dim=0, keepdim=True)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+    b_dec = 0.1 * scale * torch.randn(d_in, generator=g)
+    if arch in ("jumprelu", "gemmascope"):  # these read x, not x - b_dec
+        b_enc = 0.1 * scale * torch.randn(d_sae, generator=g)
+        pre = x @ W_enc + b_enc
+        threshold = _exceeded_by(pre, fire).clamp(min=0.0)
+        if arch == "gemmascope":
+            import numpy as np
+
+            folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            arrays = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "threshold": threshold}
+            np.savez(folder / "params.npz", **{n: t.numpy().astype(np.float32) for n, t in arrays.items()})
+            return folder / "params.npz"
+        return save_dictionary_learning_sae(folder, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec,
+                                            trainer_class=ARCH_TRAINER[arch], layer=layer, lm_name=lm_name,
+                                            threshold=threshold, eval_results=eval_results)
+    pre = (x - b_dec) @ W_enc
+    b_enc = -_exceeded_by(pre, 0.5 if arch == "topk" else fire)
+    extra: dict[str, Any] = {}
+    if arch in ("topk", "btopk", "matbtopk"):
+        extra["k"] = k
+    if arch in ("btopk", "matbtopk"):
+        post = torch.relu(pre + b_enc)
+        extra["threshold"] = float(post[post > 0].median())  # one global threshold at inference
+    if arch == "gated":
+        extra["r_mag"] = 0.1 * torch.randn(d_sae, generator=g)
+        extra["b_mag"] = 0.1 * scale * torch.randn(d_sae, generator=g)
+    return save_dictionary_learning_sae(folder, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec,
+                                        trainer_class=ARCH_TRAINER[arch], layer=layer, lm_name=lm_name,
+                                        eval_results=eval_results, **extra)
