@@ -275,9 +275,11 @@ def put_in_hub_cache(cache: str | Path, repo_id: str, files: dict[str, bytes | P
 
 
 def _exceeded_by(values: torch.Tensor, frac: float) -> torch.Tensor:
-    """Per column, the value that a share ``frac`` of the rows exceed (topk: much faster than quantile)."""
-    n = max(1, round(frac * values.shape[0]))
-    return values.T.contiguous().topk(n, dim=1).values[:, -1]
+    """Per column, a value that a share ``frac`` of the rows exceed, halfway between two rows' values so
+    that no row sits on it (rounding must not flip a latent). topk: much faster than quantile."""
+    n = min(max(1, round(frac * values.shape[0])), values.shape[0] - 1)
+    top = values.T.contiguous().topk(n + 1, dim=1).values
+    return (top[:, -2] + top[:, -1]) / 2
 
 
 # SAEBench architecture code -> dictionary_learning trainer class
@@ -311,7 +313,8 @@ def random_sae(
     thresholds set so that about ``fire`` of the latents fire on ``acts`` ([n, d_in]; default
     Gaussian). Returns the folder (dictionary_learning) or the ``params.npz`` file (gemmascope)."""
     g = torch.Generator().manual_seed(seed)
-    x = acts.float().reshape(-1, d_in) if acts is not None else torch.randn(128, d_in, generator=g)
+    # identical rows (e.g. every BOS position) would tie at a threshold: keep one of each
+    x = acts.float().reshape(-1, d_in).unique(dim=0) if acts is not None else torch.randn(128, d_in, generator=g)
     scale = x.std()
     W_enc = torch.randn(d_in, d_sae, generator=g)
     W_enc = W_enc / W_enc.norm(dim=0, keepdim=True)
@@ -340,7 +343,7 @@ def random_sae(
         extra["k"] = k
     if arch in ("btopk", "matbtopk"):
         post = torch.relu(pre + b_enc)
-        extra["threshold"] = float(post[post > 0].median())  # one global threshold at inference
+        extra["threshold"] = float(_exceeded_by(post[post > 0].reshape(-1, 1), 0.5))  # one global threshold
     if arch == "gated":
         extra["r_mag"] = 0.1 * torch.randn(d_sae, generator=g)
         extra["b_mag"] = 0.1 * scale * torch.randn(d_sae, generator=g)
