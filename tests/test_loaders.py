@@ -271,3 +271,123 @@ def test_loader_table_is_sae_bench_trainer_loaders() -> None:
     ours = {k: (fn.__module__.rsplit(".", 1)[-1], fn.__name__) for k, fn in dictionary_learning_loaders().items()}
     assert ours == theirs
     assert set(TRAINER_ARCH) == set(theirs)
+
+
+class FakeHub:
+    """A real HTTP server answering the hub's file protocol (HEAD/GET .../resolve/<rev>/<path>, with the
+    X-Repo-Commit / ETag / X-Error-Code headers huggingface_hub reads). Records every request."""
+
+    COMMIT = "c" * 40
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.gated: set[str] = set()
+        self.requests: list[tuple[str, str, str | None]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep test output clean
+                pass
+
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
+            def do_GET(self) -> None:
+                self._answer(body=True)
+
+            def _answer(self, body: bool) -> None:
+                from urllib.parse import unquote
+
+                hub.requests.append((self.command, self.path, self.headers.get("Authorization")))
+                parts = unquote(self.path).lstrip("/").split("/")
+                if len(parts) < 5 or parts[2] != "resolve":
+                    return self._error(404, "NotAResolveUrl")
+                org, name, _resolve, _rev, *rest = parts
+                repo, path = f"{org}/{name}", "/".join(rest)
+                if repo in hub.gated:
+                    return self._error(403, "GatedRepo")
+                if not any(r == repo for r, _ in hub.files):
+                    return self._error(401, "RepoNotFound")
+                data = hub.files.get((repo, path))
+                if data is None:
+                    return self._error(404, "EntryNotFound")
+                import hashlib
+
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", hub.COMMIT)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def _error(self, status: int, code: str) -> None:
+                self.send_response(status)
+                self.send_header("X-Error-Code", code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_hub(hub_cache, monkeypatch):
+    """Online mode against a local fake hub (the real one is unreachable here)."""
+    from huggingface_hub import constants
+
+    hub_ = FakeHub()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub_.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub_.url + "/{repo_id}/resolve/{revision}/{filename}")
+    yield hub_
+    hub_.close()
+
+
+def test_download_into_the_normal_cache_with_token_then_offline(fake_hub, hub_cache, tmp_path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    spec = names.resolve("py_4k_jumprelu_s2")
+    folder = random_sae(tmp_path / "src", "jumprelu", d_in=D_IN, d_sae=4096, layer=8, lm_name=spec.model_id)
+    stem = spec.path.rsplit("/", 1)[0]
+    for f in ("ae.pt", "config.json"):  # no eval_results.json in this repo: optional, a 404 is fine
+        fake_hub.files[(spec.repo_id, f"{stem}/{f}")] = (folder / f).read_bytes()
+    sae = load_sae("py_4k_jumprelu_s2", device="cpu")
+    assert sae.d_sae == 4096 and "eval_results" not in sae.info
+    snapshot = hub_cache / "models--adamkarvonen--saebench_pythia-160m-deduped_width-2pow12_date-0108" / "snapshots"
+    assert (snapshot / FakeHub.COMMIT / spec.path).is_file()  # huggingface_hub's own cache layout
+    files = [(p.split("/resolve/main/")[1], auth) for _, p, auth in fake_hub.requests if "/resolve/" in p]
+    assert {f for f, _ in files} == {f"{stem}/ae.pt", f"{stem}/config.json", f"{stem}/eval_results.json"}
+    assert {auth for _, auth in files} == {f"Bearer {SECRET}"}  # HF_TOKEN is honoured...
+    assert SECRET not in json.dumps(sae.spec.to_json()) + json.dumps(sae.info, default=str)  # ...never recorded
+
+    # offline now: served from the cache, no request made
+    n = len(fake_hub.requests)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    again = load_sae("py_4k_jumprelu_s2", device="cpu")
+    assert again.weight_hash == sae.weight_hash and len(fake_hub.requests) == n
+
+
+def test_hub_errors_are_one_clear_line(fake_hub) -> None:
+    fake_hub.files[("adamkarvonen/other", "x")] = b"x"
+    with pytest.raises(SaeLoadError) as e:  # repo missing
+        load_sae("py_4k_relu_s0", device="cpu")
+    assert "adamkarvonen/saebench_pythia-160m-deduped_width-2pow12_date-0108 not found" in e.value.one_line()
+    fake_hub.gated.add("google/gemma-scope-2b-pt-res")
+    with pytest.raises(SaeLoadError) as e:
+        load_sae("gscope_16k_l0_82", device="cpu")
+    assert "is gated" in e.value.one_line() and "HF_TOKEN" in e.value.one_line()
+    fake_hub.files[("adamkarvonen/saebench_pythia-160m-deduped_width-2pow12_date-0108", "README.md")] = b"hi"
+    with pytest.raises(SaeLoadError) as e:  # repo there, file not
+        load_sae("py_4k_relu_s0", device="cpu")
+    assert "has no file Standard_pythia-160m-deduped__0108/resid_post_layer_8/trainer_0/ae.pt" in e.value.one_line()
