@@ -164,7 +164,8 @@ class HookedLM:
             _set_attr_path(model, layers_path, nn.ModuleList(list(layers)[: self.hook.layer + 1]))
             layers = _get_attr_path(model, layers_path)
         self._layer = layers[self.hook.layer]
-        text_cfg = model.config.get_text_config()  # multimodal configs keep the LM's sizes there
+        config: Any = model.config
+        text_cfg = config.get_text_config()  # multimodal configs keep the LM's sizes there
         self.d_model = int(getattr(text_cfg, "hidden_size", 0) or getattr(text_cfg, "n_embd", 0))
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.bos_id: int | None = bos

@@ -58,7 +58,7 @@ class SaeSpec:
 
 
 class Sae:
-    """A loaded SAE (a sae_bench ``BaseSAE`` inside) with the spec it came from."""
+    """A loaded SAE (a sae_bench ``BaseSAE`` or a sae_lens ``SAE`` inside) with the spec it came from."""
 
     def __init__(self, spec: SaeSpec, module: Any, *, weight_hash: str, info: dict[str, Any] | None = None):
         self.spec = spec
@@ -93,7 +93,7 @@ class Sae:
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """All latents: [..., d_in] -> [..., d_sae], exactly the underlying module's ``encode``."""
-        return self.module.encode(x.to(self.dtype))
+        return self.module.encode(x.to(self.device, self.dtype))
 
     @torch.inference_mode()
     def encode_latents(self, x: torch.Tensor, latents: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
@@ -104,7 +104,7 @@ class Sae:
         TopK needs every pre-activation of a token, so it runs in chunks of ``chunk`` tokens to keep
         memory bounded.
         """
-        x = x.to(self.dtype)
+        x = x.to(self.device, self.dtype)
         if latents is not None:
             latents = torch.as_tensor(latents, dtype=torch.long, device=self.device)
             fast = _columns_encoder(self.module)
