@@ -258,6 +258,11 @@ def load_dictionary_learning_folder(folder: Path, spec: SaeSpec, device: torch.d
             f"{spec.name!r} should be a {spec.architecture} SAE but {cfg_path} says {trainer_class}",
             "the files do not match the name; delete them from the cache and download again",
         )
+    if spec.layer is not None and trainer.get("layer") is not None and int(trainer["layer"]) != spec.layer:
+        raise SaeLoadError(
+            f"{spec.name!r} should read layer {spec.layer} but {cfg_path} says layer {trainer['layer']}",
+            "the files do not match the name; delete them from the cache and download again",
+        )
     lm_name = str(trainer.get("lm_name", ""))
     with _sae_bench_reads({"ae.pt": folder / "ae.pt", "config.json": cfg_path}):
         module = _call_sae_bench(

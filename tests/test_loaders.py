@@ -230,6 +230,11 @@ def test_files_that_do_not_match_the_name_are_refused(hub_cache, tmp_path) -> No
     put_in_hub_cache(hub_cache, spec.repo_id, {f"{stem}/{p.name}": p for p in folder.iterdir()})
     with pytest.raises(SaeLoadError, match="should have 4096 latents"):
         load_sae("py_4k_relu_s0", device="cpu")
+    # the right architecture and width, trained on another layer
+    folder = random_sae(tmp_path / "layer3", "relu", d_in=D_IN, d_sae=4096, layer=3, lm_name=spec.model_id)
+    put_in_hub_cache(hub_cache, spec.repo_id, {f"{stem}/{p.name}": p for p in folder.iterdir()})
+    with pytest.raises(SaeLoadError, match="should read layer 8 but .* says layer 3"):
+        load_sae("py_4k_relu_s0", device="cpu")
 
 
 def test_local_folder_errors(tmp_path) -> None:
