@@ -21,7 +21,7 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def download(repo_id: str, filename: str, *, revision: str | None = None, optional: bool = False) -> Path | None:
+def download(repo_id: str, filename: str, *, optional: bool = False) -> Path | None:
     """Local path of ``filename`` in ``repo_id`` (downloaded once, then served from the cache).
 
     ``optional`` files (e.g. ``eval_results.json``) return None when the repo or the cache lacks them.
@@ -32,12 +32,11 @@ def download(repo_id: str, filename: str, *, revision: str | None = None, option
         GatedRepoError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
-        RevisionNotFoundError,
     )
 
     local_only = offline()
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only))
+        return Path(hf_hub_download(repo_id, filename, local_files_only=local_only))
     except GatedRepoError as e:
         raise SaeLoadError(
             f"{repo_id} is gated: access to {filename} was refused",
@@ -48,8 +47,6 @@ def download(repo_id: str, filename: str, *, revision: str | None = None, option
             f"Hugging Face repo {repo_id} not found (or private) while fetching {filename}",
             "check the repo id; for a private repo set HF_TOKEN",
         ) from e
-    except RevisionNotFoundError as e:
-        raise SaeLoadError(f"revision {revision!r} of {repo_id} not found", "check the revision") from e
     except LocalEntryNotFoundError as e:
         if optional:
             return None
