@@ -27,18 +27,31 @@ from .errors import ConfigError, ModelError
 HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|resid_pre|mlp_out|attn_out)$")
 HOOK_KINDS = ("resid_post", "resid_pre", "mlp_out", "attn_out")
 
-# model_type -> (path to the decoder-layer list, mlp attribute, attention attribute)
-FAMILIES: dict[str, tuple[str, str, str]] = {
-    "gpt_neox": ("gpt_neox.layers", "mlp", "attention"),
-    "llama": ("model.layers", "mlp", "self_attn"),
-    "mistral": ("model.layers", "mlp", "self_attn"),
-    "qwen2": ("model.layers", "mlp", "self_attn"),
-    "qwen3": ("model.layers", "mlp", "self_attn"),
-    "gemma": ("model.layers", "mlp", "self_attn"),
-    "gemma2": ("model.layers", "mlp", "self_attn"),
-    "gemma3_text": ("model.layers", "mlp", "self_attn"),
-    "gemma3": ("model.language_model.layers", "mlp", "self_attn"),
-    "gpt2": ("transformer.h", "mlp", "attn"),
+
+@dataclass(frozen=True)
+class Family:
+    """Where TransformerLens's hook points live in one Hugging Face architecture."""
+
+    layers: str  # path to the decoder-layer list
+    attn_out: str  # submodule of a layer whose output is hook_attn_out
+    mlp_out: str  # submodule of a layer whose output is hook_mlp_out
+
+
+_PRE_NORM = ("self_attn", "mlp")
+# Gemma 2/3 normalise each block's output before adding it to the residual stream; TransformerLens's
+# hook_attn_out / hook_mlp_out read after that norm, so that resid_pre + attn_out + mlp_out = resid_post.
+_SANDWICH_NORM = ("post_attention_layernorm", "post_feedforward_layernorm")
+FAMILIES: dict[str, Family] = {
+    "gpt_neox": Family("gpt_neox.layers", "attention", "mlp"),
+    "gpt2": Family("transformer.h", "attn", "mlp"),
+    "llama": Family("model.layers", *_PRE_NORM),
+    "mistral": Family("model.layers", *_PRE_NORM),
+    "qwen2": Family("model.layers", *_PRE_NORM),
+    "qwen3": Family("model.layers", *_PRE_NORM),
+    "gemma": Family("model.layers", *_PRE_NORM),
+    "gemma2": Family("model.layers", *_SANDWICH_NORM),
+    "gemma3_text": Family("model.layers", *_SANDWICH_NORM),
+    "gemma3": Family("model.language_model.layers", *_SANDWICH_NORM),  # multimodal checkpoint, text tower
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -138,7 +151,8 @@ class HookedLM:
                 f"model family {model_type!r} is not supported for hooks",
                 f"supported families: {', '.join(sorted(FAMILIES))}",
             )
-        layers_path, self._mlp_attr, self._attn_attr = FAMILIES[model_type]
+        self.family = FAMILIES[model_type]
+        layers_path = self.family.layers
         layers = _get_attr_path(model, layers_path)
         n_layers = len(layers)
         if not 0 <= self.hook.layer < n_layers:
@@ -150,7 +164,9 @@ class HookedLM:
             _set_attr_path(model, layers_path, nn.ModuleList(list(layers)[: self.hook.layer + 1]))
             layers = _get_attr_path(model, layers_path)
         self._layer = layers[self.hook.layer]
-        self.d_model = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "n_embd", 0))
+        config: Any = model.config
+        text_cfg = config.get_text_config()  # multimodal configs keep the LM's sizes there
+        self.d_model = int(getattr(text_cfg, "hidden_size", 0) or getattr(text_cfg, "n_embd", 0))
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.bos_id: int | None = bos
         special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
@@ -201,8 +217,8 @@ class HookedLM:
         if kind == "resid_pre":
             return self._layer, True
         if kind == "mlp_out":
-            return getattr(self._layer, self._mlp_attr), False
-        return getattr(self._layer, self._attn_attr), False
+            return getattr(self._layer, self.family.mlp_out), False
+        return getattr(self._layer, self.family.attn_out), False
 
     @torch.inference_mode()
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,10 +7,13 @@ Formats register in ``LOADERS`` (one function per format, SAELens style); names 
 from __future__ import annotations
 
 import contextlib
+import difflib
+import hashlib
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,6 @@ import torch
 
 from .errors import SaeLoadError, UnknownSaeError
 from .hashing import hash_file
-
-# Architecture codes, as in the SAEBench names (sae_sens.names) -> what encode_latents may do.
-ELEMENTWISE_ARCHS = {"relu", "pan", "jumprelu", "gated"}  # a latent depends only on its own column
-TOPK_ARCHS = {"topk"}  # needs all pre-activations of a token (chunked)
-THRESHOLD_ARCHS = {"btopk", "matbtopk"}  # global threshold at inference: elementwise
 
 # dictionary_learning trainer_class -> our architecture code
 TRAINER_ARCH = {
@@ -42,7 +40,7 @@ class SaeSpec:
     """Where an SAE lives and what it reads. ``path`` is a file inside ``repo_id``, or a local path."""
 
     name: str
-    source: str  # saebench | gemmascope | saelens | local
+    source: str  # saebench | gemmascope | saelens | packaged | local
     format: str  # key of LOADERS: dictionary_learning | gemmascope_npz | saelens
     architecture: str | None = None
     model_id: str | None = None
@@ -60,7 +58,7 @@ class SaeSpec:
 
 
 class Sae:
-    """A loaded SAE (a sae_bench ``BaseSAE`` inside) with the spec it came from."""
+    """A loaded SAE (a sae_bench ``BaseSAE`` or a sae_lens ``SAE`` inside) with the spec it came from."""
 
     def __init__(self, spec: SaeSpec, module: Any, *, weight_hash: str, info: dict[str, Any] | None = None):
         self.spec = spec
@@ -89,30 +87,75 @@ class Sae:
         return self.module.W_enc.dtype
 
     def to(self, device: torch.device | str) -> Sae:
-        self.module.to(device)
-        self.module.device = torch.device(device)
+        self.module.to(device=torch.device(device))  # sae_bench's ``to`` also updates ``module.device``
         return self
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """All latents: [..., d_in] -> [..., d_sae], exactly the sae_bench module's ``encode``."""
-        return self.module.encode(x.to(self.dtype))
+        """All latents: [..., d_in] -> [..., d_sae], exactly the underlying module's ``encode``."""
+        return self.module.encode(x.to(self.device, self.dtype))
 
     @torch.inference_mode()
     def encode_latents(self, x: torch.Tensor, latents: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
         """Only the given latents: [..., d_in] -> [..., len(latents)]; equal to ``encode(x)[..., latents]``.
 
-        Rows are processed in chunks of ``chunk`` tokens so that TopK-style SAEs, which need every
-        pre-activation of a token, stay within bounded memory.
+        Where a latent depends only on its own encoder column (ReLU, p-anneal, JumpReLU, gated, and the
+        BatchTopK family, which uses a global threshold at inference) only those columns are computed.
+        TopK needs every pre-activation of a token, so it runs in chunks of ``chunk`` tokens to keep
+        memory bounded.
         """
+        x = x.to(self.device, self.dtype)
+        if latents is not None:
+            latents = torch.as_tensor(latents, dtype=torch.long, device=self.device)
+            fast = _columns_encoder(self.module)
+            if fast is not None:
+                return fast(x, latents)
         shape = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
         n_out = self.d_sae if latents is None else int(latents.numel())
         out = torch.empty((flat.shape[0], n_out), dtype=self.dtype, device=self.device)
         for start in range(0, flat.shape[0], chunk):
-            acts = self.module.encode(flat[start : start + chunk].to(self.dtype))
+            acts = self.module.encode(flat[start : start + chunk])
             out[start : start + chunk] = acts if latents is None else acts[:, latents]
         return out.reshape(*shape, n_out)
+
+
+def _columns_encoder(module: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """``encode`` restricted to some latents, op for op as in sae_bench's classes; None where a latent
+    depends on the others (TopK without a threshold) or the module is not a sae_bench class."""
+    from sae_bench.custom_saes.batch_topk_sae import BatchTopKSAE
+    from sae_bench.custom_saes.gated_sae import GatedSAE
+    from sae_bench.custom_saes.jumprelu_sae import JumpReluSAE
+    from sae_bench.custom_saes.relu_sae import ReluSAE
+    from sae_bench.custom_saes.topk_sae import TopKSAE
+
+    m = module
+    if isinstance(m, ReluSAE):
+        return lambda x, idx: torch.relu((x - m.b_dec) @ m.W_enc[:, idx] + m.b_enc[idx])
+    if isinstance(m, JumpReluSAE):
+
+        def jumprelu(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            pre = x @ m.W_enc[:, idx] + m.b_enc[idx]
+            return (pre > m.threshold[idx]) * torch.nn.functional.relu(pre)
+
+        return jumprelu
+    if isinstance(m, GatedSAE):
+
+        def gated(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            x_enc = (x - m.b_dec) @ m.W_enc[:, idx]
+            f_gate = (x_enc + m.gate_bias[idx] > 0).to(dtype=m.W_enc.dtype)
+            return f_gate * torch.nn.functional.relu(m.r_mag[idx].exp() * x_enc + m.b_mag[idx])
+
+        return gated
+    # an unset threshold (< 0) is an error in the module's own encode: let it raise there
+    if isinstance(m, (BatchTopKSAE, TopKSAE)) and m.use_threshold and float(m.threshold) >= 0:
+
+        def thresholded(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            post = torch.nn.functional.relu((x - m.b_dec) @ m.W_enc[:, idx] + m.b_enc[idx])
+            return post * (post > m.threshold)
+
+        return thresholded
+    return None
 
 
 # ----- loaders --------------------------------------------------------------------------------
@@ -129,8 +172,9 @@ def register_loader(name: str) -> Callable[[Loader], Loader]:
 
 
 @contextlib.contextmanager
-def _local_files(root: Path) -> Iterator[None]:
-    """Let sae_bench's loaders (which call ``hf_hub_download``) read a local folder instead of the hub."""
+def _sae_bench_reads(files: dict[str, Path]) -> Iterator[None]:
+    """Make sae_bench's loaders, which call ``hf_hub_download`` themselves (into ``./downloaded_saes``),
+    read files we already have: local ones, or ones ``hub.download`` put in the normal hub cache."""
     import sae_bench.custom_saes.batch_topk_sae as m1
     import sae_bench.custom_saes.gated_sae as m2
     import sae_bench.custom_saes.jumprelu_sae as m3
@@ -138,26 +182,60 @@ def _local_files(root: Path) -> Iterator[None]:
     import sae_bench.custom_saes.topk_sae as m5
 
     def local_download(repo_id: str, filename: str, **_: Any) -> str:
-        path = root / filename
-        if not path.exists():
-            raise SaeLoadError(f"missing SAE file {path}", "a dictionary_learning folder needs ae.pt and config.json")
-        return str(path)
+        if filename not in files or not files[filename].exists():
+            raise SaeLoadError(f"missing SAE file {filename}", "a dictionary_learning folder needs ae.pt and config.json")
+        return str(files[filename])
 
     modules = (m1, m2, m3, m4, m5)
     saved = [m.hf_hub_download for m in modules]
     for m in modules:
         m.hf_hub_download = local_download  # type: ignore[attr-defined]
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):  # they print state-dict keys
+            yield
     finally:
-        for m, fn in zip(modules, saved):
+        for m, fn in zip(modules, saved, strict=True):
             m.hf_hub_download = fn  # type: ignore[attr-defined]
 
 
-def dictionary_learning_loaders() -> dict[str, Callable[..., Any]]:
-    from sae_bench.custom_saes.run_all_evals_dictionary_learning_saes import TRAINER_LOADERS
+def _check_width(spec: SaeSpec, module: Any, path: Path) -> None:
+    width = int(module.W_enc.shape[1])
+    if spec.width is not None and width != spec.width:
+        raise SaeLoadError(
+            f"{spec.name!r} should have {spec.width} latents but {path} has {width}",
+            "the file does not match the name; delete it from the cache and download again",
+        )
 
-    return dict(TRAINER_LOADERS)
+
+def dictionary_learning_loaders() -> dict[str, Callable[..., Any]]:
+    """trainer_class -> sae_bench's loader function: the same functions as sae_bench's ``TRAINER_LOADERS``
+    (relu and p-anneal share one). That table lives in its run-all-evals module, whose import pulls
+    in every eval and costs seconds, so the mapping is restated here; a test checks it stays equal."""
+    from sae_bench.custom_saes import batch_topk_sae, gated_sae, jumprelu_sae, relu_sae, topk_sae
+
+    return {
+        "MatryoshkaBatchTopKTrainer": batch_topk_sae.load_dictionary_learning_matryoshka_batch_topk_sae,
+        "BatchTopKTrainer": batch_topk_sae.load_dictionary_learning_batch_topk_sae,
+        "TopKTrainer": topk_sae.load_dictionary_learning_topk_sae,
+        "StandardTrainerAprilUpdate": relu_sae.load_dictionary_learning_relu_sae,
+        "StandardTrainer": relu_sae.load_dictionary_learning_relu_sae,
+        "PAnnealTrainer": relu_sae.load_dictionary_learning_relu_sae,
+        "JumpReluTrainer": jumprelu_sae.load_dictionary_learning_jump_relu_sae,
+        "GatedSAETrainer": gated_sae.load_dictionary_learning_gated_sae,
+    }
+
+
+def _call_sae_bench(loader: Callable[..., Any], what: str, **kwargs: Any) -> Any:
+    """sae_bench's loaders signal bad files with bare asserts and ValueErrors: name the file instead."""
+    try:
+        return loader(**kwargs)
+    except SaeLoadError:
+        raise
+    except (AssertionError, ValueError, KeyError, RuntimeError) as e:
+        raise SaeLoadError(
+            f"sae_bench could not load {what}: {type(e).__name__} {str(e).splitlines()[0] if str(e) else ''}".strip(),
+            "check that the files are a complete, unmodified SAE of this architecture",
+        ) from e
 
 
 def load_dictionary_learning_folder(folder: Path, spec: SaeSpec, device: torch.device, dtype: torch.dtype) -> Sae:
@@ -174,9 +252,22 @@ def load_dictionary_learning_folder(folder: Path, spec: SaeSpec, device: torch.d
             f"unknown trainer_class {trainer_class!r} in {cfg_path}",
             f"supported: {', '.join(sorted(loaders))}",
         )
+    arch = TRAINER_ARCH.get(trainer_class)
+    if spec.architecture and arch and spec.architecture != arch:
+        raise SaeLoadError(
+            f"{spec.name!r} should be a {spec.architecture} SAE but {cfg_path} says {trainer_class}",
+            "the files do not match the name; delete them from the cache and download again",
+        )
+    if spec.layer is not None and trainer.get("layer") is not None and int(trainer["layer"]) != spec.layer:
+        raise SaeLoadError(
+            f"{spec.name!r} should read layer {spec.layer} but {cfg_path} says layer {trainer['layer']}",
+            "the files do not match the name; delete them from the cache and download again",
+        )
     lm_name = str(trainer.get("lm_name", ""))
-    with _local_files(folder), contextlib.redirect_stdout(io.StringIO()):  # they print state-dict keys
-        module = loaders[trainer_class](
+    with _sae_bench_reads({"ae.pt": folder / "ae.pt", "config.json": cfg_path}):
+        module = _call_sae_bench(
+            loaders[trainer_class],
+            str(folder),
             repo_id="local",
             filename="ae.pt",
             model_name=lm_name.split("/")[-1] if lm_name else "",
@@ -184,21 +275,19 @@ def load_dictionary_learning_folder(folder: Path, spec: SaeSpec, device: torch.d
             dtype=dtype,
             layer=trainer.get("layer"),
         )
+    _check_width(spec, module, folder / "ae.pt")
     info: dict[str, Any] = {"config": config}
     ev = folder / "eval_results.json"
     if ev.exists():
         info["eval_results"] = json.loads(ev.read_text())
-    arch = spec.architecture or TRAINER_ARCH.get(trainer_class)
     layer = spec.layer if spec.layer is not None else trainer.get("layer")
-    spec = SaeSpec(
-        **{
-            **spec.to_json(),
-            "architecture": arch,
-            "layer": layer,
-            "model_id": spec.model_id or lm_name or None,
-            "hook": spec.hook or (f"blocks.{layer}.hook_resid_post" if layer is not None else None),
-            "width": spec.width or int(module.W_enc.shape[1]),
-        }
+    spec = replace(
+        spec,
+        architecture=spec.architecture or arch,
+        layer=layer,
+        model_id=spec.model_id or lm_name or None,
+        hook=spec.hook or (f"blocks.{layer}.hook_resid_post" if layer is not None else None),
+        width=spec.width or int(module.W_enc.shape[1]),
     )
     return Sae(spec, module, weight_hash=hash_file(folder / "ae.pt"), info=info)
 
@@ -207,7 +296,120 @@ def load_dictionary_learning_folder(folder: Path, spec: SaeSpec, device: torch.d
 def _load_dictionary_learning(spec: SaeSpec, device: torch.device, dtype: torch.dtype) -> Sae:
     if spec.path is None:
         raise SaeLoadError(f"SAE {spec.name!r} has no path")
-    return load_dictionary_learning_folder(Path(spec.path), spec, device, dtype)
+    if spec.repo_id is None:
+        return load_dictionary_learning_folder(Path(spec.path), spec, device, dtype)
+    from . import hub
+
+    ae = hub.download(spec.repo_id, spec.path)
+    assert ae is not None  # not optional: a missing file raises
+    stem = spec.path.rsplit("/", 1)[0]
+    hub.download(spec.repo_id, f"{stem}/config.json")
+    hub.download(spec.repo_id, f"{stem}/eval_results.json", optional=True)
+    # the snapshot folder holds all three side by side, as a local dictionary_learning folder does
+    return load_dictionary_learning_folder(ae.parent, spec, device, dtype)
+
+
+@register_loader("gemmascope_npz")
+def _load_gemmascope(spec: SaeSpec, device: torch.device, dtype: torch.dtype) -> Sae:
+    from sae_bench.custom_saes.jumprelu_sae import load_gemma_scope_jumprelu_sae
+
+    if spec.path is None:
+        raise SaeLoadError(f"SAE {spec.name!r} has no path")
+    if spec.repo_id is None:
+        path = Path(spec.path)
+    else:
+        from . import hub
+
+        downloaded = hub.download(spec.repo_id, spec.path)
+        assert downloaded is not None
+        path = downloaded
+    if not path.is_file():
+        raise SaeLoadError(f"GemmaScope file {path} not found", "give the path of a params.npz")
+    with _sae_bench_reads({"params.npz": path}):
+        module = _call_sae_bench(
+            load_gemma_scope_jumprelu_sae,
+            str(path),
+            repo_id="local",
+            filename="params.npz",
+            layer=spec.layer if spec.layer is not None else 0,
+            model_name=(spec.model_id or "").split("/")[-1],
+            device=device,
+            dtype=dtype,
+        )
+    _check_width(spec, module, path)
+    spec = replace(spec, architecture="jumprelu", width=spec.width or int(module.W_enc.shape[1]))
+    return Sae(spec, module, weight_hash=hash_file(path))
+
+
+# sae_lens's architecture names -> our codes (as in the SAEBench names)
+SAELENS_ARCH = {"standard": "relu", "jumprelu": "jumprelu", "gated": "gated", "topk": "topk",
+                "batchtopk": "btopk", "matryoshka_batchtopk": "matbtopk"}
+
+
+def _state_hash(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, t in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@register_loader("saelens")
+def _load_saelens(spec: SaeSpec, device: torch.device, dtype: torch.dtype) -> Sae:
+    from sae_lens import SAE
+
+    dt = str(dtype).removeprefix("torch.")
+    release = spec.extra.get("release")
+    if release:
+        try:
+            module = SAE.from_pretrained(str(release), str(spec.path), device=str(device), dtype=dt)
+        except ValueError as e:
+            raise _unknown_saelens(str(release), str(spec.path)) from e
+    else:
+        module = SAE.load_from_disk(str(spec.path), device=str(device), dtype=dt)
+    meta = module.cfg.metadata
+    hook = getattr(meta, "hook_name", None) or spec.hook
+    model_name = getattr(meta, "model_name", None)
+    model_id = spec.model_id
+    if model_id is None and model_name:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        try:  # sae_lens records TransformerLens names ("gemma-2-2b"); the model loader wants hub ids
+            model_id = get_official_model_name(model_name)
+        except ValueError:
+            model_id = model_name
+    layer = spec.layer
+    if layer is None and hook:
+        m = re.match(r"^blocks\.(\d+)\.", hook)
+        layer = int(m.group(1)) if m else None
+    arch = module.cfg.architecture()
+    spec = replace(
+        spec,
+        architecture=spec.architecture or SAELENS_ARCH.get(arch, arch),
+        model_id=model_id,
+        layer=layer,
+        hook=hook,
+        width=spec.width or int(module.cfg.d_sae),
+    )
+    return Sae(spec, module, weight_hash=_state_hash(module))
+
+
+def _unknown_saelens(release: str, sae_id: str) -> UnknownSaeError:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, list(directory), n=3)
+        return UnknownSaeError(
+            f"sae_lens has no release {release!r}",
+            (f"did you mean {', '.join(close)}? " if close else "") + "see sae_lens's pretrained SAEs table",
+        )
+    ids = list(directory[release].saes_map)
+    close = difflib.get_close_matches(sae_id, ids, n=3)
+    return UnknownSaeError(
+        f"sae_lens release {release!r} has no SAE {sae_id!r}",
+        (f"did you mean {', '.join(close)}? " if close else "") + f"it has {len(ids)}, e.g. {ids[0]}",
+    )
 
 
 def resolve_sae(name: str) -> SaeSpec:

@@ -94,6 +94,30 @@ def build_tiny_model(
                               num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
                               **common)
         model = tf.Gemma2ForCausalLM(cfg)
+    elif family == "mistral":
+        cfg = tf.MistralConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **common)
+        model = tf.MistralForCausalLM(cfg)
+    elif family == "qwen3":
+        cfg = tf.Qwen3Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+                             **common)
+        model = tf.Qwen3ForCausalLM(cfg)
+    elif family == "gemma":
+        cfg = tf.GemmaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+                             **common)
+        model = tf.GemmaForCausalLM(cfg)
+    elif family == "gemma3":  # the multimodal checkpoint layout (language model under model.language_model)
+        text_cfg = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+                        **common)
+        vision_cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          image_size=28, patch_size=14)
+        n = len(tokenizer)  # image tokens: ids the text never uses
+        cfg = tf.Gemma3Config(text_config=text_cfg, vision_config=vision_cfg, mm_tokens_per_image=4,
+                              boi_token_index=n - 3, eoi_token_index=n - 2, image_token_index=n - 1)
+        model = tf.Gemma3ForConditionalGeneration(cfg)
     elif family == "gemma3_text":
         cfg = tf.Gemma3TextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                                   num_attention_heads=4, num_key_value_heads=4, head_dim=16,
@@ -118,10 +142,19 @@ def save_dictionary_learning_sae(
     lm_name: str = "tiny-llama",
     k: int | None = None,
     threshold: float | torch.Tensor | None = None,
+    r_mag: torch.Tensor | None = None,
+    b_mag: torch.Tensor | None = None,
     extra_state: dict[str, torch.Tensor] | None = None,
     eval_results: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``ae.pt`` + ``config.json`` exactly as dictionary_learning / SAEBench do."""
+    """Write ``ae.pt`` + ``config.json`` exactly as dictionary_learning / SAEBench do.
+
+    The state-dict layout follows ``trainer_class``, as sae_bench's loaders expect it: ReLU, p-anneal,
+    TopK and BatchTopK store ``nn.Linear`` weights (``encoder.weight`` = W_enc.T, ``bias`` = b_dec);
+    JumpReLU and Matryoshka store ``W_enc``/``b_enc``/``W_dec``/``b_dec`` as they are; gated stores
+    ``gate_bias`` (= ``b_enc`` here), ``r_mag``, ``mag_bias`` and ``decoder_bias`` and no encoder bias.
+    ``threshold`` is a scalar for the BatchTopK family and one value per latent for JumpReLU.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     d_in, d_sae = W_enc.shape
@@ -129,12 +162,28 @@ def save_dictionary_learning_sae(
         W_dec = W_enc.T.clone()
     if b_dec is None:
         b_dec = torch.zeros(d_in)
-    state: dict[str, torch.Tensor] = {
-        "encoder.weight": W_enc.T.contiguous().float(),
-        "encoder.bias": b_enc.float(),
-        "decoder.weight": W_dec.T.contiguous().float(),
-        "bias": b_dec.float(),
-    }
+    W_enc, b_enc, W_dec, b_dec = W_enc.float(), b_enc.float(), W_dec.float(), b_dec.float()
+    state: dict[str, torch.Tensor]
+    if trainer_class == "GatedSAETrainer":
+        state = {
+            "encoder.weight": W_enc.T.contiguous(),
+            "decoder.weight": W_dec.T.contiguous(),
+            "decoder_bias": b_dec,
+            "gate_bias": b_enc,
+            "r_mag": torch.zeros(d_sae) if r_mag is None else r_mag.float(),
+            "mag_bias": b_enc.clone() if b_mag is None else b_mag.float(),
+        }
+    elif trainer_class in ("JumpReluTrainer", "MatryoshkaBatchTopKTrainer"):
+        state = {"W_enc": W_enc.contiguous(), "b_enc": b_enc, "W_dec": W_dec.contiguous(), "b_dec": b_dec}
+        if trainer_class == "MatryoshkaBatchTopKTrainer":
+            state["group_sizes"] = torch.tensor([d_sae // 2, d_sae - d_sae // 2])
+    else:
+        state = {
+            "encoder.weight": W_enc.T.contiguous(),
+            "encoder.bias": b_enc,
+            "decoder.weight": W_dec.T.contiguous(),
+            "bias": b_dec,
+        }
     if k is not None:
         state["k"] = torch.tensor(k, dtype=torch.int)
     if threshold is not None:
@@ -199,3 +248,105 @@ def token_detector_sae(
     b_enc = torch.stack([torch.as_tensor(b, dtype=torch.float32) for b in biases])
     return save_dictionary_learning_sae(folder, W_enc=W_enc, b_enc=b_enc, layer=layer,
                                         lm_name=Path(model_dir).name)
+
+
+def put_in_hub_cache(cache: str | Path, repo_id: str, files: dict[str, bytes | Path], commit: str = "0" * 40) -> Path:
+    """Lay ``files`` ({path in repo: content or local file}) out exactly as huggingface_hub caches a
+    model repo: ``models--{org}--{name}/blobs/<sha256>``, ``snapshots/<commit>/<path>`` linking to the
+    blob, and ``refs/main`` naming the commit. Returns the snapshot folder."""
+    import hashlib
+    import os
+
+    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for rel, content in files.items():
+        data = content.read_bytes() if isinstance(content, Path) else content
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def _exceeded_by(values: torch.Tensor, frac: float) -> torch.Tensor:
+    """Per column, a value that a share ``frac`` of the rows exceed, halfway between two rows' values so
+    that no row sits on it (rounding must not flip a latent). topk: much faster than quantile."""
+    n = min(max(1, round(frac * values.shape[0])), values.shape[0] - 1)
+    top = values.T.contiguous().topk(n + 1, dim=1).values
+    return (top[:, -2] + top[:, -1]) / 2
+
+
+# SAEBench architecture code -> dictionary_learning trainer class
+ARCH_TRAINER = {
+    "relu": "StandardTrainer",
+    "pan": "PAnnealTrainer",
+    "topk": "TopKTrainer",
+    "btopk": "BatchTopKTrainer",
+    "matbtopk": "MatryoshkaBatchTopKTrainer",
+    "jumprelu": "JumpReluTrainer",
+    "gated": "GatedSAETrainer",
+}
+
+
+def random_sae(
+    folder: str | Path,
+    arch: str,
+    *,
+    d_in: int,
+    d_sae: int,
+    acts: torch.Tensor | None = None,
+    fire: float = 0.1,
+    k: int = 8,
+    layer: int = 1,
+    lm_name: str = "tiny-llama",
+    seed: int = 0,
+    eval_results: dict[str, Any] | None = None,
+) -> Path:
+    """A random SAE of ``arch`` (an SAEBench code, or ``gemmascope`` for a GemmaScope ``params.npz``)
+    in its real file format, with unit-norm decoder rows (sae_bench's loaders insist) and biases and
+    thresholds set so that about ``fire`` of the latents fire on ``acts`` ([n, d_in]; default
+    Gaussian). Returns the folder (dictionary_learning) or the ``params.npz`` file (gemmascope)."""
+    g = torch.Generator().manual_seed(seed)
+    # identical rows (e.g. every BOS position) would tie at a threshold: keep one of each
+    x = acts.float().reshape(-1, d_in).unique(dim=0) if acts is not None else torch.randn(128, d_in, generator=g)
+    scale = x.std()
+    W_enc = torch.randn(d_in, d_sae, generator=g)
+    W_enc = W_enc / W_enc.norm(dim=0, keepdim=True)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+    b_dec = 0.1 * scale * torch.randn(d_in, generator=g)
+    if arch in ("jumprelu", "gemmascope"):  # these read x, not x - b_dec
+        b_enc = 0.1 * scale * torch.randn(d_sae, generator=g)
+        pre = x @ W_enc + b_enc
+        threshold = _exceeded_by(pre, fire).clamp(min=0.0)
+        if arch == "gemmascope":
+            import numpy as np
+
+            folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            arrays = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec, "threshold": threshold}
+            np.savez(folder / "params.npz", **{n: t.numpy().astype(np.float32) for n, t in arrays.items()})
+            return folder / "params.npz"
+        return save_dictionary_learning_sae(folder, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec,
+                                            trainer_class=ARCH_TRAINER[arch], layer=layer, lm_name=lm_name,
+                                            threshold=threshold, eval_results=eval_results)
+    pre = (x - b_dec) @ W_enc
+    b_enc = -_exceeded_by(pre, 0.5 if arch == "topk" else fire)
+    extra: dict[str, Any] = {}
+    if arch in ("topk", "btopk", "matbtopk"):
+        extra["k"] = k
+    if arch in ("btopk", "matbtopk"):
+        post = torch.relu(pre + b_enc)
+        extra["threshold"] = float(_exceeded_by(post[post > 0].reshape(-1, 1), 0.5))  # one global threshold
+    if arch == "gated":
+        extra["r_mag"] = 0.1 * torch.randn(d_sae, generator=g)
+        extra["b_mag"] = 0.1 * scale * torch.randn(d_sae, generator=g)
+    return save_dictionary_learning_sae(folder, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec,
+                                        trainer_class=ARCH_TRAINER[arch], layer=layer, lm_name=lm_name,
+                                        eval_results=eval_results, **extra)

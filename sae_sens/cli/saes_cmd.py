@@ -1,12 +1,36 @@
-"""`sae-sens saes` (placeholder until its stage lands)."""
+"""`sae-sens saes`: the SAEs known by name."""
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from typing import Annotated
+
+import typer
+
+from ..errors import UnknownSaeError
 from .app import app
+from .options import FormatOpt
+
+FilterOpt = Annotated[
+    str | None,
+    typer.Option("--filter", help="Words that must all appear (name, model, architecture, repo), or a glob on the name.",
+                 show_default=False),
+]
 
 
 @app.command("saes")
-def saes_command() -> None:
-    """Not implemented yet."""
-    raise UsageError("`saes` is not implemented yet")
+def saes_command(filter: FilterOpt = None, fmt: FormatOpt = "table") -> None:
+    """List the SAEs known by name: the SAEBench grid, GemmaScope and packaged SAEs.
+
+    Any of these names (or a local folder, a params.npz, or saelens:<release>/<sae_id>) works as --sae.
+
+    Example: sae-sens saes --filter "py 16k gated"
+    """
+    from ..names import known_names
+    from .output import emit
+
+    specs = known_names(filter)
+    if not specs:
+        raise UnknownSaeError(f"no known SAE matches {filter!r}", "try fewer words, e.g. --filter gated")
+    columns = ["name", "model", "layer", "width", "architecture", "sparsity", "repo"]
+    rows = [[s.name, s.model_id, s.layer, s.width, s.architecture, s.sparsity, s.repo_id or s.path] for s in specs]
+    emit(columns, rows, fmt, title=f"{len(rows)} SAEs")
