@@ -8,11 +8,18 @@ import pytest
 from gen_support import examples_table
 
 from sae_sens.errors import ConfigError, UsageError
-from sae_sens.generate import GenerateConfig, build_prompts, load_template, lookup_price, parse_generator, parse_samples
+from sae_sens.generate import (
+    GenerateConfig,
+    build_prompts,
+    load_template,
+    lookup_price,
+    parse_generator,
+    parse_samples,
+)
 from sae_sens.generate.backends import parse_retry_after
 from sae_sens.generate.core import make_requests
-from sae_sens.generate.runner import Budget, Checkpoint, QueryCache, Runner
 from sae_sens.generate.pricing import Price
+from sae_sens.generate.runner import Budget, Checkpoint, QueryCache, Runner
 
 SEP = "<SEP>"
 
@@ -186,19 +193,26 @@ def test_query_cache_round_trip(tmp_path):
 
 
 def test_runner_stops_sleeping_retries_at_once():
-    runner = Runner(backend=None, max_workers=1, max_retries=3, retry_base_s=1000.0, retry_max_s=1000.0)  # type: ignore[arg-type]
     from sae_sens.generate.backends import TransientError
+    from sae_sens.generate.runner import _Cancelled
 
-    calls = []
+    runner = Runner(backend=None, max_workers=1, max_retries=3, retry_base_s=1000.0, retry_max_s=1000.0)  # type: ignore[arg-type]
+    calls, raised = [], []
 
     def flaky():
         calls.append(1)
         raise TransientError("503")
 
-    t = threading.Thread(target=lambda: pytest.raises(Exception, runner._attempts, flaky, 1))
+    def worker():
+        try:
+            runner._attempts(flaky, 1)
+        except BaseException as e:  # noqa: BLE001 - recorded for the assertion below
+            raised.append(e)
+
+    t = threading.Thread(target=worker)
     t.start()
     while not calls:
         pass
-    runner._stop.set()
+    runner._stop.set()  # what Ctrl-C or a permanent error does: the 500-1000 s backoff ends now
     t.join()
-    assert len(calls) == 1 and runner.stats.retries == 1
+    assert len(calls) == 1 and runner.stats.retries == 1 and isinstance(raised[0], _Cancelled)

@@ -140,6 +140,8 @@ def generate(
             answers[r.query_hash], n_cached = hit, n_cached + 1
         else:
             todo.append(r)
+    own = backend is None and bool(todo)
+    llm: Backend = backend or (open_generator(cfg) if todo else None)  # type: ignore[assignment]  # key checked here
     progress.start(task, total=len(requests))
     if len(requests) > len(todo):
         progress.advance(task, len(requests) - len(todo), f"{n_resumed} resumed, {n_cached} cached")
@@ -157,8 +159,6 @@ def generate(
             answers[r.query_hash] = rec
             return price.cost(c.prompt_tokens, c.completion_tokens) if price else 0.0
 
-        own = backend is None
-        llm: Backend = backend or open_generator(cfg)  # type: ignore[assignment]
         budget = Budget(cfg.max_cost, price, cfg.max_tokens) if cfg.max_cost is not None and price else None
         runner = Runner(llm, max_workers=cfg.max_workers, max_retries=cfg.max_retries, retry_base_s=cfg.retry_base_s,
                         retry_max_s=cfg.retry_max_s, budget=budget, progress=progress, task=task)
@@ -167,7 +167,6 @@ def generate(
         finally:
             if own:
                 llm.close()
-            progress.finish(task)
         stats.update(n_sent=run.sent, n_retries=run.retries, n_rejected=run.rejected,
                      spent_usd=run.spent_usd if price else None)
         if run.failed:

@@ -201,12 +201,14 @@ class Runner:
         return " · ".join(parts)
 
     def _finish(self, r: Request, c: Completion | None, error: Exception | None, on_answer: OnAnswer) -> None:
+        self.stats.done += 1
         if c is None:  # transient failures exhausted: reported, not journaled, so a rerun retries
             self.stats.failed += 1
             self.stats.errors.append(f"feature {r.feature_index}: {error}")
             if self.budget:
                 self.budget.settle(r, 0.0)
-            if self.stats.done == 0 and self.stats.failed >= min(3, self.max_workers):
+            # nothing has worked yet: the server is down or wrongly addressed, stop instead of trying all
+            if self.stats.failed == self.stats.done and self.stats.failed >= min(3, self.max_workers):
                 raise GenerationError(
                     f"the first {self.stats.failed} requests all failed; last: {error}",
                     "check that the server is reachable (--base-url) and rerun; finished features are kept",
@@ -220,7 +222,6 @@ class Runner:
             self.stats.completion_tokens += c.completion_tokens or 0
             if self.budget:
                 self.budget.settle(r, cost)
-        self.stats.done += 1
         self.progress.advance(self.task, 1, self._info())
 
     def _admit(self, requests: Iterator[Request]) -> Request | None:
