@@ -20,7 +20,6 @@ from typing import Any
 
 from ..errors import BudgetExceededError, GenerationError, PermanentGenerationError
 from ..progress import NULL_PROGRESS, ProgressSink
-from ..store import atomic_write_json
 from .backends import Backend, Completion, Request, RequestRejected, TransientError
 from .pricing import Price, estimate_tokens
 
@@ -73,7 +72,14 @@ class QueryCache:
             return None
 
     def put(self, query_hash: str, record: dict[str, Any]) -> None:
-        atomic_write_json(self._path(query_hash), record)
+        # Atomic (rename) but not fsynced: a killed process loses nothing, and after an OS crash the
+        # fsynced journal still has this stage's answers. Skipping the second fsync per answer keeps
+        # the calling thread from becoming the bottleneck at high request rates.
+        path = self._path(query_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def answer_record(request: Request, c: Completion, error: str | None = None) -> dict[str, Any]:
@@ -254,8 +260,9 @@ class Runner:
         in_flight: dict[Future[Completion], Request] = {}
         try:
             while True:
-                # bounded in-flight: never more queued than workers, so a stop leaves little unsent work
-                while len(in_flight) < self.max_workers and not self.stats.budget_stop:
+                # bounded: one spare request per worker is queued so a worker never waits for this thread
+                # to journal the last answer; a stop cancels the queued ones, so little is left unsent
+                while len(in_flight) < 2 * self.max_workers and not self.stats.budget_stop:
                     r = self._admit(todo)
                     if r is None:
                         break
