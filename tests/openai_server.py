@@ -85,6 +85,7 @@ class ChatServer:
         self.bodies: list[dict[str, Any]] = []
         self.max_in_flight = 0
         self._in_flight = 0
+        self._arrivals = 0
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -115,6 +116,7 @@ class ChatServer:
         with self._lock:
             self.hits.clear()
             self.bodies.clear()
+            self._arrivals = 0
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -144,7 +146,8 @@ class ChatServer:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
                 messages = body.get("messages", [])
                 with server._lock:
-                    n = len(server.hits)
+                    n = server._arrivals  # arrival order, 0-based
+                    server._arrivals += 1
                     server._in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server._in_flight)
                 try:

@@ -79,6 +79,19 @@ def test_retry_after_is_honoured(store):
     assert second.at - first.at >= 0.3
 
 
+def test_a_request_past_its_timeout_is_retried(store):
+    def slow_first(n, body):
+        if n == 0:
+            time.sleep(1.0)  # the client gave up after 0.3 s; this late answer is never read
+        return None
+
+    with ChatServer(fail=slow_first) as srv:
+        run_generate(store, "r", "sae-a", cfg_for(srv, max_workers=1, timeout=0.3))
+    q = store.read_table("r", "sae-a", "queries").to_pylist()
+    assert [r["attempts"] for r in q] == [2] + [1] * (len(FEATURES) - 1) and {r["status"] for r in q} == {"ok"}
+    assert store.read_table("r", "sae-a", "generations").num_rows == 10 * len(FEATURES)
+
+
 def test_concurrency_is_bounded_by_max_workers(store):
     with ChatServer(latency_s=0.1) as srv:
         run_generate(store, "r", "sae-a", cfg_for(srv, max_workers=3))

@@ -67,6 +67,13 @@ def test_table_prefix_spelling_and_sample_index(store, tmp_path):
         (f"table:{path}", 2, "a"), (f"table:{path}", 5, "b")]
 
 
+def test_import_without_a_label_is_named_after_its_file(store, tmp_path):
+    path = write(tmp_path / "gen.csv", GOOD)
+    out = run_generate(store, "r", "sae-a", GenerateConfig(from_table=path))
+    assert out.stage == f"generate:table:{path}"
+    assert set(store.read_table("r", "sae-a", "generations")["generator"].to_pylist()) == {f"table:{path}"}
+
+
 def test_bad_rows_are_dropped_and_each_reason_reported(store, tmp_path):
     rows = GOOD + [
         {"feature_index": 999, "text": "not in run"},        # row 7

@@ -86,7 +86,7 @@ def generate_command(
     from .output import console, emit
 
     cfg = GenerateConfig(
-        generator=resolve_generator(generator, llm_model, from_table) or "openai:gpt-4.1-mini",
+        generator=resolve_generator(generator, llm_model, from_table),
         from_table=from_table, base_url=base_url, samples_per_feature=samples_per_feature, max_workers=max_workers,
         temperature=temperature, max_tokens=max_tokens, timeout=timeout, max_retries=max_retries,
         prompt_template=prompt_template, price_in=price_in, price_out=price_out, max_cost=max_cost, seed=seed,

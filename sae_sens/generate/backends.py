@@ -208,16 +208,16 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model.to(pick_device(cfg.device)).eval()
+        self.model.to(pick_device(cfg.device)).eval()  # type: ignore[arg-type]
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
 
     def _chat_text(self, r: Request) -> str:
         messages = [{"role": "system", "content": r.system}, {"role": "user", "content": r.user}]
         try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         except Exception:  # some templates (Gemma) refuse a system role: fold it into the user turn
             merged = [{"role": "user", "content": f"{r.system}\n\n{r.user}"}]
-            return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+            return str(self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True))
 
     def complete(self, request: Request) -> Completion:
         return self.complete_batch([request])[0]
@@ -260,7 +260,7 @@ class HFBackend:
             if tok.eos_token_id in ids:
                 ids = ids[: ids.index(tok.eos_token_id) + 1]
             results.append(Completion(
-                text=tok.decode(ids, skip_special_tokens=True),
+                text=str(tok.decode(ids, skip_special_tokens=True)),
                 prompt_tokens=int(enc["attention_mask"][i].sum()),
                 completion_tokens=len(ids),
                 latency_s=latency,

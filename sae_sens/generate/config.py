@@ -19,7 +19,9 @@ class GenerateConfig:
     """Settings of one generate run. Only the fields that change the requests (and so the outputs)
     go into the manifest's config hash; concurrency, retries and budget do not."""
 
-    generator: str = DEFAULT_GENERATOR  # openai:<model> | hf:<id or folder> | table:<file>, or a label with from_table
+    # openai:<model> | hf:<id or folder> | table:<file>; with from_table, the label (default table:<file>);
+    # None means openai:gpt-4.1-mini, or table:<file> when importing
+    generator: str | None = None
     from_table: Path | None = None  # import this file under the label ``generator``
     base_url: str | None = None  # OpenAI-compatible server (default: OPENAI_BASE_URL, else OpenAI)
     samples_per_feature: int = 10

@@ -55,7 +55,8 @@ def _is_numbered(parts: list[str]) -> bool:
     """True when the parts carry the numbering 1, 2, 3... (the model numbered its samples anyway);
     a lone leading "- " or "3." may be the very pattern the feature responds to, so it stays."""
     nums = [_number(p) for p in parts]
-    return len(nums) >= 2 and None not in nums and nums == list(range(nums[0], nums[0] + len(nums)))  # type: ignore[arg-type]
+    first = nums[0] if nums else None
+    return len(nums) >= 2 and first is not None and nums == list(range(first, first + len(nums)))
 
 
 def parse_samples(response: str | None, separator: str) -> tuple[list[str], str]:

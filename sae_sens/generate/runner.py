@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,7 @@ class Runner:
         self.task = task
         self.stats = RunStats()
         self._stop = threading.Event()
+        self._fatal: PermanentGenerationError | None = None
         self._t0 = time.perf_counter()
 
     # ----- one request, with retries (worker threads) -----------------------------------------
@@ -179,6 +181,10 @@ class Runner:
             self.stats.add(sent=n)
             try:
                 return calls(), attempt
+            except PermanentGenerationError as e:
+                self._fatal = e
+                self._stop.set()  # queued requests must not start: stop at once, not after the queue drains
+                raise
             except TransientError as e:
                 last = e
                 if attempt > self.max_retries:
@@ -260,9 +266,9 @@ class Runner:
         in_flight: dict[Future[Completion], Request] = {}
         try:
             while True:
-                # bounded: one spare request per worker is queued so a worker never waits for this thread
-                # to journal the last answer; a stop cancels the queued ones, so little is left unsent
-                while len(in_flight) < 2 * self.max_workers and not self.stats.budget_stop:
+                # bounded: never more handed out than there are workers, so a crash loses at most
+                # max_workers answers and a stop leaves nothing queued
+                while len(in_flight) < self.max_workers and not self.stats.budget_stop:
                     r = self._admit(todo)
                     if r is None:
                         break
@@ -277,7 +283,8 @@ class Runner:
                     except RequestRejected as e:
                         self._finish(r, Completion("", None, None, 0.0), e, on_answer)
                     except (PermanentGenerationError, _Cancelled):
-                        raise
+                        # another request may be cancelled before the fatal one is seen: report the cause
+                        raise self._fatal or PermanentGenerationError("generation was cancelled") from None
                     except GenerationError as e:
                         self._finish(r, None, e, on_answer)
         finally:
@@ -288,13 +295,13 @@ class Runner:
     def _run_batched(self, requests: Sequence[Request], on_answer: OnAnswer) -> None:
         todo = iter(requests)
         while True:
-            batch = []
+            batch: list[Request] = []
             while len(batch) < self.backend.batch_size and (r := self._admit(todo)) is not None:
                 batch.append(r)
             if not batch:
                 return
             try:
-                completions, attempts = self._attempts(lambda b=batch: self.backend.complete_batch(b), len(batch))
+                completions, attempts = self._attempts(partial(self.backend.complete_batch, batch), len(batch))
             except GenerationError as e:
                 if isinstance(e, PermanentGenerationError):
                     raise
