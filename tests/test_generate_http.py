@@ -13,8 +13,15 @@ import pytest
 from gen_support import plain, write_examples
 from openai_server import ChatServer, echo_samples, random_failures
 
-from sae_sens.errors import ApiKeyError, BudgetExceededError, GenerationError, PermanentGenerationError
+from sae_sens.errors import (
+    ApiKeyError,
+    BudgetExceededError,
+    ConfigError,
+    GenerationError,
+    PermanentGenerationError,
+)
 from sae_sens.generate import GenerateConfig, make_requests, plan_generate, run_generate
+from sae_sens.generate.runner import Checkpoint
 from sae_sens.store import Store
 
 FEATURES = list(range(0, 60, 5))  # 12 features
@@ -190,38 +197,39 @@ def test_answers_are_cached_across_runs_and_saes(store):
 
 
 def test_max_cost_stops_before_the_budget_and_resumes(store):
+    priced = {"max_workers": 2, "max_tokens": 200, "price_in": 1000.0, "price_out": 1000.0}  # $0.001 per token
     with ChatServer() as srv:
-        # $1 per 1k tokens both ways; each request's worst case is about (prompt + 200 tokens) -> ~$0.5
-        cfg = cfg_for(srv, max_workers=2, max_tokens=200, price_in=1000.0, price_out=1000.0, max_cost=2.0)
+        # each request's worst case is its prompt estimate + 200 tokens, about $0.5: a few fit in $2
         with pytest.raises(BudgetExceededError, match="stopped before exceeding --max-cost") as e:
-            run_generate(store, "r", "sae-a", cfg)
-        sent = srv.count()
-        q = store.checkpoint_dir("r", "sae-a", "generate:openai:test-model") / "answers.jsonl"
-        assert 1 <= sent < len(FEATURES) and len(q.read_text().splitlines()) == sent
+            run_generate(store, "r", "sae-a", cfg_for(srv, max_cost=2.0, **priced))
         assert "raise --max-cost" in e.value.one_line()
-        out = run_generate(store, "r", "sae-a", cfg_for(srv, max_workers=2, max_tokens=200, price_in=1000.0,
-                                                        price_out=1000.0, max_cost=100.0))
-        assert srv.count() == len(FEATURES) and out.extra["n_resumed"] == sent
-    spent_first = sum(
-        (r["prompt_tokens"] + r["completion_tokens"]) / 1000
-        for r in store.read_table("r", "sae-a", "queries").to_pylist()[:0]
-    )
-    assert spent_first == 0
+        sent = srv.count()
+        journal = Checkpoint(store.checkpoint_dir("r", "sae-a", "generate:openai:test-model") / "answers.jsonl")
+        answers = list(journal.load().values())
+        assert 1 <= sent < len(FEATURES) and len(answers) == sent
+        assert sum(a["prompt_tokens"] + a["completion_tokens"] for a in answers) / 1000 <= 2.0  # never exceeded
+        out = run_generate(store, "r", "sae-a", cfg_for(srv, max_cost=100.0, **priced))
+        assert srv.count() == len(FEATURES) and out.extra["n_resumed"] == sent  # only the rest was sent
     costs = store.read_table("r", "sae-a", "queries")["cost_usd"].to_pylist()
     assert all(c > 0 for c in costs) and out.extra["cost_usd"] == pytest.approx(sum(costs))
 
 
-def test_dry_run_sends_nothing_and_counts_what_is_left(store):
+def test_max_cost_without_a_known_price_is_refused(store):
     with ChatServer() as srv:
-        cfg = cfg_for(srv, generator="openai:gpt-4.1-mini") if False else GenerateConfig(
-            generator="openai:gpt-4.1-mini", base_url=srv.base_url, price_in=0.4, price_out=1.6)
+        with pytest.raises(ConfigError, match="--max-cost needs the price of 'test-model'"):
+            run_generate(store, "r", "sae-a", cfg_for(srv, max_cost=1.0))
+        assert srv.count() == 0
+
+
+def test_dry_run_sends_nothing_and_counts_what_is_left(store):
+    with ChatServer(models=("gpt-4.1-mini",)) as srv:
+        cfg = GenerateConfig(generator="openai:gpt-4.1-mini", base_url=srv.base_url, price_in=0.4, price_out=1.6)
         plan = plan_generate(store, "r", "sae-a", cfg)
         assert srv.count() == 0
         assert plan["requests"] == len(FEATURES) and plan["done"] == 0
         assert plan["est_prompt_tokens"] > 100 * len(FEATURES) and plan["est_completion_tokens"] > 0
         assert plan["est_cost_usd"] == pytest.approx(
             (plan["est_prompt_tokens"] * 0.4 + plan["est_completion_tokens"] * 1.6) / 1e6)
-        srv.models = ("gpt-4.1-mini",)
         run_generate(store, "r", "sae-a", cfg)
         assert plan_generate(store, "r", "sae-a", cfg)["requests"] == 0
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import UsageError
+from ..errors import BudgetExceededError, UsageError
 from .app import app
 from .options import BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, GeneratorOpt, RunOpt, SaeOpt, StoreOpt
 
@@ -113,7 +113,12 @@ def generate_command(
     rows, spent, unpriced = [], 0.0, False
     with RichProgress() as progress:
         for s in sae:
-            this = cfg if cfg.max_cost is None else replace(cfg, max_cost=max(1e-12, cfg.max_cost - spent))
+            this = cfg
+            if cfg.max_cost is not None:  # one budget for the whole command
+                if spent >= cfg.max_cost:
+                    raise BudgetExceededError(f"--max-cost ${cfg.max_cost:g} is spent before SAE {s}",
+                                              "raise --max-cost and rerun the same command to continue")
+                this = replace(cfg, max_cost=cfg.max_cost - spent)
             out = run_generate(st, run, s, this, force=force, progress=progress)
             ex = out.extra
             if not out.skipped:

@@ -101,9 +101,9 @@ class Budget:
     """``--max-cost``: a request starts only if, counting every request in flight at its worst case
     (prompt estimate plus ``max_tokens`` of completion), the spend cannot pass the cap."""
 
-    def __init__(self, max_cost: float, price: Price, max_tokens: int, spent: float = 0.0) -> None:
+    def __init__(self, max_cost: float, price: Price, max_tokens: int) -> None:
         self.max_cost, self.price, self.max_tokens = max_cost, price, max_tokens
-        self.spent = spent
+        self.spent = 0.0
         self.reserved: dict[str, float] = {}
 
     def reserve(self, r: Request) -> bool:
@@ -126,8 +126,6 @@ class RunStats:
     failed: int = 0  # gave up after retries (not journaled: a rerun tries again)
     rejected: int = 0  # the backend refused the prompt itself (journaled)
     spent_usd: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
     errors: list[str] = field(default_factory=list)
     budget_stop: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -230,8 +228,6 @@ class Runner:
             cost = on_answer(r, c, rejected)
             self.stats.rejected += rejected is not None
             self.stats.spent_usd += cost
-            self.stats.prompt_tokens += c.prompt_tokens or 0
-            self.stats.completion_tokens += c.completion_tokens or 0
             if self.budget:
                 self.budget.settle(r, cost)
         self.progress.advance(self.task, 1, self._info())
