@@ -128,7 +128,7 @@ def generate_command(
             rows.append([s, cfg.spec.label, "skipped (fresh)" if out.skipped else "done", ex.get("n_features"),
                          out.rows.get("generations"), sent, ex.get("n_cached", 0) + ex.get("n_resumed", 0),
                          ex.get("n_retries", 0), _money(ex.get("cost_usd"))])
-    emit(["sae", "generator", "status", "features", "texts", "requests", "reused", "retries", "cost"], rows,
+    emit(["sae", "generator", "status", "features", "texts", "requests", "reused", "retries", "table cost"], rows,
          title=f"generate · run {run}")
     if cfg.spec.kind != "table":
         console.print(f"spent this time: {'n/a (unknown price)' if unpriced else f'${spent:.4f}'}", highlight=False)
