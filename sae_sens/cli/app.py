@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     debug = os.environ.get("SAE_SENS_DEBUG") == "1"
     try:
-        # with standalone_mode=False click returns a command's typer.Exit code instead of exiting
-        rc = app(args=argv, standalone_mode=False)
-        if isinstance(rc, int) and rc:
-            sys.exit(rc)
+        # without standalone mode, typer *returns* the code of a typer.Exit, and turns Ctrl-C into Exit(130)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SaeSensError as e:
         if debug:
             raise

@@ -1,12 +1,134 @@
-"""`sae-sens generate` (placeholder until its stage lands)."""
+"""`sae-sens generate`: new texts per feature from an LLM (OpenAI-compatible or local) or an imported table."""
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import BudgetExceededError, UsageError
 from .app import app
+from .options import BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, GeneratorOpt, RunOpt, SaeOpt, StoreOpt
+
+
+def _money(v: Any) -> str:
+    return "n/a" if v is None else f"${v:.4f}"
+
+
+def resolve_generator(generator: str | None, llm_model: str | None, from_table: Path | None) -> str | None:
+    """``--llm-model`` (the original tool's flag) names the OpenAI model when --generator does not."""
+    if llm_model is None or from_table is not None:
+        return generator
+    if generator in (None, "", "openai"):
+        return f"openai:{llm_model}"
+    if generator.startswith("openai:"):  # type: ignore[union-attr]
+        if generator != f"openai:{llm_model}":
+            raise UsageError(f"--generator {generator} and --llm-model {llm_model} disagree", "pass only one of them")
+        return generator
+    raise UsageError("--llm-model only applies to openai generators", f"drop it, or use --generator openai:{llm_model}")
 
 
 @app.command("generate")
-def generate_command() -> None:
-    """Not implemented yet."""
-    raise UsageError("`generate` is not implemented yet")
+def generate_command(
+    sae: SaeOpt,
+    store: StoreOpt = None,
+    run: RunOpt = "default",
+    generator: GeneratorOpt = None,
+    llm_model: Annotated[str | None, typer.Option(
+        "--llm-model", help="OpenAI model name (same as --generator openai:<model>).", show_default=False)] = None,
+    from_table: Annotated[Path | None, typer.Option(
+        "--from-table", help="Import texts from a CSV/Parquet/JSONL file (feature_index, text[, sample_index]) "
+        "under the label --generator NAME.", show_default=False)] = None,
+    base_url: Annotated[str | None, typer.Option(
+        "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 "
+        "(vLLM, Ollama, llama.cpp, LM Studio).", show_default=False)] = None,
+    samples_per_feature: Annotated[int, typer.Option(
+        "--samples-per-feature", "-n", help="Texts kept per feature (one extra is asked for).", min=1)] = 10,
+    max_workers: Annotated[int, typer.Option("--max-workers", "-j", help="Requests in flight at once.", min=1)] = 10,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.", min=0.0)] = 1.0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Cap on tokens per answer.", min=1)] = 2000,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request attempt.", min=0.001)] = 60.0,
+    max_retries: Annotated[int, typer.Option(
+        "--max-retries", help="Retries of a failed request (5xx, 429, timeouts).", min=0)] = 6,
+    prompt_template: Annotated[Path | None, typer.Option(
+        "--prompt-template", help="Template file with '=== system ===' and '=== user ===' sections "
+        "(default: sae_sens/prompts/generate.txt).", show_default=False)] = None,
+    price_in: Annotated[float | None, typer.Option(
+        "--price-in", help="USD per 1M prompt tokens (for models not in the price table).", show_default=False)] = None,
+    price_out: Annotated[float | None, typer.Option(
+        "--price-out", help="USD per 1M completion tokens.", show_default=False)] = None,
+    max_cost: Annotated[float | None, typer.Option(
+        "--max-cost", help="Stop before spending more than this many USD (all SAEs together).",
+        show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Show requests, estimated tokens and cost; send nothing.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (change it to draw new texts).")] = 42,
+    batch_size: BatchSizeOpt = 8,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Ask an LLM for new texts like each feature's examples (or import them), per SAE.
+
+    Example: sae-sens generate --sae py_4k_topk_s0 --generator openai:gpt-4.1-mini --max-cost 2
+
+    Local server: sae-sens generate --sae py_4k_topk_s0 --generator openai:qwen2.5 --base-url http://localhost:11434/v1
+
+    Import: sae-sens generate --sae py_4k_topk_s0 --from-table outputs.csv --generator claude-opus
+
+    Answers are journaled as they arrive and cached by prompt: rerunning after a crash or Ctrl-C sends only what is missing, and nothing is ever paid for twice.
+    """
+    from ..generate import GenerateConfig, plan_generate, run_generate
+    from ..store import Store
+    from .app import RichProgress
+    from .output import console, emit
+
+    cfg = GenerateConfig(
+        generator=resolve_generator(generator, llm_model, from_table),
+        from_table=from_table, base_url=base_url, samples_per_feature=samples_per_feature, max_workers=max_workers,
+        temperature=temperature, max_tokens=max_tokens, timeout=timeout, max_retries=max_retries,
+        prompt_template=prompt_template, price_in=price_in, price_out=price_out, max_cost=max_cost, seed=seed,
+        batch_size=batch_size, device=device, dtype=dtype,
+    )
+    st = Store(store)
+    if dry_run:
+        plans = [plan_generate(st, run, s, cfg) for s in sae]
+        if cfg.spec.kind == "table":
+            emit(["sae", "generator", "features", "rows", "imported", "dropped"],
+                 [[p[k] for k in ("sae", "generator", "features", "rows", "imported", "dropped")] for p in plans],
+                 title="dry run: import")
+            for p in plans:
+                for w in p["warnings"]:
+                    console.print(f"[yellow]warning[/]: {p['sae']}: {w}", highlight=False)
+            return
+        cols = ["sae", "generator", "features", "done", "requests", "est_prompt_tokens", "est_completion_tokens"]
+        emit(cols + ["est_cost"], [[p[c] for c in cols] + [_money(p["est_cost_usd"])] for p in plans],
+             title="dry run: nothing sent")
+        costs = [p["est_cost_usd"] for p in plans]
+        total = "n/a (pass --price-in/--price-out)" if None in costs else f"${sum(costs):.4f}"
+        console.print(f"{sum(p['requests'] for p in plans)} requests, estimated cost {total}", highlight=False)
+        return
+    rows, spent, unpriced = [], 0.0, False
+    with RichProgress() as progress:
+        for s in sae:
+            this = cfg
+            if cfg.max_cost is not None:  # one budget for the whole command
+                if spent >= cfg.max_cost:
+                    raise BudgetExceededError(f"--max-cost ${cfg.max_cost:g} is spent before SAE {s}",
+                                              "raise --max-cost and rerun the same command to continue")
+                this = replace(cfg, max_cost=cfg.max_cost - spent)
+            out = run_generate(st, run, s, this, force=force, progress=progress)
+            ex = out.extra
+            if not out.skipped:
+                spent += ex.get("spent_usd") or 0.0
+                unpriced |= ex.get("spent_usd") is None and cfg.spec.kind != "table"
+            sent = "imported" if cfg.spec.kind == "table" else ex.get("n_requests", 0)
+            rows.append([s, cfg.spec.label, "skipped (fresh)" if out.skipped else "done", ex.get("n_features"),
+                         out.rows.get("generations"), sent, ex.get("n_cached", 0) + ex.get("n_resumed", 0),
+                         ex.get("n_retries", 0), _money(ex.get("cost_usd"))])
+    emit(["sae", "generator", "status", "features", "texts", "requests", "reused", "retries", "table cost"], rows,
+         title=f"generate · run {run}")
+    if cfg.spec.kind != "table":
+        console.print(f"spent this time: {'n/a (unknown price)' if unpriced else f'${spent:.4f}'}", highlight=False)

@@ -1,0 +1,126 @@
+"""What a generate run is asked to do, and which generator that names."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import UsageError
+
+DEFAULT_MODEL = "gpt-4.1-mini"
+DEFAULT_GENERATOR = f"openai:{DEFAULT_MODEL}"
+KINDS = ("openai", "hf", "table")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Settings of one generate run. Only the fields that change the requests (and so the outputs)
+    go into the manifest's config hash; concurrency, retries and budget do not."""
+
+    # openai:<model> | hf:<id or folder> | table:<file>; with from_table, the label (default table:<file>);
+    # None means openai:gpt-4.1-mini, or table:<file> when importing
+    generator: str | None = None
+    from_table: Path | None = None  # import this file under the label ``generator``
+    base_url: str | None = None  # OpenAI-compatible server (default: OPENAI_BASE_URL, else OpenAI)
+    samples_per_feature: int = 10
+    extra_samples: int = 1  # ask for this many more than needed and keep the first samples_per_feature
+    n_top: int = 10  # top-activating examples shown per feature
+    n_iw: int = 5  # importance-weighted examples shown per feature
+    temperature: float = 1.0
+    max_tokens: int = 2000
+    seed: int = 42
+    prompt_template: Path | None = None
+    separator: str = "<SEP>"
+    max_workers: int = 10
+    timeout: float = 60.0
+    max_retries: int = 6
+    retry_base_s: float = 1.0  # first backoff step; doubles per attempt, with jitter
+    retry_max_s: float = 60.0
+    price_in: float | None = None  # USD per 1M prompt tokens, for models missing from the price table
+    price_out: float | None = None  # USD per 1M completion tokens
+    max_cost: float | None = None  # USD
+    batch_size: int = 8  # hf: prompts per generate() call
+    device: str | None = None  # hf
+    dtype: str | None = None  # hf
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.samples_per_feature >= 1, "--samples-per-feature must be at least 1"),
+            (self.extra_samples >= 0, "extra_samples must be >= 0"),
+            (self.n_top >= 0 and self.n_iw >= 0 and self.n_top + self.n_iw >= 1, "show at least one example"),
+            (self.temperature >= 0, "--temperature must be >= 0"),
+            (self.max_tokens >= 1, "--max-tokens must be at least 1"),
+            (self.max_workers >= 1, "--max-workers must be at least 1"),
+            (self.timeout > 0, "--timeout must be positive"),
+            (self.max_retries >= 0, "--max-retries must be >= 0"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.max_cost is None or self.max_cost > 0, "--max-cost must be positive"),
+            (bool(self.separator.strip()), "the separator must not be blank"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        if (self.price_in is None) != (self.price_out is None):
+            raise UsageError("--price-in and --price-out go together", "pass both, in USD per 1M tokens")
+
+    @property
+    def spec(self) -> GeneratorSpec:
+        return parse_generator(self.generator, self.from_table)
+
+    @property
+    def n_request(self) -> int:
+        return self.samples_per_feature + self.extra_samples
+
+    def manifest_config(self, template_hash: str) -> dict[str, Any]:
+        """The settings that decide the outputs (no secrets: the base URL loses any user:password)."""
+        spec = self.spec
+        if spec.kind == "table":
+            return {"generator": spec.label, "kind": "table", "file": str(spec.target)}
+        keep = ("samples_per_feature", "extra_samples", "n_top", "n_iw", "temperature", "max_tokens", "seed",
+                "separator")
+        cfg = {k: v for k, v in asdict(self).items() if k in keep}
+        cfg.update(generator=spec.label, kind=spec.kind, model=spec.target, prompt_template=template_hash)
+        if spec.kind == "openai":
+            cfg["base_url"] = public_url(self.base_url)
+        return cfg
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    kind: str  # openai | hf | table
+    target: str  # the model name, hub id / folder, or import file
+    label: str  # stored in every row; names the stage ``generate:<label>``
+
+
+def parse_generator(generator: str | None, from_table: Path | str | None = None) -> GeneratorSpec:
+    """``openai:<model>``, ``hf:<id>``, ``table:<file>``; with ``from_table`` the generator is only a label."""
+    generator = (generator or "").strip()
+    if from_table is not None:
+        label = generator or f"table:{from_table}"
+        return GeneratorSpec("table", str(from_table), label)
+    if not generator:
+        generator = DEFAULT_GENERATOR
+    kind, sep, target = generator.partition(":")
+    if not sep and kind == "openai":
+        target = DEFAULT_MODEL
+    elif kind not in KINDS or not target.strip():
+        raise UsageError(
+            f"unknown generator {generator!r}",
+            "use openai:<model> (e.g. openai:gpt-4.1-mini), hf:<hub id or folder>, table:<file>, "
+            "or --from-table FILE --generator NAME",
+        )
+    target = target.strip()
+    return GeneratorSpec(kind, target, f"{kind}:{target}")
+
+
+def public_url(url: str | None) -> str | None:
+    """A URL without user:password, safe to store."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

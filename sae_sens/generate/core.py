@@ -1,0 +1,295 @@
+"""The generate stage: examples in, ``queries`` and ``generations`` out.
+
+``generate`` is the core (an examples table and a config in, tables out); ``run_generate`` is the
+store wrapper: it skips fresh work, resumes from the stage's checkpoint, merges its rows with other
+generators' rows in the same tables and records ``generate:<label>`` in the manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ConfigError, GenerationError, ImportTableError
+from ..hashing import hash_config, hash_file
+from ..progress import NULL_PROGRESS, ProgressSink
+from ..schemas import make_table
+from ..stages import StageOutcome, table_inputs
+from ..store import Store, now_iso
+from .backends import Backend, Request, open_generator
+from .config import GenerateConfig, GeneratorSpec, public_url
+from .imports import TableImport
+from .parsing import parse_samples
+from .pricing import Price, estimate_tokens, lookup_price
+from .prompts import build_prompts, load_template
+from .runner import Budget, Checkpoint, QueryCache, Runner, answer_record
+
+_MARK_RE = re.compile(r"\{\{|\}\}")
+
+
+@dataclass
+class GenerateResult:
+    queries: pa.Table
+    generations: pa.Table
+    stats: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {"queries": self.queries, "generations": self.generations}
+
+
+def _base_url(cfg: GenerateConfig) -> str | None:
+    return cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+
+def price_of(cfg: GenerateConfig) -> Price | None:
+    spec = cfg.spec
+    return lookup_price(spec.kind, spec.target, _base_url(cfg), cfg.price_in, cfg.price_out)
+
+
+def make_requests(examples: pa.Table, cfg: GenerateConfig) -> list[Request]:
+    """One request per feature. Its hash covers everything that decides the answer, so the cache can
+    serve it to any run: generator, model, server, both prompts, sampling settings and seed."""
+    spec = cfg.spec
+    template = load_template(cfg.prompt_template)
+    server = public_url(_base_url(cfg)) if spec.kind == "openai" else None
+    out = []
+    for p in build_prompts(examples, cfg, template):
+        key = {"generator": spec.label, "model": spec.target, "base_url": server, "system": p.system,
+               "user": p.user, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "seed": cfg.seed}
+        out.append(Request(p.feature_index, p.system, p.user, hash_config(key)))
+    return out
+
+
+def _rows(spec: GeneratorSpec, cfg: GenerateConfig, requests: list[Request], answers: dict[str, dict[str, Any]],
+          price: Price | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    queries, generations = [], []
+    for r in requests:
+        a = answers[r.query_hash]
+        error = a.get("error")
+        samples, method = ([], None) if error else parse_samples(a["response"], cfg.separator)
+        queries.append({
+            "feature_index": r.feature_index, "generator": spec.label, "system_prompt": r.system,
+            "user_prompt": r.user, "response": a["response"], "status": "error" if error else "ok",
+            "attempts": a["attempts"], "prompt_tokens": a["prompt_tokens"],
+            "completion_tokens": a["completion_tokens"], "latency_s": a["latency_s"], "n_parsed": len(samples),
+            "parse_method": method, "query_hash": r.query_hash, "error": error,
+            "cost_usd": price.cost(a["prompt_tokens"], a["completion_tokens"]) if price else None,
+        })
+        for i, text in enumerate(samples[: cfg.samples_per_feature]):
+            generations.append({"feature_index": r.feature_index, "generator": spec.label, "sample_index": i,
+                                "text": text})
+    return queries, generations
+
+
+def import_generations(examples: pa.Table, source: TableImport, progress: ProgressSink = NULL_PROGRESS) -> GenerateResult:
+    """``table:<file>``: validate an existing table of texts against the run's features."""
+    features = set(examples["feature_index"].to_pylist())
+    result = source.read(features)
+    warnings = result.warnings
+    if not result.generations:
+        raise ImportTableError(f"no usable rows in {source.path}: {'; '.join(warnings) or 'it is empty'}",
+                               "fix the rows listed (feature_index must name features of this run)")
+    for w in warnings:
+        progress.log(f"[yellow]warning[/]: {source.label}: {w}")
+    stats = {"n_features": len(result.queries), "n_rows": result.n_rows, "n_imported": len(result.generations),
+             "n_dropped": sum(len(v) for v in result.dropped.values())}
+    return GenerateResult(make_table("queries", result.queries), make_table("generations", result.generations),
+                          stats, warnings)
+
+
+def generate(
+    examples: pa.Table,
+    cfg: GenerateConfig,
+    backend: Backend | TableImport | None = None,
+    *,
+    checkpoint: Checkpoint | None = None,
+    cache: QueryCache | None = None,
+    progress: ProgressSink = NULL_PROGRESS,
+    task: str = "generate",
+) -> GenerateResult:
+    """Generate ``cfg.samples_per_feature`` texts per feature of ``examples``.
+
+    Answers already in ``checkpoint`` (this stage, interrupted) or ``cache`` (any run) are reused;
+    only the rest is sent. Each new answer is journaled before the next request is handed out.
+    """
+    spec = cfg.spec
+    if spec.kind == "table":
+        source = backend if isinstance(backend, TableImport) else TableImport(spec.target, spec.label)
+        return import_generations(examples, source, progress)
+    requests = make_requests(examples, cfg)
+    price = price_of(cfg)
+    if cfg.max_cost is not None and price is None:
+        raise ConfigError(f"--max-cost needs the price of {spec.target!r}, which is not in the price table",
+                          "pass --price-in and --price-out (USD per 1M tokens)")
+    journal = checkpoint.load() if checkpoint else {}
+    answers: dict[str, dict[str, Any]] = {}
+    todo = []
+    n_resumed = n_cached = 0
+    for r in requests:
+        if r.query_hash in journal:
+            answers[r.query_hash], n_resumed = journal[r.query_hash], n_resumed + 1
+        elif cache is not None and (hit := cache.get(r.query_hash)) is not None:
+            answers[r.query_hash], n_cached = hit, n_cached + 1
+        else:
+            todo.append(r)
+    own = backend is None and bool(todo)
+    llm: Backend = backend or (open_generator(cfg) if todo else None)  # type: ignore[assignment]  # key checked here
+    progress.start(task, total=len(requests))
+    if len(requests) > len(todo):
+        progress.advance(task, len(requests) - len(todo), f"{n_resumed} resumed, {n_cached} cached")
+    stats: dict[str, Any] = {"n_features": len(requests), "n_resumed": n_resumed, "n_cached": n_cached,
+                             "n_requests": len(todo), "n_sent": 0, "n_retries": 0, "n_rejected": 0,
+                             "spent_usd": 0.0 if price else None}
+    if todo:
+
+        def on_answer(r: Request, c: Any, error: str | None) -> float:
+            rec = answer_record(r, c, error)
+            if cache is not None and error is None:
+                cache.put(r.query_hash, rec)
+            if checkpoint is not None:
+                checkpoint.append(rec)
+            answers[r.query_hash] = rec
+            return price.cost(c.prompt_tokens, c.completion_tokens) if price else 0.0
+
+        budget = Budget(cfg.max_cost, price, cfg.max_tokens) if cfg.max_cost is not None and price else None
+        runner = Runner(llm, max_workers=cfg.max_workers, max_retries=cfg.max_retries, retry_base_s=cfg.retry_base_s,
+                        retry_max_s=cfg.retry_max_s, budget=budget, progress=progress, task=task)
+        try:
+            run = runner.run(todo, on_answer)
+        finally:
+            if own:
+                llm.close()
+        stats.update(n_sent=run.sent, n_retries=run.retries, n_rejected=run.rejected,
+                     spent_usd=run.spent_usd if price else None)
+        if run.failed:
+            raise GenerationError(
+                f"{run.failed} of {len(requests)} features got no answer after {cfg.max_retries + 1} attempts "
+                f"(last: {run.errors[-1]})",
+                "rerun the same command to retry only those; finished features are kept",
+            )
+    progress.finish(task)
+    queries, generations = _rows(spec, cfg, requests, answers, price)
+    stats["cost_usd"] = sum(q["cost_usd"] or 0.0 for q in queries) if price else None
+    stats["prompt_tokens"] = sum(q["prompt_tokens"] or 0 for q in queries)
+    stats["completion_tokens"] = sum(q["completion_tokens"] or 0 for q in queries)
+    short = [q["feature_index"] for q in queries if q["status"] == "ok" and q["n_parsed"] < cfg.samples_per_feature]
+    warnings = []
+    if short:
+        warnings.append(f"{len(short)} features got fewer than {cfg.samples_per_feature} samples "
+                        f"(see queries.n_parsed): {', '.join(map(str, short[:10]))}{', ...' if len(short) > 10 else ''}")
+    rejected = [q for q in queries if q["status"] == "error"]
+    if rejected:
+        warnings.append(f"{len(rejected)} prompts were refused by the generator (see queries.error), "
+                        f"e.g. feature {rejected[0]['feature_index']}: {rejected[0]['error']}")
+    for w in warnings:
+        progress.log(f"[yellow]warning[/]: {spec.label}: {w}")
+    return GenerateResult(make_table("queries", queries), make_table("generations", generations), stats, warnings)
+
+
+def merge_generator_rows(store: Store, run: str, sae: str, table: str, new: pa.Table, label: str) -> pa.Table:
+    """``new`` plus the rows of other generators already in ``table`` (this generator's old rows go)."""
+    if not store.has_table(run, sae, table):
+        return new
+    old = store.read_table(run, sae, table)
+    old = old.drop_columns([c for c in ("run", "sae") if c in old.column_names])
+    keep = old.filter(pc.not_equal(old["generator"], pa.scalar(label)))
+    if set(keep.column_names) == set(new.column_names):
+        merged = pa.concat_tables([keep.select(new.column_names).cast(new.schema), new])
+    else:
+        merged = pa.concat_tables([keep, new], promote_options="permissive")
+    keys = [("generator", "ascending"), ("feature_index", "ascending")]
+    if "sample_index" in merged.column_names:
+        keys.append(("sample_index", "ascending"))
+    return merged.sort_by(keys)
+
+
+def _stage_setup(store: Store, run: str, sae: str, cfg: GenerateConfig) -> tuple[GenerateConfig, str, dict, dict]:
+    spec = cfg.spec
+    if spec.kind == "openai" and not cfg.base_url and os.environ.get("OPENAI_BASE_URL"):
+        cfg = replace(cfg, base_url=os.environ["OPENAI_BASE_URL"])  # recorded, so a new server means new work
+    inputs = table_inputs(store, run, sae, ["examples"])
+    if spec.kind == "table":
+        path = Path(spec.target).expanduser()
+        if not path.is_file():
+            raise ImportTableError(f"import table {path} does not exist", "pass an existing file to --from-table")
+        inputs["import_file"] = hash_file(path)
+        config = cfg.manifest_config("")
+    else:
+        config = cfg.manifest_config(load_template(cfg.prompt_template).hash)
+    return cfg, f"generate:{spec.label}", config, inputs
+
+
+def run_generate(
+    store: Store,
+    run: str,
+    sae: str,
+    cfg: GenerateConfig,
+    *,
+    force: bool = False,
+    progress: ProgressSink = NULL_PROGRESS,
+) -> StageOutcome:
+    """Generate (or import) texts for one run × SAE and merge them into its ``queries`` and
+    ``generations`` tables, alongside other generators' rows."""
+    cfg, stage, config, inputs = _stage_setup(store, run, sae, cfg)
+    label = cfg.spec.label
+    owned: dict[str, tuple[str, Any] | None] = {"queries": ("generator", label), "generations": ("generator", label)}
+    if not force and store.is_fresh(run, sae, stage, config, inputs):
+        rec = store.manifest(run, sae).stage(stage)
+        progress.log(f"{stage}: {sae} is up to date (use --force to rerun)")
+        return StageOutcome(stage, True, {t: int(o.get("rows", 0)) for t, o in rec.outputs.items()},  # type: ignore[union-attr]
+                            rec.extra)  # type: ignore[union-attr]
+    started = now_iso()
+    examples = store.read_table(run, sae, "examples")
+    checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl")
+    result = generate(examples, cfg, checkpoint=checkpoint, cache=QueryCache(store.cache_dir / "generate"),
+                      progress=progress, task=f"generate {sae} · {label}")
+    for name, table in result.tables().items():
+        store.write_table(run, sae, name, merge_generator_rows(store, run, sae, name, table, label))
+    extra = {**result.stats, "warnings": result.warnings}
+    rec = store.record_stage(run, sae, stage, config=config, inputs=inputs, outputs=owned, started_at=started,
+                             extra=extra)
+    checkpoint.clear()  # the tables now hold every answer, the cache keeps them for other runs
+    return StageOutcome(stage, False, {t: int(o["rows"]) for t, o in rec.outputs.items()}, extra)
+
+
+def plan_generate(store: Store, run: str, sae: str, cfg: GenerateConfig) -> dict[str, Any]:
+    """``--dry-run``: what ``run_generate`` would send and roughly cost, sending nothing."""
+    cfg, stage, _config, _inputs = _stage_setup(store, run, sae, cfg)
+    examples = store.read_table(run, sae, "examples")
+    spec = cfg.spec
+    if spec.kind == "table":
+        res = TableImport(spec.target, spec.label).read(set(examples["feature_index"].to_pylist()))
+        return {"sae": sae, "generator": spec.label, "features": len(res.queries), "rows": res.n_rows,
+                "imported": len(res.generations), "dropped": res.n_rows - len(res.generations),
+                "warnings": res.warnings}
+    requests = make_requests(examples, cfg)
+    journal = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl").load()
+    cache = QueryCache(store.cache_dir / "generate")
+    todo = [r for r in requests if r.query_hash not in journal and cache.get(r.query_hash) is None]
+    texts = {f: [_MARK_RE.sub("", t or "") for t in ts]
+             for f, ts in _example_texts(examples).items()}
+    prompt_tokens = sum(estimate_tokens(r.system + r.user) + 10 for r in todo)  # + chat framing
+    completion_tokens = 0
+    for r in todo:
+        ts = texts.get(r.feature_index) or [""]
+        per_sample = sum(estimate_tokens(t) for t in ts) / len(ts)
+        completion_tokens += min(cfg.max_tokens, math.ceil(cfg.n_request * (per_sample + 3)))
+    price = price_of(cfg)
+    return {"sae": sae, "generator": spec.label, "features": len(requests), "done": len(requests) - len(todo),
+            "requests": len(todo), "est_prompt_tokens": prompt_tokens, "est_completion_tokens": completion_tokens,
+            "est_cost_usd": price.cost(prompt_tokens, completion_tokens) if price else None}
+
+
+def _example_texts(examples: pa.Table) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for f, t in zip(examples["feature_index"].to_pylist(), examples["text"].to_pylist(), strict=True):
+        out.setdefault(int(f), []).append(t)
+    return out
