@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from .errors import ConfigError
-from .model import HookedLM, load_model
 from .progress import NULL_PROGRESS, ProgressSink
-from .sae import Sae, load_sae
 from .store import Store, now_iso
+
+if TYPE_CHECKING:  # torch is imported only by the stages that run a model
+    from .model import HookedLM
+    from .sae import Sae
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ _MODEL_CACHE: dict[tuple[str, str, str, str], HookedLM] = {}
 
 
 def open_sae(name: str, opts: ModelOptions) -> Sae:
+    from .sae import load_sae
+
     return load_sae(name, device=opts.device, dtype=opts.dtype)
 
 
@@ -50,6 +54,8 @@ def open_model(sae: Sae, opts: ModelOptions) -> HookedLM:
     key = (model_id, hook, str(opts.device), str(dtype))
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # one model in memory at a time
+        from .model import load_model
+
         _MODEL_CACHE[key] = load_model(model_id, hook, device=opts.device, dtype=dtype)
     lm = _MODEL_CACHE[key]
     if lm.d_model != sae.d_in:
