@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ..errors import BudgetExceededError, UsageError
+from ..errors import UsageError
 from .app import app
 from .options import BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, GeneratorOpt, RunOpt, SaeOpt, StoreOpt
 
@@ -80,7 +79,7 @@ def generate_command(
 
     Answers are journaled as they arrive and cached by prompt: rerunning after a crash or Ctrl-C sends only what is missing, and nothing is ever paid for twice.
     """
-    from ..generate import GenerateConfig, plan_generate, run_generate
+    from ..generate import GenerateConfig, plan_generate, run_generate_many
     from ..store import Store
     from .app import RichProgress
     from .output import console, emit
@@ -110,24 +109,18 @@ def generate_command(
         total = "n/a (pass --price-in/--price-out)" if None in costs else f"${sum(costs):.4f}"
         console.print(f"{sum(p['requests'] for p in plans)} requests, estimated cost {total}", highlight=False)
         return
-    rows, spent, unpriced = [], 0.0, False
     with RichProgress() as progress:
-        for s in sae:
-            this = cfg
-            if cfg.max_cost is not None:  # one budget for the whole command
-                if spent >= cfg.max_cost:
-                    raise BudgetExceededError(f"--max-cost ${cfg.max_cost:g} is spent before SAE {s}",
-                                              "raise --max-cost and rerun the same command to continue")
-                this = replace(cfg, max_cost=cfg.max_cost - spent)
-            out = run_generate(st, run, s, this, force=force, progress=progress)
-            ex = out.extra
-            if not out.skipped:
-                spent += ex.get("spent_usd") or 0.0
-                unpriced |= ex.get("spent_usd") is None and cfg.spec.kind != "table"
-            sent = "imported" if cfg.spec.kind == "table" else ex.get("n_requests", 0)
-            rows.append([s, cfg.spec.label, "skipped (fresh)" if out.skipped else "done", ex.get("n_features"),
-                         out.rows.get("generations"), sent, ex.get("n_cached", 0) + ex.get("n_resumed", 0),
-                         ex.get("n_retries", 0), _money(ex.get("cost_usd"))])
+        outcomes = run_generate_many(st, run, list(sae), cfg, force=force, progress=progress)
+    rows, spent, unpriced = [], 0.0, False
+    for s, out in zip(sae, outcomes, strict=True):
+        ex = out.extra
+        if not out.skipped:
+            spent += ex.get("spent_usd") or 0.0
+            unpriced |= ex.get("spent_usd") is None and cfg.spec.kind != "table"
+        sent = "imported" if cfg.spec.kind == "table" else ex.get("n_requests", 0)
+        rows.append([s, cfg.spec.label, "skipped (fresh)" if out.skipped else "done", ex.get("n_features"),
+                     out.rows.get("generations"), sent, ex.get("n_cached", 0) + ex.get("n_resumed", 0),
+                     ex.get("n_retries", 0), _money(ex.get("cost_usd"))])
     emit(["sae", "generator", "status", "features", "texts", "requests", "reused", "retries", "table cost"], rows,
          title=f"generate · run {run}")
     if cfg.spec.kind != "table":

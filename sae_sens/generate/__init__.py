@@ -16,12 +16,21 @@ by all runs, so the same request is never sent twice. Neither holds API keys.
 
 from .backends import BACKENDS, Completion, Request, open_generator
 from .config import DEFAULT_GENERATOR, GenerateConfig, GeneratorSpec, parse_generator
-from .core import GenerateResult, generate, import_generations, make_requests, plan_generate, run_generate
+from .core import (
+    GenerateResult,
+    generate,
+    import_generations,
+    make_requests,
+    plan_generate,
+    run_generate,
+    run_generate_many,
+)
 from .parsing import parse_samples
 from .pricing import OPENAI_PRICES, Price, lookup_price
 from .prompts import PromptTemplate, build_prompts, load_template
 
 __all__ = [
+    "run_generate_many",
     "BACKENDS",
     "DEFAULT_GENERATOR",
     "OPENAI_PRICES",

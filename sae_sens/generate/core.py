@@ -293,3 +293,32 @@ def _example_texts(examples: pa.Table) -> dict[int, list[str]]:
     for f, t in zip(examples["feature_index"].to_pylist(), examples["text"].to_pylist(), strict=True):
         out.setdefault(int(f), []).append(t)
     return out
+
+
+def run_generate_many(
+    store: Store,
+    run: str,
+    saes: list[str],
+    cfg: GenerateConfig,
+    *,
+    force: bool = False,
+    progress: ProgressSink = NULL_PROGRESS,
+) -> list[StageOutcome]:
+    """``run_generate`` for several SAEs with ONE ``--max-cost`` budget across all of them."""
+    from dataclasses import replace
+
+    from ..errors import BudgetExceededError
+
+    outcomes, spent = [], 0.0
+    for sae in saes:
+        this = cfg
+        if cfg.max_cost is not None:
+            if spent >= cfg.max_cost:
+                raise BudgetExceededError(f"--max-cost ${cfg.max_cost:g} is spent before SAE {sae}",
+                                          "raise --max-cost and rerun the same command to continue")
+            this = replace(cfg, max_cost=cfg.max_cost - spent)
+        out = run_generate(store, run, sae, this, force=force, progress=progress)
+        if not out.skipped:
+            spent += out.extra.get("spent_usd") or 0.0
+        outcomes.append(out)
+    return outcomes
