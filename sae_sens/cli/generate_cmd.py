@@ -9,7 +9,22 @@ import typer
 
 from ..errors import UsageError
 from .app import app
-from .options import BatchSizeOpt, DeviceOpt, DtypeOpt, ForceOpt, GeneratorOpt, RunOpt, SaeOpt, StoreOpt
+from .options import (
+    BaseUrlOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ForceOpt,
+    FromTableOpt,
+    GeneratorOpt,
+    LlmModelOpt,
+    MaxCostOpt,
+    MaxWorkersOpt,
+    RunOpt,
+    SaeOpt,
+    SamplesPerFeatureOpt,
+    StoreOpt,
+)
 
 
 def _money(v: Any) -> str:
@@ -35,17 +50,11 @@ def generate_command(
     store: StoreOpt = None,
     run: RunOpt = "default",
     generator: GeneratorOpt = None,
-    llm_model: Annotated[str | None, typer.Option(
-        "--llm-model", help="OpenAI model name (same as --generator openai:<model>).", show_default=False)] = None,
-    from_table: Annotated[Path | None, typer.Option(
-        "--from-table", help="Import texts from a CSV/Parquet/JSONL file (feature_index, text[, sample_index]) "
-        "under the label --generator NAME.", show_default=False)] = None,
-    base_url: Annotated[str | None, typer.Option(
-        "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 "
-        "(vLLM, Ollama, llama.cpp, LM Studio).", show_default=False)] = None,
-    samples_per_feature: Annotated[int, typer.Option(
-        "--samples-per-feature", "-n", help="Texts kept per feature (one extra is asked for).", min=1)] = 10,
-    max_workers: Annotated[int, typer.Option("--max-workers", "-j", help="Requests in flight at once.", min=1)] = 10,
+    llm_model: LlmModelOpt = None,
+    from_table: FromTableOpt = None,
+    base_url: BaseUrlOpt = None,
+    samples_per_feature: SamplesPerFeatureOpt = 10,
+    max_workers: MaxWorkersOpt = 10,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.", min=0.0)] = 1.0,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Cap on tokens per answer.", min=1)] = 2000,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request attempt.", min=0.001)] = 60.0,
@@ -58,9 +67,7 @@ def generate_command(
         "--price-in", help="USD per 1M prompt tokens (for models not in the price table).", show_default=False)] = None,
     price_out: Annotated[float | None, typer.Option(
         "--price-out", help="USD per 1M completion tokens.", show_default=False)] = None,
-    max_cost: Annotated[float | None, typer.Option(
-        "--max-cost", help="Stop before spending more than this many USD (all SAEs together).",
-        show_default=False)] = None,
+    max_cost: MaxCostOpt = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Show requests, estimated tokens and cost; send nothing.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (change it to draw new texts).")] = 42,

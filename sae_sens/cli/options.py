@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 StoreOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--store", envvar="SAE_SENS_STORE", help="Artifact store folder (default ./evals).", show_default=False),
 ]
 RunOpt = Annotated[str, typer.Option("--run", "-r", envvar="SAE_SENS_RUN", help="Run name inside the store.")]
@@ -17,27 +17,80 @@ SaeOpt = Annotated[
     typer.Option("--sae", "-s", help="SAE name or folder; repeat for several (e.g. py_4k_topk_s0).", show_default=False),
 ]
 OptionalSaeOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--sae", "-s", help="Limit to these SAEs (default: all in the run).", show_default=False),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Rerun even when config and inputs are unchanged.")]
 ModelOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--model", "-m", help="Hugging Face model id or local folder (default: inferred from the SAE).",
                  show_default=False),
 ]
 HookOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--hook", help="Hook point, e.g. blocks.8.hook_resid_post (default: the SAE's).", show_default=False),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cuda, mps, cpu or auto.")]
 DtypeOpt = Annotated[
-    Optional[str], typer.Option("--dtype", help="float32, bfloat16 or float16 (default: per model).", show_default=False)
+    str | None, typer.Option("--dtype", help="float32, bfloat16 or float16 (default: per model).", show_default=False)
 ]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.", min=1)]
 FormatOpt = Annotated[str, typer.Option("--format", help="table, csv, json or markdown.")]
 GeneratorOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--generator", "-g", help="Generator label, e.g. openai:gpt-4.1-mini, hf:<model>, table:<file>.",
                  show_default=False),
+]
+
+# ----- collect ---------------------------------------------------------------------------------
+CorpusOpt = Annotated[
+    str,
+    typer.Option("--corpus", "--dataset-name", help="Hugging Face dataset name (streamed), local file or folder "
+                 "(.txt/.jsonl/.csv/.parquet), pre-tokenized Parquet, or demo:wiki."),
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="Dataset split.")]
+TextColumnOpt = Annotated[str, typer.Option("--text-column", help="Column holding the text.")]
+TotalTokensOpt = Annotated[int, typer.Option("--total-tokens", min=1, help="Token budget of the pass.")]
+ContextSizeOpt = Annotated[int, typer.Option("--context-size", min=2, help="Tokens per window (BOS included).")]
+FeaturesOpt = Annotated[int, typer.Option("--features", min=1, help="Sample this many alive features (seeded).")]
+FeatureIdsOpt = Annotated[
+    str | None, typer.Option("--feature-ids", help="Exactly these features, e.g. 3,17,42.", show_default=False)
+]
+NTopOpt = Annotated[int, typer.Option("--n-top-ex-for-generation", min=0, help="Top windows kept per feature.")]
+NIwOpt = Annotated[
+    int, typer.Option("--n-iw-ex-for-generation", min=0, help="Importance-weighted samples kept per feature.")
+]
+
+# ----- generate --------------------------------------------------------------------------------
+LlmModelOpt = Annotated[
+    str | None,
+    typer.Option("--llm-model", help="OpenAI model name (same as --generator openai:<model>).", show_default=False),
+]
+FromTableOpt = Annotated[
+    Path | None,
+    typer.Option("--from-table", help="Import texts from a CSV/Parquet/JSONL file (feature_index, text[, sample_index]) "
+                 "under the label --generator NAME.", show_default=False),
+]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option("--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible server, e.g. "
+                 "http://localhost:8000/v1 (vLLM, Ollama, llama.cpp, LM Studio).", show_default=False),
+]
+SamplesPerFeatureOpt = Annotated[
+    int, typer.Option("--samples-per-feature", "-n", help="Texts kept per feature (one extra is asked for).", min=1)
+]
+MaxWorkersOpt = Annotated[int, typer.Option("--max-workers", "-j", help="Requests in flight at once.", min=1)]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option("--max-cost", help="Stop before spending more than this many USD (all SAEs together).",
+                 show_default=False),
+]
+
+# ----- score -----------------------------------------------------------------------------------
+ThresholdOpt = Annotated[
+    float, typer.Option("--threshold", help="A text is active when the feature's max activation is above this.")
+]
+MaxLengthOpt = Annotated[
+    int, typer.Option("--max-length", help="Tokens per text, BOS included; longer texts are truncated and counted.",
+                      min=2)
 ]

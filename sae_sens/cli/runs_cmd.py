@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ _STYLE = {"done": "[green]done[/]", "stale": "[yellow]stale[/]", "missing": "[di
 @app.command("runs")
 def runs_command(
     store: StoreOpt = None,
-    run: Annotated[Optional[str], typer.Option("--run", "-r", help="Only this run.", show_default=False)] = None,
+    run: Annotated[str | None, typer.Option("--run", "-r", help="Only this run.", show_default=False)] = None,
     fmt: FormatOpt = "table",
 ) -> None:
     """List runs and SAEs in the store with each stage's status (done, stale, missing).

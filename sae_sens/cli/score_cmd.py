@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
 from .app import RichProgress, app
 from .options import (
     BatchSizeOpt,
@@ -14,10 +10,12 @@ from .options import (
     ForceOpt,
     GeneratorOpt,
     HookOpt,
+    MaxLengthOpt,
     ModelOpt,
     RunOpt,
     SaeOpt,
     StoreOpt,
+    ThresholdOpt,
 )
 
 # summary key -> column header
@@ -36,10 +34,8 @@ def score_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = 32,
-    threshold: Annotated[float, typer.Option("--threshold", help="A text is active when the feature's max "
-                                             "activation is above this.")] = 1e-6,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text, BOS included; longer "
-                                            "texts are truncated and counted.", min=2)] = 128,
+    threshold: ThresholdOpt = 1e-6,
+    max_length: MaxLengthOpt = 128,
     generator: GeneratorOpt = None,
     force: ForceOpt = False,
 ) -> None:
