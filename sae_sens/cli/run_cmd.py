@@ -1,12 +1,118 @@
-"""`sae-sens run` (placeholder until its stage lands)."""
+"""`sae-sens run`: collect, generate and score for one or many SAEs, then the summary."""
 
 from __future__ import annotations
 
-from ..errors import UsageError
 from .app import app
+from .options import (
+    BaseUrlOpt,
+    BatchSizeOpt,
+    ContextSizeOpt,
+    CorpusOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FeatureIdsOpt,
+    FeaturesOpt,
+    ForceOpt,
+    FromTableOpt,
+    GeneratorOpt,
+    HookOpt,
+    LlmModelOpt,
+    MaxCostOpt,
+    MaxLengthOpt,
+    MaxWorkersOpt,
+    ModelOpt,
+    NIwOpt,
+    NTopOpt,
+    RunOpt,
+    SaeOpt,
+    SamplesPerFeatureOpt,
+    SplitOpt,
+    StoreOpt,
+    TextColumnOpt,
+    ThresholdOpt,
+    TotalTokensOpt,
+)
+
+SUMMARY_COLUMNS = ("sae", "generator", "features", "sensitivity", "ci_low", "ci_high", "original_sensitivity",
+                   "original_sensitivity_window", "share_below_half")
 
 
 @app.command("run")
-def run_command() -> None:
-    """Not implemented yet."""
-    raise UsageError("`run` is not implemented yet")
+def run_command(
+    sae: SaeOpt,
+    store: StoreOpt = None,
+    run: RunOpt = "default",
+    model: ModelOpt = None,
+    hook: HookOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    batch_size: BatchSizeOpt = 32,
+    corpus: CorpusOpt = "monology/pile-uncopyrighted",
+    split: SplitOpt = "train",
+    text_column: TextColumnOpt = "text",
+    total_tokens: TotalTokensOpt = 2_000_000,
+    context_size: ContextSizeOpt = 128,
+    features: FeaturesOpt = 50,
+    feature_ids: FeatureIdsOpt = None,
+    n_top: NTopOpt = 10,
+    n_iw: NIwOpt = 5,
+    generator: GeneratorOpt = None,
+    llm_model: LlmModelOpt = None,
+    from_table: FromTableOpt = None,
+    base_url: BaseUrlOpt = None,
+    samples_per_feature: SamplesPerFeatureOpt = 10,
+    max_workers: MaxWorkersOpt = 10,
+    max_cost: MaxCostOpt = None,
+    threshold: ThresholdOpt = 1e-6,
+    max_length: MaxLengthOpt = 128,
+    force: ForceOpt = False,
+) -> None:
+    """Run every stage (collect -> generate -> score) for one or many SAEs, then print the summary.
+
+    Fresh stages are skipped, so rerunning after an interruption only does what is missing.
+
+    Example (the original tool's run.py):
+
+        sae-sens run --model EleutherAI/pythia-160m-deduped --sae py_4k_btopk_s0 --sae py_4k_gated_s0 --features 50
+
+    Example (offline, the demo model as generator):
+
+        sae-sens run --sae smol_1k_topk --corpus demo:wiki --total-tokens 100000 --features 5 --generator hf:demo:smollm2
+    """
+    from ..collect import CollectConfig
+    from ..generate import GenerateConfig
+    from ..pipeline import run_pipeline
+    from ..report import connect, summarize
+    from ..score import ScoreConfig
+    from ..stages import ModelOptions
+    from ..store import Store
+    from .app import RichProgress
+    from .collect_cmd import parse_feature_ids
+    from .generate_cmd import resolve_generator
+    from .output import emit
+
+    collect_cfg = CollectConfig(
+        corpus=corpus, split=split, text_column=text_column, total_tokens=total_tokens, context_size=context_size,
+        features=None if feature_ids else features,
+        feature_ids=parse_feature_ids(feature_ids) if feature_ids else None,
+        n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw,
+    )
+    generate_cfg = GenerateConfig(
+        generator=resolve_generator(generator, llm_model, from_table), from_table=from_table, base_url=base_url,
+        samples_per_feature=samples_per_feature, max_workers=max_workers, max_cost=max_cost,
+        n_top=n_top, n_iw=n_iw, device=device, dtype=dtype,
+    )
+    score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
+    opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
+    st = Store(store)
+    with RichProgress() as progress:
+        results = run_pipeline(st, run, list(sae), collect_cfg, generate_cfg, score_cfg, opts, force=force,
+                               progress=progress)
+    stage_rows = [[r.sae] + ["up to date" if o.skipped else "ran" for o in (r.collect, r.generate, r.score)]
+                  for r in results]
+    emit(["sae", "collect", "generate", "score"], stage_rows, title=f"run {run}")
+    summary = summarize(connect(st, runs=[run], saes=list(sae), status=False),
+                        generators=[generate_cfg.spec.label])
+    cols = [c for c in SUMMARY_COLUMNS if c in summary.column_names]
+    emit(cols, [list(r) for r in zip(*(summary[c].to_pylist() for c in cols), strict=True)],
+         title="sensitivity (sae-sens report for more)")
