@@ -261,7 +261,6 @@ def window_documents(
                 break
     if batch and filled < need:
         flush(batch)
-    progress.finish("tokenize")
     if filled < need:
         raise CorpusError(
             f"{label} has only {filled:,} tokens ({n_docs:,} documents); {need:,} are needed for "
@@ -269,6 +268,7 @@ def window_documents(
             f"pass --total-tokens {max(filled // piece, 0) * context_size} or less, or a bigger corpus"
             if filled >= piece else "pass a corpus with text in it (check --text-column)",
         )
+    progress.finish("tokenize")
     shape = (n_windows, piece)
     ids2, dix2, dpos2 = ids.reshape(shape), dix.reshape(shape), dpos.reshape(shape)
     if prefix:
