@@ -121,13 +121,13 @@ class PassResult:
         has_top = self.top_window[0] >= 0
         top = np.where(has_top, self.top_activation[0], np.nan)
         return make_table("latents", {
-            "feature_index": np.arange(self.n_latents, dtype=np.int64),
-            "n_firings": self.n_firings,
-            "max_activation": self.max_activation,
+            "feature_index": pa.array(np.arange(self.n_latents)),
+            "n_firings": pa.array(self.n_firings),
+            "max_activation": pa.array(self.max_activation),
             "top_activation": pa.array(top, pa.float64(), mask=~has_top),
-            "n_top": (self.top_window >= 0).sum(0).astype(np.int32),
-            "n_iw": (self.iw_window >= 0).sum(0).astype(np.int32),
-            "counted_tokens": np.full(self.n_latents, self.counted_tokens, np.int64),
+            "n_top": pa.array((self.top_window >= 0).sum(0)),
+            "n_iw": pa.array((self.iw_window >= 0).sum(0)),
+            "counted_tokens": pa.array(np.full(self.n_latents, self.counted_tokens)),
         })
 
     def candidates_table(self) -> pa.Table:
@@ -145,7 +145,7 @@ class PassResult:
             })
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         order = np.lexsort((cols["rank"], cols["pool"] != "top", cols["feature_index"]))
-        return make_table("candidates", {k: v[order] for k, v in cols.items()})
+        return make_table("candidates", {k: pa.array(v[order]) for k, v in cols.items()})
 
 
 class PeakTracker:
@@ -425,7 +425,7 @@ def mark_text(tokens: Sequence[str], acts: Sequence[float], threshold: float) ->
     """Concatenate tokens, wrapping each run of tokens with activation > threshold in ``{{ }}``."""
     parts: list[str] = []
     inside = False
-    for tok, a in zip(tokens, acts):
+    for tok, a in zip(tokens, acts, strict=True):
         on = a > threshold
         if on and not inside:
             parts.append("{{")
@@ -483,7 +483,7 @@ def build_examples(
 ) -> pa.Table:
     """The ``examples`` table: only the windows the chosen examples come from go through the model."""
     wanted = choose_examples(candidates, selected, cfg)
-    top_act = dict(zip(latents["feature_index"].to_pylist(), latents["top_activation"].to_pylist()))
+    top_act = dict(zip(latents["feature_index"].to_pylist(), latents["top_activation"].to_pylist(), strict=True))
     col_of = {f: i for i, f in enumerate(selected)}
     latent_ids = torch.as_tensor(list(selected), dtype=torch.long, device=sae.device)
     by_window: dict[int, list[_Wanted]] = {}
@@ -528,13 +528,13 @@ def features_table(latents: pa.Table, selected: Sequence[int], cfg: CollectConfi
     chosen = np.zeros(latents.num_rows, bool)
     chosen[list(selected)] = True
     return make_table("features", {
-        "feature_index": col("feature_index"),
-        "frequency": n_firings / np.maximum(counted, 1),
-        "n_firings": n_firings,
-        "max_activation": col("max_activation"),
+        "feature_index": pa.array(col("feature_index")),
+        "frequency": pa.array(n_firings / np.maximum(counted, 1)),
+        "n_firings": pa.array(n_firings),
+        "max_activation": pa.array(col("max_activation")),
         "top_activation": latents["top_activation"].combine_chunks(),
-        "alive": (n_firings > cfg.dead_min_firings) & (col("n_top") > 0),
-        "selected": chosen,
+        "alive": pa.array((n_firings > cfg.dead_min_firings) & (col("n_top") > 0)),
+        "selected": pa.array(chosen),
     })
 
 

@@ -25,17 +25,16 @@ def greedy_top_peaks(acts: torch.Tensor, k: int, buffer: int) -> list[Peak]:
     """The ``k`` largest positive peaks of ``acts`` [windows, context], skipping the first and last
     ``buffer`` positions, no two in the same window within ``buffer`` of each other (descending greedy)."""
     n, t = acts.shape
-    inner = acts[:, buffer:t - buffer]
-    order = inner.flatten().argsort(descending=True, stable=True)
+    inner = acts[:, buffer:t - buffer].flatten()
+    order = inner.argsort(descending=True, stable=True)
+    width = t - 2 * buffer
     taken: set[tuple[int, int]] = set()
     out: list[Peak] = []
-    width = inner.shape[1]
-    for flat in order.tolist():
-        w, p = divmod(flat, width)
-        p += buffer
-        v = float(acts[w, p])
+    for flat, v in zip(order.tolist(), inner[order].tolist(), strict=True):
         if v <= 0 or len(out) == k:
             break
+        w, p = divmod(flat, width)
+        p += buffer
         if (w, p) in taken:
             continue
         out.append((w, p, v))

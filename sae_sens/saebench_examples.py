@@ -91,7 +91,7 @@ def parse_autointerp_results(data: dict[str, Any], n_top: int) -> list[dict[str,
                                "pass an autointerp eval_results.json from SAEBench")
     rows: list[dict[str, Any]] = []
     for key, record in per_latent.items():
-        feature = int(record.get("latent", key)) if isinstance(record, dict) else int(key)
+        feature = int(str(record.get("latent", key) if isinstance(record, dict) else key))
         logs = record.get("logs", "") if isinstance(record, dict) else ""
         for i, (act, seq) in enumerate(parse_generation_examples(logs)):
             rows.append({"feature_index": feature, "example_index": i, "kind": "top" if i < n_top else "iw",

@@ -49,7 +49,7 @@ def test_top_peaks_are_the_k_largest_non_overlapping_peaks() -> None:
                for r in range(12) if res.top_window[r, f] >= 0]
         assert [(w, p) for w, p, _ in got] == [(w, p) for w, p, _ in expected]
         assert [round(v, 5) for *_, v in got] == [round(v, 5) for *_, v in expected]
-        for w, p, _ in got:  # never a buffer position
+        for _w, p, _ in got:  # never a buffer position
             assert 10 <= p < 48 - 10
     assert res.n_firings.tolist() == ((acts * counted[..., None]) > 0).sum((0, 1)).tolist()
     assert torch.allclose(torch.as_tensor(res.max_activation).float(), (acts * counted[..., None]).amax((0, 1)))
@@ -88,7 +88,7 @@ def test_iw_samples_follow_squared_activation_and_exclude_the_top_set() -> None:
     tracker = PeakTracker(n_copies, n_top=2, n_iw=3, buffer=10, seed=123)
     tracker.update(acts[..., None].expand(2, 40, n_copies), torch.ones(2, 40, dtype=torch.bool), 0)
     res = tracker.result()
-    assert set(zip(res.top_window[:, 0].tolist(), res.top_position[:, 0].tolist())) == {(0, 15), (1, 20)}
+    assert set(zip(res.top_window[:, 0].tolist(), res.top_position[:, 0].tolist(), strict=True)) == {(0, 15), (1, 20)}
     keys = list(pop)
     first = {k: 0 for k in keys}
     for f in range(n_copies):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -45,7 +46,7 @@ def collect_command(
                             ] = 128,
     features: Annotated[int, typer.Option("--features", min=1, help="Sample this many alive features (seeded).")
                         ] = 50,
-    feature_ids: Annotated[Optional[str], typer.Option("--feature-ids", help="Exactly these features, e.g. 3,17,42.",
+    feature_ids: Annotated[str | None, typer.Option("--feature-ids", help="Exactly these features, e.g. 3,17,42.",
                                                        show_default=False)] = None,
     n_top: Annotated[int, typer.Option("--n-top-ex-for-generation", min=0, help="Top windows kept per feature.")
                      ] = 10,
@@ -54,10 +55,13 @@ def collect_command(
     dead_min_firings: Annotated[int, typer.Option("--dead-min-firings", min=0,
                                                   help="A feature is alive with more firings than this.")] = 15,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the feature sample and example draws.")] = 42,
-    from_saebench: Annotated[Optional[str], typer.Option(
-        "--from-saebench", flag_value="hub", show_default=False,
-        help="Import SAEBench's published autointerp examples instead of a pass (downloads them; "
-             "or give a local results JSON: --from-saebench FILE).")] = None,
+    from_saebench: Annotated[bool, typer.Option(
+        "--from-saebench",
+        help="Import SAEBench's published autointerp examples for this SAEBench SAE instead of a pass "
+             "(downloaded from the adamkarvonen/sae_bench_results_0125 dataset).")] = False,
+    saebench_file: Annotated[Path | None, typer.Option(
+        "--saebench-file", exists=True, dir_okay=False, show_default=False,
+        help="A local SAEBench autointerp results JSON to import (implies --from-saebench).")] = None,
     store: StoreOpt = None,
     run: RunOpt = "default",
     model: ModelOpt = None,
@@ -69,17 +73,18 @@ def collect_command(
 ) -> None:
     """Find each feature's top activating windows and importance-weighted samples.
 
-    One pass over the corpus records every latent's statistics; another selection later
-    (--features / --feature-ids) reuses it without running the model over the corpus again.
+    One pass over the corpus records every latent's statistics; a later selection (--features / --feature-ids) reuses it without running the model over the corpus again.
 
     Example:
 
         sae-sens collect --sae py_4k_topk_s0 --corpus monology/pile-uncopyrighted --features 50
 
         sae-sens collect --sae ./my_sae --corpus ./texts/ --total-tokens 200000 --feature-ids 3,17
+
+        sae-sens collect --sae py_4k_topk_s0 --from-saebench --features 20
     """
     from ..collect import CollectConfig, run_collect
-    from ..saebench_examples import run_saebench_import
+    from ..saebench_examples import HUB, run_saebench_import
     from ..stages import ModelOptions
     from ..store import Store
     from .app import RichProgress
@@ -98,8 +103,9 @@ def collect_command(
     rows = []
     with RichProgress() as progress:
         for name in sae:
-            if from_saebench:
-                out = run_saebench_import(st, run, name, from_saebench, cfg, force=force, progress=progress)
+            if from_saebench or saebench_file:
+                source = str(saebench_file) if saebench_file else HUB
+                out = run_saebench_import(st, run, name, source, cfg, force=force, progress=progress)
                 how = "saebench"
             else:
                 out = run_collect(st, run, name, cfg, opts, force=force, progress=progress)
