@@ -148,6 +148,12 @@ class PassResult:
         return make_table("candidates", {k: pa.array(v[order]) for k, v in cols.items()})
 
 
+def _group_order(group: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Permutation sorting entries by group, and by descending score inside a group."""
+    order = score.argsort(descending=True, stable=True)
+    return order[group[order].argsort(stable=True)]
+
+
 class PeakTracker:
     """Streaming top peaks (no-overlap rule) and weighted reservoirs, for every latent at once.
 
@@ -156,8 +162,8 @@ class PeakTracker:
 
     Top peaks: the global greedy (descending, skip positions within ``buffer`` of a pick in the same
     context) only ever excludes within a context, so its result is the k largest among the union of
-    each context's own greedy peaks. Per batch we run each context's greedy for up to k rounds
-    (stopping once no peak beats the running k-th best) and merge the candidates with ``topk``.
+    each context's own greedy peaks. Per batch we run each context's greedy (up to k rounds, on the
+    positive entries that beat the running k-th best) and merge the candidates with ``topk``.
 
     Importance-weighted peaks: A-Res (Efraimidis & Spirakis) with weight act^2 and key log(u)/w,
     keeping the largest keys. The filter "below the weakest top peak" is known only at the end, so
@@ -170,8 +176,11 @@ class PeakTracker:
     """
 
     def __init__(self, n_latents: int, *, n_top: int = 12, n_iw: int = 7, buffer: int = 10, seed: int = 42,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", flush_entries: int = 1 << 20) -> None:
         self.n_top, self.n_iw, self.buffer = n_top, n_iw, buffer
+        self.flush_entries = flush_entries
+        self._iw_pending: list[tuple[torch.Tensor, ...]] = []
+        self._n_pending = 0
         self.m = n_iw + n_top * (2 * buffer + 1)
         dev = torch.device(device)
         f = n_latents
@@ -186,11 +195,11 @@ class PeakTracker:
         self.iw_win = torch.full((self.m, f), -1, dtype=torch.long, device=dev)
         self.iw_pos = torch.full((self.m, f), -1, dtype=torch.int32, device=dev)
         self.gen = torch.Generator(device=dev).manual_seed(seed)
-        self._offsets = torch.arange(-buffer, buffer + 1, device=dev)
 
     _STATE = ("n_firings", "max_act", "top_val", "top_win", "top_pos", "iw_key", "iw_val", "iw_win", "iw_pos")
 
     def state_dict(self) -> dict[str, Any]:
+        self._flush_iw()
         d: dict[str, Any] = {k: getattr(self, k).cpu() for k in self._STATE}
         d.update(counted=self.counted, gen=self.gen.get_state())
         return d
@@ -207,90 +216,98 @@ class PeakTracker:
         ``window_offset:+B``; ``counted`` [B, T] marks positions that count (others are ignored).
         Call with ``latent_offset == 0`` exactly once per batch (it counts the tokens)."""
         b, t, fc = acts.shape
-        lat = slice(latent_offset, latent_offset + fc)
-        a = acts.float() * counted.to(acts.device)[..., None]
+        counted = counted.to(acts.device)
         if latent_offset == 0:
             self.counted += int(counted.sum())
-        self.n_firings[lat] += (a > 0).sum((0, 1))
-        self.max_act[lat] = torch.maximum(self.max_act[lat], a.amax((0, 1)))
-        peak = a  # positions within `buffer` of either end can never be peaks
-        peak[:, : self.buffer] = 0
-        peak[:, max(t - self.buffer, 0):] = 0
-        self._update_top(peak, window_offset, latent_offset)
-        self._update_iw(peak, window_offset, latent_offset)
+        # SAE codes are sparse: work on the positive entries only, never on dense copies.
+        bi, ti, fi = (acts > 0).nonzero(as_tuple=True)
+        keep = counted[bi, ti]
+        bi, ti, fi = bi[keep], ti[keep], fi[keep]
+        val = acts[bi, ti, fi].float()
+        lat = slice(latent_offset, latent_offset + fc)
+        self.n_firings[lat] += torch.bincount(fi, minlength=fc)
+        chunk_max = torch.zeros(fc, device=acts.device).scatter_reduce_(0, fi, val, "amax")
+        self.max_act[lat] = torch.maximum(self.max_act[lat], chunk_max)
+        # positions within `buffer` of either end of the context can never be peaks
+        inner = (ti >= self.buffer) & (ti < t - self.buffer)
+        win, pos, f, val = window_offset + bi[inner], ti[inner], latent_offset + fi[inner], val[inner]
+        self._update_top(win, pos, f, val)
+        self._update_iw(win, pos, f, val)
 
-    def _update_top(self, peak: torch.Tensor, window_offset: int, lo: int) -> None:
-        b, t, fc = peak.shape
+    def _update_top(self, win: torch.Tensor, pos: torch.Tensor, f: torch.Tensor, val: torch.Tensor) -> None:
+        """Each (context, latent)'s own greedy peaks that beat the running k-th best, merged in."""
         k = self.n_top
-        thr = self.top_val[k - 1, lo:lo + fc].clamp(min=0.0)
-        v, p = peak.max(dim=1)
-        live = (v > thr).any(0).nonzero().squeeze(1)
-        if live.numel() == 0:
+        keep = val > self.top_val[k - 1, f].clamp(min=0.0)
+        win, pos, f, val = win[keep], pos[keep], f[keep], val[keep]
+        if f.numel() == 0:
             return
-        work = peak.index_select(2, live)
-        v, p, thr = v[:, live], p[:, live], thr[live]
-        vals, poss = [], []
-        for r in range(k):
-            ok = v > thr
-            if not ok.any():
+        # Entries below the threshold are dropped before the greedy: they come after every entry
+        # above it in their context, so they could not have suppressed any of those.
+        group = win * self.top_val.shape[1] + f
+        order = _group_order(group, val)
+        win, pos, f, val, group = win[order], pos[order], f[order], val[order], group[order]
+        alive = torch.ones_like(val, dtype=torch.bool)
+        picks = []
+        for _ in range(k):  # round r picks each context's r-th greedy peak
+            ia = alive.nonzero().squeeze(1)
+            if ia.numel() == 0:
                 break
-            vals.append(torch.where(ok, v, NEG_INF))
-            poss.append(p)
-            if r == k - 1:
-                break
-            around = (p[:, None, :] + self._offsets[None, :, None]).clamp(0, t - 1)
-            work.scatter_(1, around, 0.0)
-            v, p = work.max(dim=1)
-        s = live.numel()
-        cols = lo + live
-        new_v = torch.stack(vals)
-        win = (window_offset + torch.arange(b, device=peak.device))[None, :, None].expand_as(new_v)
-        win = torch.where(new_v > NEG_INF, win, -1)  # contexts that had no peak this round
-        cand_v = torch.cat([self.top_val[:, cols], new_v.reshape(-1, s)])
-        cand_w = torch.cat([self.top_win[:, cols], win.reshape(-1, s)])
-        cand_p = torch.cat([self.top_pos[:, cols], torch.stack(poss).reshape(-1, s).int()])
-        best_v, idx = cand_v.topk(k, dim=0)
-        self.top_val[:, cols] = best_v
-        self.top_win[:, cols] = cand_w.gather(0, idx)
-        self.top_pos[:, cols] = cand_p.gather(0, idx)
+            ga = group[ia]
+            first = torch.ones_like(ga, dtype=torch.bool)
+            first[1:] = ga[1:] != ga[:-1]
+            pick = ia[first]
+            picks.append(pick)
+            pick_pos = pos[pick][first.cumsum(0) - 1]
+            alive[ia[(pos[ia] - pick_pos).abs() <= self.buffer]] = False
+        p = torch.cat(picks)
+        self._merge(k, f[p], val[p], [(self.top_val, val[p], NEG_INF), (self.top_win, win[p], -1),
+                                      (self.top_pos, pos[p].int(), -1)])
 
-    def _update_iw(self, peak: torch.Tensor, window_offset: int, lo: int) -> None:
-        m = self.m
-        bi, ti, fi = (peak > 0).nonzero(as_tuple=True)
-        if fi.numel() == 0:
+    def _update_iw(self, win: torch.Tensor, pos: torch.Tensor, f: torch.Tensor, val: torch.Tensor) -> None:
+        if f.numel() == 0:
             return
-        val = peak[bi, ti, fi]
         u = torch.rand(val.shape, generator=self.gen, device=val.device)
         key = torch.log(u) / (val * val)
-        keep = key > self.iw_key[m - 1, lo + fi]
+        keep = key > self.iw_key[self.m - 1, f]
         if not keep.any():
             return
-        bi, ti, fi, val, key = bi[keep], ti[keep], fi[keep], val[keep], key[keep]
-        # Group by latent, largest key first: rank inside the group says where it may go.
-        order = key.argsort(descending=True, stable=True)
-        order = order[fi[order].argsort(stable=True)]
-        bi, ti, fi, val, key = bi[order], ti[order], fi[order], val[order], key[order]
-        touched, inverse, counts = torch.unique_consecutive(fi, return_inverse=True, return_counts=True)
-        starts = counts.cumsum(0) - counts
-        rank = torch.arange(fi.numel(), device=fi.device) - starts[inverse]
-        sel = rank < m
-        u_n = touched.numel()
-        new_k = torch.full((m, u_n), NEG_INF, device=peak.device)
-        new_v = torch.zeros((m, u_n), device=peak.device)
-        new_w = torch.full((m, u_n), -1, dtype=torch.long, device=peak.device)
-        new_p = torch.full((m, u_n), -1, dtype=torch.int32, device=peak.device)
-        r, c = rank[sel], inverse[sel]
-        new_k[r, c], new_v[r, c] = key[sel], val[sel]
-        new_w[r, c], new_p[r, c] = window_offset + bi[sel], ti[sel].int()
-        cols = lo + touched
-        cand_k = torch.cat([self.iw_key[:, cols], new_k])
-        best_k, idx = cand_k.topk(m, dim=0)
-        self.iw_key[:, cols] = best_k
-        self.iw_val[:, cols] = torch.cat([self.iw_val[:, cols], new_v]).gather(0, idx)
-        self.iw_win[:, cols] = torch.cat([self.iw_win[:, cols], new_w]).gather(0, idx)
-        self.iw_pos[:, cols] = torch.cat([self.iw_pos[:, cols], new_p]).gather(0, idx)
+        self._iw_pending.append((f[keep], key[keep], val[keep], win[keep], pos[keep]))
+        self._n_pending += int(keep.sum())
+        if self._n_pending >= self.flush_entries:
+            self._flush_iw()
+
+    def _flush_iw(self) -> None:
+        """Merge buffered reservoir candidates. Merging is O(m x latents touched), so it is batched;
+        the stale threshold used to filter in between only lets more candidates through."""
+        if not self._iw_pending:
+            return
+        f, key, val, win, pos = (torch.cat(x) for x in zip(*self._iw_pending, strict=True))
+        self._iw_pending, self._n_pending = [], 0
+        self._merge(self.m, f, key, [(self.iw_key, key, NEG_INF), (self.iw_val, val, 0.0),
+                                     (self.iw_win, win, -1), (self.iw_pos, pos.int(), -1)])
+
+    @staticmethod
+    def _merge(r: int, f: torch.Tensor, score: torch.Tensor,
+               fields: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+        """Keep, per latent, the ``r`` highest-``score`` rows among the state and the new entries.
+        ``fields`` are (state [r, F], new values [E], fill); the first is the score itself."""
+        order = _group_order(f, score)
+        f = f[order]
+        touched, inverse, counts = torch.unique_consecutive(f, return_inverse=True, return_counts=True)
+        rank = torch.arange(f.numel(), device=f.device) - (counts.cumsum(0) - counts)[inverse]
+        sel = rank < r
+        rs, cs = rank[sel], inverse[sel]
+        stacked = []
+        for state, new, fill in fields:
+            dense = torch.full((r, touched.numel()), fill, dtype=state.dtype, device=state.device)
+            dense[rs, cs] = new[order][sel].to(state.dtype)
+            stacked.append(torch.cat([state[:, touched], dense]))
+        _, idx = stacked[0].topk(r, dim=0)
+        for (state, _, _), both in zip(fields, stacked, strict=True):
+            state[:, touched] = both.gather(0, idx)
 
     def result(self) -> PassResult:
+        self._flush_iw()
         found = self.top_win >= 0
         # The weakest top peak found (the k-th, or fewer when the latent has fewer peaks).
         weakest = torch.where(found, self.top_val, torch.inf).amin(0)
