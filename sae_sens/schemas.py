@@ -22,6 +22,16 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("alive", pa.bool_()),              # n_firings > dead_min_firings (15 by default)
         ("selected", pa.bool_()),           # chosen for this run's examples
     ]),
+    # per-latent statistics of the collect pass (every latent; `features` adds the selection)
+    "latents": pa.schema([
+        ("feature_index", pa.int64()),
+        ("n_firings", pa.int64()),          # counted tokens with activation > 0
+        ("max_activation", pa.float64()),   # over every counted token of the pass
+        ("top_activation", pa.float64()),   # strongest top peak; NULL when the latent has none
+        ("n_top", pa.int32()),              # top candidates kept (<= n_top_candidates)
+        ("n_iw", pa.int32()),               # importance-weighted candidates kept
+        ("counted_tokens", pa.int64()),     # tokens that counted in the pass (same on every row)
+    ]),
     # candidate peaks kept by the one-pass collector, so other selections need no new pass
     "candidates": pa.schema([
         ("feature_index", pa.int64()),

@@ -39,6 +39,7 @@ PRODUCED_BY = {
     "features": "collect",
     "examples": "collect",
     "candidates": "collect",
+    "latents": "collect",
     "queries": "generate",
     "generations": "generate",
     "scores": "score",

@@ -1,12 +1,118 @@
-"""`sae-sens collect` (placeholder until its stage lands)."""
+"""`sae-sens collect`: one pass over a corpus per SAE, then examples for the selected features."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from ..errors import UsageError
 from .app import app
+from .options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ForceOpt,
+    HookOpt,
+    ModelOpt,
+    RunOpt,
+    SaeOpt,
+    StoreOpt,
+)
+
+
+def parse_feature_ids(text: str) -> tuple[int, ...]:
+    try:
+        ids = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise UsageError(f"--feature-ids {text!r} is not a list of integers", "write them like 3,17,42") from None
+    if not ids:
+        raise UsageError("--feature-ids is empty", "write them like 3,17,42")
+    return ids
 
 
 @app.command("collect")
-def collect_command() -> None:
-    """Not implemented yet."""
-    raise UsageError("`collect` is not implemented yet")
+def collect_command(
+    sae: SaeOpt,
+    corpus: Annotated[str, typer.Option("--corpus", "--dataset-name",
+                                        help="Hugging Face dataset name (streamed), local file or folder "
+                                             "(.txt/.jsonl/.csv/.parquet), pre-tokenized Parquet, or demo:wiki.")
+                      ] = "monology/pile-uncopyrighted",
+    split: Annotated[str, typer.Option("--split", help="Dataset split.")] = "train",
+    text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text.")] = "text",
+    total_tokens: Annotated[int, typer.Option("--total-tokens", min=1, help="Token budget of the pass.")] = 2_000_000,
+    context_size: Annotated[int, typer.Option("--context-size", min=2, help="Tokens per window (BOS included).")
+                            ] = 128,
+    features: Annotated[int, typer.Option("--features", min=1, help="Sample this many alive features (seeded).")
+                        ] = 50,
+    feature_ids: Annotated[str | None, typer.Option("--feature-ids", help="Exactly these features, e.g. 3,17,42.",
+                                                       show_default=False)] = None,
+    n_top: Annotated[int, typer.Option("--n-top-ex-for-generation", min=0, help="Top windows kept per feature.")
+                     ] = 10,
+    n_iw: Annotated[int, typer.Option("--n-iw-ex-for-generation", min=0,
+                                      help="Importance-weighted samples kept per feature.")] = 5,
+    dead_min_firings: Annotated[int, typer.Option("--dead-min-firings", min=0,
+                                                  help="A feature is alive with more firings than this.")] = 15,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the feature sample and example draws.")] = 42,
+    from_saebench: Annotated[bool, typer.Option(
+        "--from-saebench",
+        help="Import SAEBench's published autointerp examples for this SAEBench SAE instead of a pass "
+             "(downloaded from the adamkarvonen/sae_bench_results_0125 dataset).")] = False,
+    saebench_file: Annotated[Path | None, typer.Option(
+        "--saebench-file", exists=True, dir_okay=False, show_default=False,
+        help="A local SAEBench autointerp results JSON to import (implies --from-saebench).")] = None,
+    store: StoreOpt = None,
+    run: RunOpt = "default",
+    model: ModelOpt = None,
+    hook: HookOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    batch_size: BatchSizeOpt = 32,
+    force: ForceOpt = False,
+) -> None:
+    """Find each feature's top activating windows and importance-weighted samples.
+
+    One pass over the corpus records every latent's statistics; a later selection (--features / --feature-ids) reuses it without running the model over the corpus again.
+
+    Example:
+
+        sae-sens collect --sae py_4k_topk_s0 --corpus monology/pile-uncopyrighted --features 50
+
+        sae-sens collect --sae ./my_sae --corpus ./texts/ --total-tokens 200000 --feature-ids 3,17
+
+        sae-sens collect --sae py_4k_topk_s0 --from-saebench --features 20
+    """
+    from ..collect import CollectConfig, run_collect
+    from ..saebench_examples import HUB, run_saebench_import
+    from ..stages import ModelOptions
+    from ..store import Store
+    from .app import RichProgress
+    from .output import emit
+
+    if not sae:
+        raise UsageError("no SAE given", "pass --sae NAME (repeat for several)")
+    cfg = CollectConfig(
+        corpus=corpus, split=split, text_column=text_column, total_tokens=total_tokens, context_size=context_size,
+        features=None if feature_ids else features,
+        feature_ids=parse_feature_ids(feature_ids) if feature_ids else None,
+        n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, dead_min_firings=dead_min_firings, seed=seed,
+    )
+    opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
+    st = Store(store)
+    rows = []
+    with RichProgress() as progress:
+        for name in sae:
+            if from_saebench or saebench_file:
+                source = str(saebench_file) if saebench_file else HUB
+                out = run_saebench_import(st, run, name, source, cfg, force=force, progress=progress)
+                how = "saebench"
+            else:
+                out = run_collect(st, run, name, cfg, opts, force=force, progress=progress)
+                how = "reused" if out.extra.get("pass_skipped") else "ran"
+            if out.skipped:
+                how = "up to date"
+            ex = out.extra
+            rows.append([name, ex.get("n_latents"), ex.get("n_alive"), ex.get("n_selected"),
+                         ex.get("n_examples", out.rows.get("examples")), how])
+    emit(["sae", "latents", "alive", "selected", "examples", "pass"], rows, title=f"collect · run {run}")

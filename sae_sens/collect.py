@@ -1,0 +1,614 @@
+"""The collect stage: one streaming pass over the corpus, then examples for any selection.
+
+The pass (``collect_pass``) reads every token once, encodes it with the SAE and, for every latent,
+keeps its firing count, its max activation, its top peaks and a weighted reservoir for the
+importance-weighted samples. Nothing is stored densely over the corpus: memory is
+O(latents x examples kept). Its outputs (``latents`` and ``candidates`` tables) hold every latent,
+so a later ``collect`` with another selection only re-runs the few windows its examples come from.
+
+Semantics follow SAEBench's autointerp collection (which the original tool uses):
+
+- a peak is never within ``buffer`` tokens of the start or end of its context;
+- top windows are the largest peaks with no two in the same context within ``buffer`` tokens of
+  each other (greedy, descending, over the whole corpus); ``n_top_candidates`` are drawn;
+- importance-weighted peaks are drawn without replacement with probability proportional to the
+  squared activation, among peak positions whose activation is below the weakest top peak;
+- a random ``n_top_ex_for_generation`` / ``n_iw_ex_for_generation`` of the candidates are kept;
+- tokens above ``act_threshold_frac`` of the strongest top peak are marked ``{{like this}}``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .corpus import DEFAULT_DATASET, Windows, load_windows, resolve_corpus
+from .errors import ConfigError
+from .hashing import hash_config
+from .model import HookedLM
+from .progress import NULL_PROGRESS, ProgressSink
+from .sae import Sae
+from .schemas import make_table
+from .stages import (
+    ModelOptions,
+    StageOutcome,
+    model_inputs,
+    open_model,
+    open_sae,
+    record_sae_info,
+    run_stage,
+    table_inputs,
+)
+from .store import Store, atomic_write_bytes
+
+PASS_STAGE = "collect:pass"
+SELECT_STAGE = "collect"
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    corpus: str = DEFAULT_DATASET
+    split: str = "train"
+    text_column: str = "text"
+    total_tokens: int = 2_000_000
+    context_size: int = 128
+    features: int | None = 50  # sample this many alive latents (seed) ...
+    feature_ids: tuple[int, ...] | None = None  # ... or take exactly these
+    n_top_ex_for_generation: int = 10
+    n_iw_ex_for_generation: int = 5
+    n_top_candidates: int = 12
+    n_iw_candidates: int = 7
+    buffer: int = 10
+    dead_min_firings: int = 15
+    act_threshold_frac: float = 0.01
+    seed: int = 42
+    latent_chunk: int = 4096  # latents tracked at once: bounds the [batch, context, chunk] temporaries
+
+    def __post_init__(self) -> None:
+        if self.context_size <= 2 * self.buffer:
+            raise ConfigError(f"--context-size {self.context_size} leaves no room for peaks",
+                              f"use a context size above {2 * self.buffer} (twice the {self.buffer}-token buffer)")
+        if self.n_top_ex_for_generation > self.n_top_candidates or self.n_iw_ex_for_generation > self.n_iw_candidates:
+            raise ConfigError("more examples per feature requested than candidates drawn",
+                              f"use at most {self.n_top_candidates} top and {self.n_iw_candidates} importance-weighted")
+        if self.features is not None and self.features < 1:
+            raise ConfigError("--features must be at least 1")
+
+    def pass_config(self) -> dict[str, Any]:
+        return {"corpus": self.corpus, "split": self.split, "text_column": self.text_column,
+                "total_tokens": self.total_tokens, "context_size": self.context_size, "buffer": self.buffer,
+                "n_top_candidates": self.n_top_candidates, "n_iw_candidates": self.n_iw_candidates,
+                "seed": self.seed}
+
+    def select_config(self) -> dict[str, Any]:
+        return {**self.pass_config(), "features": self.features,
+                "feature_ids": list(self.feature_ids) if self.feature_ids is not None else None,
+                "n_top_ex_for_generation": self.n_top_ex_for_generation,
+                "n_iw_ex_for_generation": self.n_iw_ex_for_generation,
+                "dead_min_firings": self.dead_min_firings, "act_threshold_frac": self.act_threshold_frac}
+
+
+# ----- the streaming core -------------------------------------------------------------------------
+@dataclass
+class PassResult:
+    """Per-latent statistics and candidate peaks (arrays are [rank, latent]; -1 / NaN where absent)."""
+
+    n_firings: np.ndarray  # [F] int64
+    max_activation: np.ndarray  # [F] float64
+    counted_tokens: int
+    top_activation: np.ndarray  # [K, F]
+    top_window: np.ndarray  # [K, F] int64
+    top_position: np.ndarray  # [K, F] int32
+    iw_activation: np.ndarray  # [n_iw, F]
+    iw_window: np.ndarray
+    iw_position: np.ndarray
+    iw_key: np.ndarray
+
+    @property
+    def n_latents(self) -> int:
+        return int(self.n_firings.shape[0])
+
+    def latents_table(self) -> pa.Table:
+        has_top = self.top_window[0] >= 0
+        top = np.where(has_top, self.top_activation[0], np.nan)
+        return make_table("latents", {
+            "feature_index": pa.array(np.arange(self.n_latents)),
+            "n_firings": pa.array(self.n_firings),
+            "max_activation": pa.array(self.max_activation),
+            "top_activation": pa.array(top, pa.float64(), mask=~has_top),
+            "n_top": pa.array((self.top_window >= 0).sum(0)),
+            "n_iw": pa.array((self.iw_window >= 0).sum(0)),
+            "counted_tokens": pa.array(np.full(self.n_latents, self.counted_tokens)),
+        })
+
+    def candidates_table(self) -> pa.Table:
+        parts = []
+        for pool, act, win, pos, key in (
+            ("top", self.top_activation, self.top_window, self.top_position, None),
+            ("iw", self.iw_activation, self.iw_window, self.iw_position, self.iw_key),
+        ):
+            rank, feat = np.nonzero(win >= 0)
+            parts.append({
+                "feature_index": feat.astype(np.int64), "pool": np.full(len(feat), pool, object),
+                "rank": rank.astype(np.int32), "window_index": win[rank, feat], "position": pos[rank, feat],
+                "activation": act[rank, feat].astype(np.float64),
+                "key": key[rank, feat].astype(np.float64) if key is not None else np.full(len(feat), np.nan),
+            })
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        order = np.lexsort((cols["rank"], cols["pool"] != "top", cols["feature_index"]))
+        return make_table("candidates", {k: pa.array(v[order]) for k, v in cols.items()})
+
+
+def _group_order(group: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """Permutation sorting entries by group, and by descending score inside a group."""
+    order = score.argsort(descending=True, stable=True)
+    return order[group[order].argsort(stable=True)]
+
+
+class PeakTracker:
+    """Streaming top peaks (no-overlap rule) and weighted reservoirs, for every latent at once.
+
+    Feed it raw activations ``[batch, context, latents]`` (``update``); ``result`` gives the same
+    top peaks as SAEBench's greedy over the whole corpus, and an exact weighted sample.
+
+    Top peaks: the global greedy (descending, skip positions within ``buffer`` of a pick in the same
+    context) only ever excludes within a context, so its result is the k largest among the union of
+    each context's own greedy peaks. Per batch we run each context's greedy (up to k rounds, on the
+    positive entries that beat the running k-th best) and merge the candidates with ``topk``.
+
+    Importance-weighted peaks: A-Res (Efraimidis & Spirakis) with weight act^2 and key log(u)/w,
+    keeping the largest keys. The filter "below the weakest top peak" is known only at the end, so
+    we keep m = n_iw + k * (2 * buffer + 1) keys: any position with activation >= the final k-th top
+    peak lies within ``buffer`` of one of the k final top peaks (otherwise the greedy would have
+    picked it, or a peak that suppressed it, into the top k), so at most k * (2 * buffer + 1)
+    reservoir entries are filtered out and at least n_iw valid ones remain. The largest keys among
+    the valid entries are exactly A-Res on the filtered population: a weighted sample without
+    replacement, p ~ act^2.
+    """
+
+    def __init__(self, n_latents: int, *, n_top: int = 12, n_iw: int = 7, buffer: int = 10, seed: int = 42,
+                 device: torch.device | str = "cpu", flush_entries: int = 1 << 20) -> None:
+        self.n_top, self.n_iw, self.buffer = n_top, n_iw, buffer
+        self.flush_entries = flush_entries
+        self._iw_pending: list[tuple[torch.Tensor, ...]] = []
+        self._n_pending = 0
+        self.m = n_iw + n_top * (2 * buffer + 1)
+        dev = torch.device(device)
+        f = n_latents
+        self.n_firings = torch.zeros(f, dtype=torch.long, device=dev)
+        self.max_act = torch.zeros(f, device=dev)
+        self.counted = 0
+        self.top_val = torch.full((n_top, f), NEG_INF, device=dev)
+        self.top_win = torch.full((n_top, f), -1, dtype=torch.long, device=dev)
+        self.top_pos = torch.full((n_top, f), -1, dtype=torch.int32, device=dev)
+        self.iw_key = torch.full((self.m, f), NEG_INF, device=dev)
+        self.iw_val = torch.zeros((self.m, f), device=dev)
+        self.iw_win = torch.full((self.m, f), -1, dtype=torch.long, device=dev)
+        self.iw_pos = torch.full((self.m, f), -1, dtype=torch.int32, device=dev)
+        self.gen = torch.Generator(device=dev).manual_seed(seed)
+
+    _STATE = ("n_firings", "max_act", "top_val", "top_win", "top_pos", "iw_key", "iw_val", "iw_win", "iw_pos")
+
+    def state_dict(self) -> dict[str, Any]:
+        self._flush_iw()
+        d: dict[str, Any] = {k: getattr(self, k).cpu() for k in self._STATE}
+        d.update(counted=self.counted, gen=self.gen.get_state())
+        return d
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        for k in self._STATE:
+            getattr(self, k).copy_(d[k])
+        self.counted = int(d["counted"])
+        self.gen.set_state(d["gen"])
+
+    @torch.inference_mode()
+    def update(self, acts: torch.Tensor, counted: torch.Tensor, window_offset: int, latent_offset: int = 0) -> None:
+        """Add a batch: ``acts`` [B, T, Fc] for latents ``latent_offset:+Fc`` of windows
+        ``window_offset:+B``; ``counted`` [B, T] marks positions that count (others are ignored).
+        Call with ``latent_offset == 0`` exactly once per batch (it counts the tokens)."""
+        b, t, fc = acts.shape
+        counted = counted.to(acts.device)
+        if latent_offset == 0:
+            self.counted += int(counted.sum())
+        # SAE codes are sparse: work on the positive entries only, never on dense copies.
+        bi, ti, fi = (acts > 0).nonzero(as_tuple=True)
+        keep = counted[bi, ti]
+        bi, ti, fi = bi[keep], ti[keep], fi[keep]
+        val = acts[bi, ti, fi].float()
+        lat = slice(latent_offset, latent_offset + fc)
+        self.n_firings[lat] += torch.bincount(fi, minlength=fc)
+        chunk_max = torch.zeros(fc, device=acts.device).scatter_reduce_(0, fi, val, "amax")
+        self.max_act[lat] = torch.maximum(self.max_act[lat], chunk_max)
+        # positions within `buffer` of either end of the context can never be peaks
+        inner = (ti >= self.buffer) & (ti < t - self.buffer)
+        win, pos, f, val = window_offset + bi[inner], ti[inner], latent_offset + fi[inner], val[inner]
+        self._update_top(win, pos, f, val)
+        self._update_iw(win, pos, f, val)
+
+    def _update_top(self, win: torch.Tensor, pos: torch.Tensor, f: torch.Tensor, val: torch.Tensor) -> None:
+        """Each (context, latent)'s own greedy peaks that beat the running k-th best, merged in."""
+        k = self.n_top
+        keep = val > self.top_val[k - 1, f].clamp(min=0.0)
+        win, pos, f, val = win[keep], pos[keep], f[keep], val[keep]
+        if f.numel() == 0:
+            return
+        # Entries below the threshold are dropped before the greedy: they come after every entry
+        # above it in their context, so they could not have suppressed any of those.
+        group = win * self.top_val.shape[1] + f
+        order = _group_order(group, val)
+        win, pos, f, val, group = win[order], pos[order], f[order], val[order], group[order]
+        alive = torch.ones_like(val, dtype=torch.bool)
+        picks = []
+        for _ in range(k):  # round r picks each context's r-th greedy peak
+            ia = alive.nonzero().squeeze(1)
+            if ia.numel() == 0:
+                break
+            ga = group[ia]
+            first = torch.ones_like(ga, dtype=torch.bool)
+            first[1:] = ga[1:] != ga[:-1]
+            pick = ia[first]
+            picks.append(pick)
+            pick_pos = pos[pick][first.cumsum(0) - 1]
+            alive[ia[(pos[ia] - pick_pos).abs() <= self.buffer]] = False
+        p = torch.cat(picks)
+        self._merge(k, f[p], val[p], [(self.top_val, val[p], NEG_INF), (self.top_win, win[p], -1),
+                                      (self.top_pos, pos[p].int(), -1)])
+
+    def _update_iw(self, win: torch.Tensor, pos: torch.Tensor, f: torch.Tensor, val: torch.Tensor) -> None:
+        if f.numel() == 0:
+            return
+        u = torch.rand(val.shape, generator=self.gen, device=val.device)
+        key = torch.log(u) / (val * val)
+        keep = key > self.iw_key[self.m - 1, f]
+        if not keep.any():
+            return
+        self._iw_pending.append((f[keep], key[keep], val[keep], win[keep], pos[keep]))
+        self._n_pending += int(keep.sum())
+        if self._n_pending >= self.flush_entries:
+            self._flush_iw()
+
+    def _flush_iw(self) -> None:
+        """Merge buffered reservoir candidates. Merging is O(m x latents touched), so it is batched;
+        the stale threshold used to filter in between only lets more candidates through."""
+        if not self._iw_pending:
+            return
+        f, key, val, win, pos = (torch.cat(x) for x in zip(*self._iw_pending, strict=True))
+        self._iw_pending, self._n_pending = [], 0
+        self._merge(self.m, f, key, [(self.iw_key, key, NEG_INF), (self.iw_val, val, 0.0),
+                                     (self.iw_win, win, -1), (self.iw_pos, pos.int(), -1)])
+
+    @staticmethod
+    def _merge(r: int, f: torch.Tensor, score: torch.Tensor,
+               fields: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+        """Keep, per latent, the ``r`` highest-``score`` rows among the state and the new entries.
+        ``fields`` are (state [r, F], new values [E], fill); the first is the score itself."""
+        order = _group_order(f, score)
+        f = f[order]
+        touched, inverse, counts = torch.unique_consecutive(f, return_inverse=True, return_counts=True)
+        rank = torch.arange(f.numel(), device=f.device) - (counts.cumsum(0) - counts)[inverse]
+        sel = rank < r
+        rs, cs = rank[sel], inverse[sel]
+        stacked = []
+        for state, new, fill in fields:
+            dense = torch.full((r, touched.numel()), fill, dtype=state.dtype, device=state.device)
+            dense[rs, cs] = new[order][sel].to(state.dtype)
+            stacked.append(torch.cat([state[:, touched], dense]))
+        _, idx = stacked[0].topk(r, dim=0)
+        for (state, _, _), both in zip(fields, stacked, strict=True):
+            state[:, touched] = both.gather(0, idx)
+
+    def result(self) -> PassResult:
+        self._flush_iw()
+        found = self.top_win >= 0
+        # The weakest top peak found (the k-th, or fewer when the latent has fewer peaks).
+        weakest = torch.where(found, self.top_val, torch.inf).amin(0)
+        valid = (self.iw_win >= 0) & (self.iw_val < weakest[None, :])
+        keep = valid & (valid.cumsum(0) <= self.n_iw)  # reservoir rows are sorted by key, largest first
+        # Move each latent's kept rows to the front, preserving key order.
+        order = (~keep).int().argsort(dim=0, stable=True)[: self.n_iw]
+        kept = keep.gather(0, order)
+
+        def pick(x: torch.Tensor, fill: float) -> np.ndarray:
+            y = x.gather(0, order)
+            return torch.where(kept, y, torch.as_tensor(fill, dtype=y.dtype)).cpu().numpy()
+
+        return PassResult(
+            n_firings=self.n_firings.cpu().numpy(),
+            max_activation=self.max_act.double().cpu().numpy(),
+            counted_tokens=self.counted,
+            top_activation=torch.where(found, self.top_val, torch.nan).double().cpu().numpy(),
+            top_window=self.top_win.cpu().numpy(),
+            top_position=self.top_pos.cpu().numpy(),
+            iw_activation=pick(self.iw_val.double(), np.nan),
+            iw_window=pick(self.iw_win, -1),
+            iw_position=pick(self.iw_pos, -1),
+            iw_key=pick(self.iw_key.double(), np.nan),
+        )
+
+
+# ----- the pass over a corpus ---------------------------------------------------------------------
+def _batches(windows: Windows, batch_size: int, start: int = 0) -> range:
+    return range(start, len(windows), batch_size)
+
+
+def window_batch(lm: HookedLM, windows: Windows, index: Sequence[int] | slice) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.from_numpy(windows.token_ids[index].astype(np.int64))
+    return ids, torch.ones_like(ids)
+
+
+def collect_pass(
+    lm: HookedLM,
+    sae: Sae,
+    windows: Windows,
+    cfg: CollectConfig,
+    progress: ProgressSink = NULL_PROGRESS,
+    *,
+    batch_size: int = 32,
+    checkpoint: Path | None = None,
+    checkpoint_every_s: float = 120.0,
+) -> PassResult:
+    """Run the model and SAE once over every window, tracking every latent (see ``PeakTracker``).
+
+    With ``checkpoint``, the tracker state is saved there every ``checkpoint_every_s`` seconds and a
+    matching saved state is resumed from (the result is identical to an uninterrupted pass).
+    """
+    tracker = PeakTracker(sae.d_sae, n_top=cfg.n_top_candidates, n_iw=cfg.n_iw_candidates, buffer=cfg.buffer,
+                          seed=cfg.seed, device=sae.device)
+    key = hash_config({"cfg": cfg.pass_config(), "corpus": windows.corpus_id, "n": len(windows),
+                       "batch_size": batch_size, "sae": sae.weight_hash, "chunk": cfg.latent_chunk})
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("key") == key:
+            tracker.load_state_dict(saved["state"])
+            start = int(saved["next"])
+            progress.log(f"collect: resuming the pass at window {start:,} of {len(windows):,}")
+    progress.start("collect pass", len(windows))
+    progress.advance("collect pass", start)
+    last_save = time.monotonic()
+    for lo in _batches(windows, batch_size, start):
+        ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
+        h = lm.hidden(ids, mask)
+        counted = lm.count_mask(ids, mask).to(h.device)
+        acts = sae.encode(h)
+        for f0 in range(0, sae.d_sae, cfg.latent_chunk):
+            tracker.update(acts[..., f0:f0 + cfg.latent_chunk], counted, lo, f0)
+        progress.advance("collect pass", ids.shape[0])
+        if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every_s:
+            _save_checkpoint(checkpoint, key, lo + ids.shape[0], tracker)
+            last_save = time.monotonic()
+    progress.finish("collect pass")
+    return tracker.result()
+
+
+def _save_checkpoint(path: Path, key: str, next_window: int, tracker: PeakTracker) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"key": key, "next": next_window, "state": tracker.state_dict()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ----- selection and examples ---------------------------------------------------------------------
+def select_features(latents: pa.Table, cfg: CollectConfig, progress: ProgressSink = NULL_PROGRESS) -> list[int]:
+    """Sample ``cfg.features`` alive latents (seeded), or take ``cfg.feature_ids`` (dead ones skipped)."""
+    n_firings = np.asarray(latents["n_firings"].to_numpy(zero_copy_only=False))
+    n_top = np.asarray(latents["n_top"].to_numpy(zero_copy_only=False))
+    alive = (n_firings > cfg.dead_min_firings) & (n_top > 0)
+    if cfg.feature_ids is not None:
+        bad = [i for i in cfg.feature_ids if not 0 <= i < len(alive)]
+        if bad:
+            raise ConfigError(f"feature ids {bad} are out of range", f"this SAE has latents 0..{len(alive) - 1}")
+        dead = [i for i in cfg.feature_ids if not alive[i]]
+        if dead:
+            progress.log(f"collect: skipping dead features {dead} (<= {cfg.dead_min_firings} firings)")
+        return sorted(dict.fromkeys(i for i in cfg.feature_ids if alive[i]))
+    alive_ids = np.nonzero(alive)[0].tolist()
+    n = cfg.features or len(alive_ids)
+    if len(alive_ids) < n:
+        progress.log(f"collect: only {len(alive_ids)} alive latents, fewer than --features {n}")
+        return alive_ids
+    return sorted(random.Random(cfg.seed).sample(alive_ids, n))
+
+
+def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """One string per token that concatenate to the decoded text (multi-byte characters split over
+    several tokens land on the token that completes them)."""
+    out: list[str] = []
+    prev = ""
+    for i in range(len(ids)):
+        cur = tokenizer.decode(list(ids[: i + 1]))
+        if cur.endswith("\ufffd") and i < len(ids) - 1:
+            out.append("")
+            continue
+        if cur.startswith(prev):
+            out.append(cur[len(prev):])
+        else:  # the decoder rewrote earlier text (rare): fall back to the token on its own
+            out.append(tokenizer.decode([ids[i]]))
+        prev = cur
+    return out
+
+
+def mark_text(tokens: Sequence[str], acts: Sequence[float], threshold: float) -> str:
+    """Concatenate tokens, wrapping each run of tokens with activation > threshold in ``{{ }}``."""
+    parts: list[str] = []
+    inside = False
+    for tok, a in zip(tokens, acts, strict=True):
+        on = a > threshold
+        if on and not inside:
+            parts.append("{{")
+        elif not on and inside:
+            parts.append("}}")
+        inside = on
+        parts.append(tok)
+    if inside:
+        parts.append("}}")
+    return "".join(parts)
+
+
+@dataclass
+class _Wanted:
+    feature: int
+    kind: str
+    example_index: int
+    window: int
+    position: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def choose_examples(candidates: pa.Table, selected: Sequence[int], cfg: CollectConfig) -> list[_Wanted]:
+    """Per feature a random ``n_top_ex_for_generation`` of its top candidates and
+    ``n_iw_ex_for_generation`` of its importance-weighted ones (seeded per feature, so a feature's
+    examples do not depend on which other features are selected); top ones first, strongest first."""
+    cand = candidates.select(["feature_index", "pool", "rank", "window_index", "position"]).to_pylist()
+    by_feature: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for row in cand:
+        by_feature.setdefault((row["feature_index"], row["pool"]), []).append(row)
+    wanted: list[_Wanted] = []
+    for f in selected:
+        rng = random.Random(cfg.seed * 1_000_003 + f)
+        i = 0
+        for pool, n in (("top", cfg.n_top_ex_for_generation), ("iw", cfg.n_iw_ex_for_generation)):
+            rows = sorted(by_feature.get((f, pool), []), key=lambda r: r["rank"])
+            chosen = sorted(rng.sample(range(len(rows)), min(n, len(rows))))
+            for j in chosen:
+                wanted.append(_Wanted(f, pool, i, int(rows[j]["window_index"]), int(rows[j]["position"])))
+                i += 1
+    return wanted
+
+
+def build_examples(
+    lm: HookedLM,
+    sae: Sae,
+    windows: Windows,
+    candidates: pa.Table,
+    latents: pa.Table,
+    selected: Sequence[int],
+    cfg: CollectConfig,
+    *,
+    batch_size: int = 32,
+    progress: ProgressSink = NULL_PROGRESS,
+) -> pa.Table:
+    """The ``examples`` table: only the windows the chosen examples come from go through the model."""
+    wanted = choose_examples(candidates, selected, cfg)
+    top_act = dict(zip(latents["feature_index"].to_pylist(), latents["top_activation"].to_pylist(), strict=True))
+    col_of = {f: i for i, f in enumerate(selected)}
+    latent_ids = torch.as_tensor(list(selected), dtype=torch.long, device=sae.device)
+    by_window: dict[int, list[_Wanted]] = {}
+    for w in wanted:
+        by_window.setdefault(w.window, []).append(w)
+    order = sorted(by_window)
+    b = cfg.buffer
+    rows: list[dict[str, Any]] = []
+    progress.start("collect examples", len(order))
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo:lo + batch_size]
+        ids, mask = window_batch(lm, windows, chunk)
+        h = lm.hidden(ids, mask)
+        counted = lm.count_mask(ids, mask).to(h.device)
+        acts = (sae.encode_latents(h, latent_ids).float() * counted[..., None]).cpu().numpy()
+        for i, win in enumerate(chunk):
+            for w in by_window[win]:
+                s, e = w.position - b, w.position + b + 1
+                tok_ids = windows.token_ids[win, s:e].tolist()
+                a = acts[i, s:e, col_of[w.feature]]
+                toks = token_strings(lm.tokenizer, tok_ids)
+                threshold = cfg.act_threshold_frac * float(top_act[w.feature] or 0.0)
+                rows.append({
+                    "feature_index": w.feature, "example_index": w.example_index, "kind": w.kind,
+                    "max_activation": float(a[b]), "text": mark_text(toks, a.tolist(), threshold),
+                    "token_ids": tok_ids, "tokens": toks, "activations": a.tolist(), "peak_offset": b,
+                    "window_index": win, "context_position": w.position,
+                    "doc_index": int(windows.doc_index[win, w.position]),
+                    "doc_token_position": int(windows.doc_pos[win, w.position]),
+                })
+        progress.advance("collect examples", len(chunk))
+    progress.finish("collect examples")
+    rows.sort(key=lambda r: (r["feature_index"], r["example_index"]))
+    return make_table("examples", rows)
+
+
+def features_table(latents: pa.Table, selected: Sequence[int], cfg: CollectConfig) -> pa.Table:
+    def col(name: str) -> np.ndarray:
+        return latents[name].to_numpy(zero_copy_only=False)
+
+    n_firings, counted = col("n_firings"), col("counted_tokens")
+    chosen = np.zeros(latents.num_rows, bool)
+    chosen[list(selected)] = True
+    return make_table("features", {
+        "feature_index": pa.array(col("feature_index")),
+        "frequency": pa.array(n_firings / np.maximum(counted, 1)),
+        "n_firings": pa.array(n_firings),
+        "max_activation": pa.array(col("max_activation")),
+        "top_activation": latents["top_activation"].combine_chunks(),
+        "alive": pa.array((n_firings > cfg.dead_min_firings) & (col("n_top") > 0)),
+        "selected": pa.array(chosen),
+    })
+
+
+# ----- the stage ----------------------------------------------------------------------------------
+def run_collect(
+    store: Store,
+    run: str,
+    sae_name: str,
+    cfg: CollectConfig,
+    opts: ModelOptions,
+    *,
+    force: bool = False,
+    progress: ProgressSink = NULL_PROGRESS,
+) -> StageOutcome:
+    """The pass (``collect:pass``: ``latents`` + ``candidates``, skipped when fresh) then the
+    selection (``collect``: ``features`` + ``examples``). A new selection reuses the pass."""
+    sae = open_sae(sae_name, opts)
+    lm = open_model(sae, opts)
+    record_sae_info(store, run, sae_name, sae)
+    source = resolve_corpus(cfg.corpus, split=cfg.split, text_column=cfg.text_column)
+    inputs = {**model_inputs(sae, lm), "corpus": source.fingerprint}
+    loaded: list[Windows] = []
+
+    def windows() -> Windows:
+        if not loaded:
+            loaded.append(load_windows(source, lm.tokenizer, bos_id=lm.bos_id, total_tokens=cfg.total_tokens,
+                                       context_size=cfg.context_size, cache_dir=store.cache_dir, progress=progress))
+        return loaded[0]
+
+    ckpt = store.checkpoint_dir(run, sae_name, PASS_STAGE) / "state.pt"
+
+    def do_pass() -> dict[str, pa.Table]:
+        result = collect_pass(lm, sae, windows(), cfg, progress, batch_size=opts.batch_size, checkpoint=ckpt)
+        return {"latents": result.latents_table(), "candidates": result.candidates_table()}
+
+    pass_outcome = run_stage(store, run, sae_name, PASS_STAGE, config=cfg.pass_config(), inputs=inputs,
+                             compute=do_pass, force=force, progress=progress,
+                             extra=lambda: {"corpus": source.describe(), "windows": len(windows()),
+                                            "batch_size": opts.batch_size})
+    ckpt.unlink(missing_ok=True)
+    sel_inputs = {**inputs, **table_inputs(store, run, sae_name, ["latents", "candidates"])}
+    summary: dict[str, Any] = {}
+
+    def do_select() -> dict[str, pa.Table]:
+        latents = store.read_table(run, sae_name, "latents")
+        candidates = store.read_table(run, sae_name, "candidates")
+        selected = select_features(latents, cfg, progress)
+        features = features_table(latents, selected, cfg)
+        examples = build_examples(lm, sae, windows(), candidates, latents, selected, cfg,
+                                  batch_size=opts.batch_size, progress=progress)
+        summary.update(n_latents=latents.num_rows, n_alive=int(np.sum(features["alive"].to_numpy())),
+                       n_selected=len(selected), n_examples=examples.num_rows,
+                       counted_tokens=int(latents["counted_tokens"][0].as_py()) if latents.num_rows else 0)
+        return {"features": features, "examples": examples}
+
+    outcome = run_stage(store, run, sae_name, SELECT_STAGE, config=cfg.select_config(), inputs=sel_inputs,
+                        compute=do_select, force=force, progress=progress, extra=lambda: dict(summary))
+    outcome.extra = {**outcome.extra, "pass_skipped": pass_outcome.skipped}
+    return outcome
+
