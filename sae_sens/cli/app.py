@@ -35,6 +35,8 @@ class RichProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None:  # the error line alone should tell the story: drop the bars
+            self._progress.live.transient = True
         self._progress.__exit__(*exc)
 
     def start(self, task: str, total: int | None = None) -> None:
