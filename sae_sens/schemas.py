@@ -14,7 +14,7 @@ import pyarrow as pa
 SCHEMAS: dict[str, pa.Schema] = {
     # one row per SAE latent (all of them, not only selected ones)
     "features": pa.schema([
-        ("feature_index", pa.int64()),
+        ("feature_index", pa.int64()),      # SAE latent index
         ("frequency", pa.float64()),        # firings / counted tokens
         ("n_firings", pa.int64()),          # counted tokens with activation > 0
         ("max_activation", pa.float64()),   # over every counted token of the pass
@@ -24,7 +24,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
     # per-latent statistics of the collect pass (every latent; `features` adds the selection)
     "latents": pa.schema([
-        ("feature_index", pa.int64()),
+        ("feature_index", pa.int64()),      # SAE latent index
         ("n_firings", pa.int64()),          # counted tokens with activation > 0
         ("max_activation", pa.float64()),   # over every counted token of the pass
         ("top_activation", pa.float64()),   # strongest top peak; NULL when the latent has none
@@ -34,24 +34,24 @@ SCHEMAS: dict[str, pa.Schema] = {
     ]),
     # candidate peaks kept by the one-pass collector, so other selections need no new pass
     "candidates": pa.schema([
-        ("feature_index", pa.int64()),
+        ("feature_index", pa.int64()),      # SAE latent index
         ("pool", pa.string()),              # top | iw
-        ("rank", pa.int32()),
-        ("window_index", pa.int64()),
+        ("rank", pa.int32()),               # rank inside its pool (0 = strongest top peak / largest reservoir key)
+        ("window_index", pa.int64()),       # corpus context window the peak is in
         ("position", pa.int32()),           # token position of the peak inside its context window
-        ("activation", pa.float64()),
+        ("activation", pa.float64()),       # the peak's activation
         ("key", pa.float64()),              # weighted-reservoir key (iw pool), NaN for top
     ]),
     # per selected feature: top windows and importance-weighted samples
     "examples": pa.schema([
-        ("feature_index", pa.int64()),
-        ("example_index", pa.int32()),
+        ("feature_index", pa.int64()),      # SAE latent index
+        ("example_index", pa.int32()),      # index among the feature's examples (top first, then iw)
         ("kind", pa.string()),              # top | iw
         ("max_activation", pa.float64()),   # the peak's activation in its full context
         ("text", pa.string()),              # activating tokens marked {{like this}}
-        ("token_ids", pa.list_(pa.int32())),
-        ("tokens", pa.list_(pa.string())),
-        ("activations", pa.list_(pa.float32())),
+        ("token_ids", pa.list_(pa.int32())),  # the window's token ids (no BOS), peak ± 10 tokens
+        ("tokens", pa.list_(pa.string())),  # the same tokens decoded one by one (they concatenate to the text)
+        ("activations", pa.list_(pa.float32())),  # the feature's activation per token, computed in the full context
         ("peak_offset", pa.int32()),        # index of the peak inside token_ids
         ("window_index", pa.int64()),       # corpus context window it came from
         ("context_position", pa.int32()),   # peak position inside that context
@@ -59,30 +59,30 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("doc_token_position", pa.int64()), # peak's token offset inside its document
     ]),
     "queries": pa.schema([
-        ("feature_index", pa.int64()),
-        ("generator", pa.string()),
-        ("system_prompt", pa.string()),
-        ("user_prompt", pa.string()),
-        ("response", pa.string()),
+        ("feature_index", pa.int64()),      # SAE latent index
+        ("generator", pa.string()),         # generator label, e.g. openai:gpt-4.1-mini, hf:demo:smollm2, or an import's name
+        ("system_prompt", pa.string()),     # system message sent
+        ("user_prompt", pa.string()),       # user message sent (the marked examples)
+        ("response", pa.string()),          # raw answer
         ("status", pa.string()),            # ok | error | imported
-        ("attempts", pa.int32()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("latency_s", pa.float64()),
-        ("n_parsed", pa.int32()),
+        ("attempts", pa.int32()),           # requests made (retries included)
+        ("prompt_tokens", pa.int64()),      # usage reported by the server
+        ("completion_tokens", pa.int64()),  # usage reported by the server
+        ("latency_s", pa.float64()),        # seconds for the successful request
+        ("n_parsed", pa.int32()),           # samples parsed from the answer
         ("parse_method", pa.string()),      # separator | blank_lines | numbered | single | table
-        ("cost_usd", pa.float64()),
-        ("query_hash", pa.string()),
-        ("error", pa.string()),
+        ("cost_usd", pa.float64()),         # from the price table (NULL when the price is unknown)
+        ("query_hash", pa.string()),        # cache key: hash of generator, model, prompts, sampling settings, seed
+        ("error", pa.string()),             # last error, when status = error
     ]),
     "generations": pa.schema([
-        ("feature_index", pa.int64()),
-        ("generator", pa.string()),
-        ("sample_index", pa.int32()),
-        ("text", pa.string()),
+        ("feature_index", pa.int64()),      # SAE latent index
+        ("generator", pa.string()),         # generator label
+        ("sample_index", pa.int32()),       # sample number within the feature
+        ("text", pa.string()),              # the generated (or imported) text
     ]),
     "scores": pa.schema([
-        ("feature_index", pa.int64()),
+        ("feature_index", pa.int64()),      # SAE latent index
         ("source", pa.string()),            # generated | original
         ("variant", pa.string()),           # generated | window (exact tokens) | text (original method)
         ("generator", pa.string()),         # the generator for generated rows, '' for originals
@@ -99,9 +99,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("activations", pa.list_(pa.float32())),  # per token after the BOS; non-counted tokens are 0
     ]),
     "feature_stats": pa.schema([
-        ("feature_index", pa.int64()),
-        ("generator", pa.string()),
-        ("generated_sensitivity", pa.float64()),
+        ("feature_index", pa.int64()),      # SAE latent index
+        ("generator", pa.string()),         # generator label
+        ("generated_sensitivity", pa.float64()),  # share of non-empty generated samples that are active
         ("original_sensitivity", pa.float64()),         # originals re-tokenised, as the original code
         ("original_sensitivity_window", pa.float64()),  # originals as their exact token windows
         ("n_generated", pa.int64()),        # non-empty generated samples (the sensitivity denominator)
@@ -109,9 +109,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("n_empty", pa.int64()),            # empty generated samples (left out of n_generated)
         ("n_truncated", pa.int64()),        # generated samples cut at max_length
         ("mean_max_activation", pa.float64()),    # over non-empty generated samples
-        ("median_max_activation", pa.float64()),
-        ("top_activation", pa.float64()),
-        ("threshold", pa.float64()),
+        ("median_max_activation", pa.float64()),  # over non-empty generated samples
+        ("top_activation", pa.float64()),   # the feature's strongest top peak from collect
+        ("threshold", pa.float64()),        # the --threshold used
     ]),
 }
 
@@ -142,3 +142,26 @@ def make_table(name: str, data: Mapping[str, Sequence[Any]] | Sequence[Mapping[s
 
 def empty_table(name: str) -> pa.Table:
     return SCHEMAS[name].empty_table()
+
+
+def markdown_reference() -> str:
+    """The README's table reference, rendered from this file's column comments (a test keeps them equal)."""
+    import inspect
+    import re
+    import sys
+
+    comments: dict[tuple[str, str], str] = {}
+    table = ""
+    for line in inspect.getsource(sys.modules[__name__]).splitlines():
+        if m := re.match(r'\s+"(\w+)": pa\.schema', line):
+            table = m.group(1)
+        elif m := re.match(r'\s+\("(\w+)", pa\..*#\s*(.*)$', line):
+            comments[(table, m.group(1))] = m.group(2).strip()
+    parts = []
+    for name, schema in SCHEMAS.items():
+        rows = ["| column | type | meaning |", "|---|---|---|", "| run, sae | string | where the row came from (added by the store) |"]
+        for f in schema:
+            meaning = comments.get((name, f.name), "").replace("|", "\\|")
+            rows.append(f"| {f.name} | {str(f.type).replace('item: ', '')} | {meaning} |")
+        parts.append(f"#### `{name}`\n\n" + "\n".join(rows))
+    return "\n\n".join(parts) + "\n"
