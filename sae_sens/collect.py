@@ -342,10 +342,6 @@ class PeakTracker:
 
 
 # ----- the pass over a corpus ---------------------------------------------------------------------
-def _batches(windows: Windows, batch_size: int, start: int = 0) -> range:
-    return range(start, len(windows), batch_size)
-
-
 def window_batch(lm: HookedLM, windows: Windows, index: Sequence[int] | slice) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.from_numpy(windows.token_ids[index].astype(np.int64))
     return ids, torch.ones_like(ids)
@@ -373,7 +369,7 @@ def collect_pass(
                        "batch_size": batch_size, "sae": sae.weight_hash, "chunk": cfg.latent_chunk})
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=True)
         if saved.get("key") == key:
             tracker.load_state_dict(saved["state"])
             start = int(saved["next"])
@@ -381,7 +377,7 @@ def collect_pass(
     progress.start("collect pass", len(windows))
     progress.advance("collect pass", start)
     last_save = time.monotonic()
-    for lo in _batches(windows, batch_size, start):
+    for lo in range(start, len(windows), batch_size):
         ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
         h = lm.hidden(ids, mask)
         counted = lm.count_mask(ids, mask).to(h.device)
