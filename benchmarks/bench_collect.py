@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant (the fastest is kept)")
     ap.add_argument("--work", type=Path, default=None, help="reuse assets in this folder")
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = ap.parse_args(argv if argv is not None else [])  # called from benchmarks/bench.py: defaults
     if args.variant:  # child process
         print(json.dumps(run_variant(args.work, args.variant, args.tokens, args.device)))
         return
@@ -196,4 +196,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
