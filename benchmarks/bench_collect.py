@@ -11,7 +11,7 @@ Figures printed:
   (b) two-pass time / one-pass time (target >= 2) and both peak memories;
   (c) one-pass peak memory at 10x the token budget / at 1x (target < 1.2).
 
-Run: python benchmarks/bench_collect.py [--tokens 65536] [--device cpu]
+Run: python benchmarks/bench_collect.py [--tokens 65536] [--device cpu] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ def run_variant(work: Path, variant: str, tokens: int, device: str) -> dict[str,
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
 
+    ids, mask = window_batch(lm, windows, slice(0, BATCH))  # warm-up: lazy initialisation is not timed
+    sae.encode(lm.hidden(ids, mask))
     with PeakRss() as mem:
         sync()
         t0 = time.perf_counter()
@@ -152,11 +154,12 @@ def _subprocess(work: Path, variant: str, tokens: int, device: str) -> dict[str,
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=64 * 1024, help="token budget of the speed runs")
-    ap.add_argument("--mem-tokens", type=int, default=16 * 1024, help="budget of the 1x memory run (10x follows)")
+    ap.add_argument("--mem-tokens", type=int, default=32 * 1024, help="budget of the 1x memory run (10x follows)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per variant (the fastest is kept)")
     ap.add_argument("--work", type=Path, default=None, help="reuse assets in this folder")
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = ap.parse_args(argv if argv is not None else [])  # called from benchmarks/bench.py: defaults
     if args.variant:  # child process
         print(json.dumps(run_variant(args.work, args.variant, args.tokens, args.device)))
         return
@@ -164,8 +167,13 @@ def main(argv: list[str] | None = None) -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         build_assets(work, max(args.tokens, 10 * args.mem_tokens))
-        r = {v: _subprocess(work, v, args.tokens, args.device)
-             for v in ("forward", "forward_encode", "onepass", "onepass_examples", "twopass")}
+        # Variants interleaved and repeated, fastest run kept: the machine may be shared.
+        r: dict[str, dict[str, Any]] = {}
+        for _ in range(args.repeats):
+            for v in ("forward", "forward_encode", "onepass", "onepass_examples", "twopass"):
+                x = _subprocess(work, v, args.tokens, args.device)
+                if v not in r or x["seconds"] < r[v]["seconds"]:
+                    r[v] = x
         small = _subprocess(work, "onepass", args.mem_tokens, args.device)
         big = _subprocess(work, "onepass", 10 * args.mem_tokens, args.device)
 
@@ -188,4 +196,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

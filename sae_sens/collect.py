@@ -176,7 +176,7 @@ class PeakTracker:
     """
 
     def __init__(self, n_latents: int, *, n_top: int = 12, n_iw: int = 7, buffer: int = 10, seed: int = 42,
-                 device: torch.device | str = "cpu", flush_entries: int = 1 << 20) -> None:
+                 device: torch.device | str = "cpu", flush_entries: int = 1 << 18) -> None:
         self.n_top, self.n_iw, self.buffer = n_top, n_iw, buffer
         self.flush_entries = flush_entries
         self._iw_pending: list[tuple[torch.Tensor, ...]] = []
@@ -216,36 +216,39 @@ class PeakTracker:
         ``window_offset:+B``; ``counted`` [B, T] marks positions that count (others are ignored).
         Call with ``latent_offset == 0`` exactly once per batch (it counts the tokens)."""
         b, t, fc = acts.shape
-        counted = counted.to(acts.device)
+        counted = counted.to(acts.device).reshape(-1)
         if latent_offset == 0:
             self.counted += int(counted.sum())
-        # SAE codes are sparse: work on the positive entries only, never on dense copies.
-        bi, ti, fi = (acts > 0).nonzero(as_tuple=True)
-        keep = counted[bi, ti]
-        bi, ti, fi = bi[keep], ti[keep], fi[keep]
-        val = acts[bi, ti, fi].float()
+        # SAE codes are sparse: work on the positive entries only, never on dense copies. Boolean
+        # indexing runs a nonzero per indexed tensor, so each filter takes one index and gathers.
+        flat = acts.reshape(b * t, fc)
+        row, fi = (flat > 0).nonzero(as_tuple=True)
+        val = flat[row, fi].float() * counted[row]  # uncounted positions contribute nothing
         lat = slice(latent_offset, latent_offset + fc)
-        self.n_firings[lat] += torch.bincount(fi, minlength=fc)
+        self.n_firings[lat].index_add_(0, fi, (val > 0).long())
         chunk_max = torch.zeros(fc, device=acts.device).scatter_reduce_(0, fi, val, "amax")
         self.max_act[lat] = torch.maximum(self.max_act[lat], chunk_max)
         # positions within `buffer` of either end of the context can never be peaks
-        inner = (ti >= self.buffer) & (ti < t - self.buffer)
-        win, pos, f, val = window_offset + bi[inner], ti[inner], latent_offset + fi[inner], val[inner]
-        self._update_top(win, pos, f, val)
-        self._update_iw(win, pos, f, val)
+        in_ctx = torch.arange(t, device=acts.device)
+        peak_row = (counted.view(b, t) & (in_ctx >= self.buffer) & (in_ctx < t - self.buffer)).reshape(-1)
+        idx = peak_row[row].nonzero().squeeze(1)
+        row, f, val = row[idx], fi[idx] + latent_offset, val[idx]
+        self._update_top(row, f, val, t, window_offset)
+        self._update_iw(row, f, val, t, window_offset)
 
-    def _update_top(self, win: torch.Tensor, pos: torch.Tensor, f: torch.Tensor, val: torch.Tensor) -> None:
+    def _update_top(self, row: torch.Tensor, f: torch.Tensor, val: torch.Tensor, t: int, window_offset: int) -> None:
         """Each (context, latent)'s own greedy peaks that beat the running k-th best, merged in."""
         k = self.n_top
-        keep = val > self.top_val[k - 1, f].clamp(min=0.0)
-        win, pos, f, val = win[keep], pos[keep], f[keep], val[keep]
-        if f.numel() == 0:
-            return
         # Entries below the threshold are dropped before the greedy: they come after every entry
         # above it in their context, so they could not have suppressed any of those.
-        group = win * self.top_val.shape[1] + f
+        idx = (val > self.top_val[k - 1, f].clamp(min=0.0)).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return
+        row, f, val = row[idx], f[idx], val[idx]
+        group = torch.div(row, t, rounding_mode="floor") * self.top_val.shape[1] + f
         order = _group_order(group, val)
-        win, pos, f, val, group = win[order], pos[order], f[order], val[order], group[order]
+        row, f, val, group = row[order], f[order], val[order], group[order]
+        pos = row % t
         alive = torch.ones_like(val, dtype=torch.bool)
         picks = []
         for _ in range(k):  # round r picks each context's r-th greedy peak
@@ -260,19 +263,22 @@ class PeakTracker:
             pick_pos = pos[pick][first.cumsum(0) - 1]
             alive[ia[(pos[ia] - pick_pos).abs() <= self.buffer]] = False
         p = torch.cat(picks)
-        self._merge(k, f[p], val[p], [(self.top_val, val[p], NEG_INF), (self.top_win, win[p], -1),
+        win = window_offset + torch.div(row[p], t, rounding_mode="floor")
+        self._merge(k, f[p], val[p], [(self.top_val, val[p], NEG_INF), (self.top_win, win, -1),
                                       (self.top_pos, pos[p].int(), -1)])
 
-    def _update_iw(self, win: torch.Tensor, pos: torch.Tensor, f: torch.Tensor, val: torch.Tensor) -> None:
+    def _update_iw(self, row: torch.Tensor, f: torch.Tensor, val: torch.Tensor, t: int, window_offset: int) -> None:
         if f.numel() == 0:
             return
         u = torch.rand(val.shape, generator=self.gen, device=val.device)
         key = torch.log(u) / (val * val)
-        keep = key > self.iw_key[self.m - 1, f]
-        if not keep.any():
+        idx = (key > self.iw_key[self.m - 1, f]).nonzero().squeeze(1)
+        if idx.numel() == 0:
             return
-        self._iw_pending.append((f[keep], key[keep], val[keep], win[keep], pos[keep]))
-        self._n_pending += int(keep.sum())
+        row = row[idx]
+        win = window_offset + torch.div(row, t, rounding_mode="floor")
+        self._iw_pending.append((f[idx], key[idx], val[idx], win, row % t))
+        self._n_pending += idx.numel()
         if self._n_pending >= self.flush_entries:
             self._flush_iw()
 
@@ -336,10 +342,6 @@ class PeakTracker:
 
 
 # ----- the pass over a corpus ---------------------------------------------------------------------
-def _batches(windows: Windows, batch_size: int, start: int = 0) -> range:
-    return range(start, len(windows), batch_size)
-
-
 def window_batch(lm: HookedLM, windows: Windows, index: Sequence[int] | slice) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.from_numpy(windows.token_ids[index].astype(np.int64))
     return ids, torch.ones_like(ids)
@@ -367,7 +369,7 @@ def collect_pass(
                        "batch_size": batch_size, "sae": sae.weight_hash, "chunk": cfg.latent_chunk})
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=True)
         if saved.get("key") == key:
             tracker.load_state_dict(saved["state"])
             start = int(saved["next"])
@@ -375,7 +377,7 @@ def collect_pass(
     progress.start("collect pass", len(windows))
     progress.advance("collect pass", start)
     last_save = time.monotonic()
-    for lo in _batches(windows, batch_size, start):
+    for lo in range(start, len(windows), batch_size):
         ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
         h = lm.hidden(ids, mask)
         counted = lm.count_mask(ids, mask).to(h.device)
@@ -423,10 +425,10 @@ def select_features(latents: pa.Table, cfg: CollectConfig, progress: ProgressSin
 def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     """One string per token that concatenate to the decoded text (multi-byte characters split over
     several tokens land on the token that completes them)."""
+    prefixes = tokenizer.batch_decode([list(ids[: i + 1]) for i in range(len(ids))])
     out: list[str] = []
     prev = ""
-    for i in range(len(ids)):
-        cur = tokenizer.decode(list(ids[: i + 1]))
+    for i, cur in enumerate(prefixes):
         if cur.endswith("\ufffd") and i < len(ids) - 1:
             out.append("")
             continue

@@ -185,3 +185,46 @@ def test_cli_empty_corpus_is_one_clear_line(setup: dict[str, Path], tmp_path: Pa
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "only 0 tokens" in errors[0] and "Traceback" not in err
+
+
+class StopAfter:
+    """A progress sink that interrupts the pass after ``n`` batches (as Ctrl-C would)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.logs = n, []  # type: ignore[var-annotated]
+
+    def start(self, task: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, task: str, n: int = 1, info: str = "") -> None:
+        if task == "collect pass" and n:
+            self.n -= 1
+            if self.n < 0:
+                raise KeyboardInterrupt
+
+    def finish(self, task: str) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+
+
+def test_interrupted_pass_resumes_from_its_checkpoint(setup: dict[str, Path], tmp_path: Path) -> None:
+    opts = ModelOptions(device="cpu", dtype="float32", batch_size=16)
+    sae = open_sae(str(setup["sae"]), opts)
+    lm = open_model(sae, opts)
+    cfg = cfg_for(setup["corpus"])
+    windows = load_windows(resolve_corpus(cfg.corpus), lm.tokenizer, bos_id=lm.bos_id, total_tokens=TOKENS,
+                           context_size=CTX)
+    whole = collect_pass(lm, sae, windows, cfg, batch_size=16)
+    ckpt = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        collect_pass(lm, sae, windows, cfg, StopAfter(3), batch_size=16, checkpoint=ckpt, checkpoint_every_s=0)
+    assert ckpt.exists()
+    calls = lm.forward_calls
+    sink = StopAfter(10**6)
+    resumed = collect_pass(lm, sae, windows, cfg, sink, batch_size=16, checkpoint=ckpt, checkpoint_every_s=0)
+    assert any("resuming the pass at window 48" in m for m in sink.logs)
+    assert lm.forward_calls - calls == len(windows) // 16 - 3
+    for name in ("n_firings", "top_window", "top_position", "iw_window", "iw_position"):
+        assert (getattr(whole, name) == getattr(resumed, name)).all(), name

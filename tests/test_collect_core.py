@@ -139,3 +139,16 @@ def test_state_round_trip_resumes_identically() -> None:
     a, b = whole.result(), second.result()
     for name in ("top_window", "top_position", "iw_window", "iw_position", "n_firings"):
         assert (getattr(a, name) == getattr(b, name)).all(), name
+
+
+def test_token_strings_concatenate_to_the_text_and_marks_wrap_runs() -> None:
+    from sae_sens.collect import mark_text, token_strings
+    from sae_sens.testing import build_tokenizer
+
+    tok = build_tokenizer(["plain words only here"] * 5)
+    text = "naïve café 日本語 done"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = token_strings(tok, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == tok.decode(ids) == text
+    assert mark_text(["a", "b", "c", "d", "e"], [0.0, 2.0, 3.0, 0.0, 5.0], 1.0) == "a{{bc}}d{{e}}"
+    assert mark_text(["x", "y"], [0.5, 0.5], 1.0) == "xy"

@@ -99,3 +99,11 @@ def test_results_path_naming() -> None:
         "_eval_results.json")
     with pytest.raises(ConfigError, match="not a SAEBench SAE name"):
         saebench_results_path("./my_sae")
+
+
+def test_bad_feature_ids_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["collect", "--sae", "py_4k_topk_s0", "--store", str(tmp_path), "--feature-ids", "3,x"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "3,17,42" in err and len(err.splitlines()) == 1
