@@ -570,7 +570,7 @@ def run_collect(
 ) -> StageOutcome:
     """The pass (``collect:pass``: ``latents`` + ``candidates``, skipped when fresh) then the
     selection (``collect``: ``features`` + ``examples``). A new selection reuses the pass."""
-    sae = open_sae(sae_name, opts)
+    sae = open_sae(sae_name, opts, progress)
     lm = open_model(sae, opts)
     record_sae_info(store, run, sae_name, sae)
     source = resolve_corpus(cfg.corpus, split=cfg.split, text_column=cfg.text_column)

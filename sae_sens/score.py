@@ -407,7 +407,7 @@ def run_score(
     cfg.validate()
     # upstream tables first: a missing one is a clear error before any model is loaded
     tables = table_inputs(store, run, sae_name, ["examples", "generations", "features"])
-    sae = open_sae(sae_name, opts)
+    sae = open_sae(sae_name, opts, progress)
     lm = open_model(sae, opts)
     record_sae_info(store, run, sae_name, sae)
     counts: dict[str, int] = {}

@@ -36,10 +36,13 @@ class ModelOptions:
 _MODEL_CACHE: dict[tuple[str, str, str, str], HookedLM] = {}
 
 
-def open_sae(name: str, opts: ModelOptions) -> Sae:
+def open_sae(name: str, opts: ModelOptions, progress: ProgressSink = NULL_PROGRESS) -> Sae:
     from .sae import load_sae
 
-    return load_sae(name, device=opts.device, dtype=opts.dtype)
+    sae = load_sae(name, device=opts.device, dtype=opts.dtype)
+    for warning in sae.spec.extra.get("warnings", []):  # e.g. GemmaScope '128k' read as 131k
+        progress.log(f"[yellow]warning[/]: {warning}")
+    return sae
 
 
 def open_model(sae: Sae, opts: ModelOptions) -> HookedLM:

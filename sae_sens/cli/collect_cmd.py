@@ -11,14 +11,23 @@ from ..errors import UsageError
 from .app import app
 from .options import (
     BatchSizeOpt,
+    ContextSizeOpt,
+    CorpusOpt,
     DeviceOpt,
     DtypeOpt,
+    FeatureIdsOpt,
+    FeaturesOpt,
     ForceOpt,
     HookOpt,
     ModelOpt,
+    NIwOpt,
+    NTopOpt,
     RunOpt,
     SaeOpt,
+    SplitOpt,
     StoreOpt,
+    TextColumnOpt,
+    TotalTokensOpt,
 )
 
 
@@ -35,23 +44,15 @@ def parse_feature_ids(text: str) -> tuple[int, ...]:
 @app.command("collect")
 def collect_command(
     sae: SaeOpt,
-    corpus: Annotated[str, typer.Option("--corpus", "--dataset-name",
-                                        help="Hugging Face dataset name (streamed), local file or folder "
-                                             "(.txt/.jsonl/.csv/.parquet), pre-tokenized Parquet, or demo:wiki.")
-                      ] = "monology/pile-uncopyrighted",
-    split: Annotated[str, typer.Option("--split", help="Dataset split.")] = "train",
-    text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text.")] = "text",
-    total_tokens: Annotated[int, typer.Option("--total-tokens", min=1, help="Token budget of the pass.")] = 2_000_000,
-    context_size: Annotated[int, typer.Option("--context-size", min=2, help="Tokens per window (BOS included).")
-                            ] = 128,
-    features: Annotated[int, typer.Option("--features", min=1, help="Sample this many alive features (seeded).")
-                        ] = 50,
-    feature_ids: Annotated[str | None, typer.Option("--feature-ids", help="Exactly these features, e.g. 3,17,42.",
-                                                       show_default=False)] = None,
-    n_top: Annotated[int, typer.Option("--n-top-ex-for-generation", min=0, help="Top windows kept per feature.")
-                     ] = 10,
-    n_iw: Annotated[int, typer.Option("--n-iw-ex-for-generation", min=0,
-                                      help="Importance-weighted samples kept per feature.")] = 5,
+    corpus: CorpusOpt = "monology/pile-uncopyrighted",
+    split: SplitOpt = "train",
+    text_column: TextColumnOpt = "text",
+    total_tokens: TotalTokensOpt = 2_000_000,
+    context_size: ContextSizeOpt = 128,
+    features: FeaturesOpt = 50,
+    feature_ids: FeatureIdsOpt = None,
+    n_top: NTopOpt = 10,
+    n_iw: NIwOpt = 5,
     dead_min_firings: Annotated[int, typer.Option("--dead-min-firings", min=0,
                                                   help="A feature is alive with more firings than this.")] = 15,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the feature sample and example draws.")] = 42,
