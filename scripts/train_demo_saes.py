@@ -10,11 +10,11 @@ What it does, deterministically (fixed seeds, deterministic torch algorithms, on
    this model puts a huge-norm activation on the first position of every context).
    Activations are cached (float16) under ``$SAE_SENS_CACHE/demo_acts`` so retraining is cheap.
 2. Trains, in plain torch with Adam on inputs scaled to mean squared norm ``d_model``:
-   TopK SAEs (k=K) at widths 512, 1k, 2k and 4k, with unit-norm decoder rows (gradient component
+   TopK SAEs (k=K) at widths 576, 1152, 2304 and 4608 (1x-8x d_model), with unit-norm decoder rows (gradient component
    along each row removed, rows renormalised after each step), ``b_dec`` initialised at the
    coordinate-wise median, and the AuxK loss of Gao et al. (2024) so latents that stopped firing
    are pulled back to the residual; plus a ReLU SAE with an L1 penalty (weighted by decoder norms)
-   at width 2k. The input scaling is folded back into the weights, so the saved SAEs read raw
+   at width 1152. The input scaling is folded back into the weights, so the saved SAEs read raw
    activations and keep unit-norm decoder rows.
 3. Saves each SAE in the dictionary_learning format (``ae.pt`` in bfloat16 + ``config.json``) with
    ``eval_results.json`` (held-out fraction of variance explained, L0, alive fraction, token counts),
@@ -64,12 +64,13 @@ class Recipe:
     l1: float = 0.0
 
 
+# Widths are 1x, 2x, 4x and 8x d_model (576): sae_bench's loaders refuse SAEs narrower than their input.
 RECIPES = [  # widest first: it carries the quality bar
-    Recipe("smol_4k_topk", "topk", 4096, 1000, 1e-3),
-    Recipe("smol_2k_topk", "topk", 2048, 800, 1.2e-3),
-    Recipe("smol_1k_topk", "topk", 1024, 800, 1.5e-3),
-    Recipe("smol_512_topk", "topk", 512, 800, 2e-3),
-    Recipe("smol_1k_relu", "relu", 1024, 800, 1e-3, l1=4.0),
+    Recipe("smol_4608_topk", "topk", 4608, 1000, 1e-3),
+    Recipe("smol_2304_topk", "topk", 2304, 800, 1.2e-3),
+    Recipe("smol_1152_topk", "topk", 1152, 800, 1.5e-3),
+    Recipe("smol_576_topk", "topk", 576, 800, 2e-3),
+    Recipe("smol_1152_relu", "relu", 1152, 800, 1e-3, l1=2.0),
 ]
 
 
