@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=20_000, help="corpus tokens read by collect")
     parser.add_argument("--features", type=int, default=4, help="features per SAE")
     parser.add_argument("--samples", type=int, default=10, help="generated texts per feature")
+    parser.add_argument("--max-tokens", type=int, default=384,
+                        help="generation cap per answer: 11 short samples fit; the 135M model rambles past it")
     parser.add_argument("--sae", action="append", help="only these demo SAEs (repeatable)")
     args = parser.parse_args(argv)
     saes = args.sae or demo_sae_names()
@@ -222,9 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     out = Path(args.store) / args.run
     _cli(["run", "--store", args.store, "--run", args.run, *[a for s in saes for a in ("--sae", s)],
-          "--corpus", "demo:wiki", "--total-tokens", str(args.tokens), "--context-size", "128",
+          "--corpus", "demo:wiki-heldout", "--total-tokens", str(args.tokens), "--context-size", "128",
           "--features", str(args.features), "--generator", f"hf:{DEMO_MODEL}",
-          "--samples-per-feature", str(args.samples)])
+          "--samples-per-feature", str(args.samples), "--max-tokens", str(args.max_tokens)])
     _cli(["report", "--store", args.store, "--run", args.run,
           "--plot", str(out / "sensitivity.png"), "--html", str(out / "report.html")])
     print(f"demo finished in {time.time() - started:.0f} s: {out / 'report.html'}, {out / 'sensitivity.png'}")

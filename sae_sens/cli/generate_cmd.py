@@ -19,6 +19,7 @@ from .options import (
     GeneratorOpt,
     LlmModelOpt,
     MaxCostOpt,
+    MaxTokensOpt,
     MaxWorkersOpt,
     RunOpt,
     SaeOpt,
@@ -56,7 +57,7 @@ def generate_command(
     samples_per_feature: SamplesPerFeatureOpt = 10,
     max_workers: MaxWorkersOpt = 10,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.", min=0.0)] = 1.0,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Cap on tokens per answer.", min=1)] = 2000,
+    max_tokens: MaxTokensOpt = 2000,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request attempt.", min=0.001)] = 60.0,
     max_retries: Annotated[int, typer.Option(
         "--max-retries", help="Retries of a failed request (5xx, 429, timeouts).", min=0)] = 6,

@@ -79,6 +79,7 @@ BaseUrlOpt = Annotated[
 SamplesPerFeatureOpt = Annotated[
     int, typer.Option("--samples-per-feature", "-n", help="Texts kept per feature (one extra is asked for).", min=1)
 ]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Cap on tokens per answer.", min=1)]
 MaxWorkersOpt = Annotated[int, typer.Option("--max-workers", "-j", help="Requests in flight at once.", min=1)]
 MaxCostOpt = Annotated[
     float | None,

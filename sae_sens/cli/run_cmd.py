@@ -19,6 +19,7 @@ from .options import (
     LlmModelOpt,
     MaxCostOpt,
     MaxLengthOpt,
+    MaxTokensOpt,
     MaxWorkersOpt,
     ModelOpt,
     NIwOpt,
@@ -63,6 +64,7 @@ def run_command(
     samples_per_feature: SamplesPerFeatureOpt = 10,
     max_workers: MaxWorkersOpt = 10,
     max_cost: MaxCostOpt = None,
+    max_tokens: MaxTokensOpt = 2000,
     threshold: ThresholdOpt = 1e-6,
     max_length: MaxLengthOpt = 128,
     force: ForceOpt = False,
@@ -99,7 +101,7 @@ def run_command(
     )
     generate_cfg = GenerateConfig(
         generator=resolve_generator(generator, llm_model, from_table), from_table=from_table, base_url=base_url,
-        samples_per_feature=samples_per_feature, max_workers=max_workers, max_cost=max_cost,
+        samples_per_feature=samples_per_feature, max_workers=max_workers, max_cost=max_cost, max_tokens=max_tokens,
         n_top=n_top, n_iw=n_iw, device=device, dtype=dtype,
     )
     score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
