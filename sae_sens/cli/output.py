@@ -21,7 +21,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console()
+# Piped or redirected output has no terminal width; rich would squeeze wide tables into 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 FORMATS = ("table", "csv", "json", "markdown")
 
