@@ -173,17 +173,14 @@ def resolve_corpus(corpus_id: str) -> Path:
 
 
 def pack_windows(lm: HookedLM, docs: list[str], n_tokens: int, context: int = 128) -> list[list[int]]:
-    """Windows as collect reads a corpus: the documents' tokens concatenated, each followed by EOS,
-    cut into ``context - 1`` pieces with BOS prepended; enough windows for ``n_tokens`` counted tokens."""
-    eos = lm.tokenizer.eos_token_id
-    stream: list[int] = []
-    for ids in lm.tokenizer(docs, add_special_tokens=False)["input_ids"]:
-        stream.extend(ids)
-        stream.append(eos)
-        if len(stream) >= n_tokens * 1.2:  # EOS tokens do not count: keep a margin
-            break
-    body = context - 1
-    return [[lm.bos_id, *stream[i : i + body]] for i in range(0, len(stream) - body + 1, body)]
+    """Windows exactly as collect reads a corpus (``corpus.window_documents``), enough for ``n_tokens``
+    counted tokens (BOS/EOS positions do not count, hence the margin)."""
+    from .corpus import window_documents
+
+    n_windows = -(-int(n_tokens * 1.2) // (context - 1))
+    windows = window_documents(iter(docs), lm.tokenizer, bos_id=lm.bos_id, total_tokens=n_windows * context,
+                               context_size=context)
+    return [[int(t) for t in row] for row in windows.token_ids]
 
 
 def demo_sae_names() -> list[str]:

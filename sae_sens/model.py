@@ -301,6 +301,6 @@ def load_model(
             f"could not load model {model_id!r} as a {where}{offline}: {str(e).splitlines()[0]}",
             "check the id or path, or download it once with network access",
         ) from e
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]  # transformers' stubs wrap .to oddly
     resolved_rev = revision or getattr(model.config, "_commit_hash", None)
     return HookedLM(model, tokenizer, hook, model_id=label, revision=resolved_rev)
