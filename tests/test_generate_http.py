@@ -278,12 +278,16 @@ def test_llm_katan_echo_server_with_injected_500s(store, tmp_path):
             time.sleep(0.05)
         cfg = GenerateConfig(generator="openai:echo-model", base_url=f"http://127.0.0.1:{port}/v1", max_workers=4,
                              max_retries=10, retry_base_s=0.01)
-        out = run_generate(store, "r", "sae-a", cfg)
+        # llm-katan's injection is unseeded: with 40 requests at a 30% rate, P(no failure) is 6e-7
+        features = list(range(40))
+        write_examples(store, "r", "sae-k", features)
+        out = run_generate(store, "r", "sae-k", cfg)
     finally:
         proc.terminate()
         proc.wait()
-    q = store.read_table("r", "sae-a", "queries").to_pylist()
-    assert sorted(r["feature_index"] for r in q) == FEATURES and {r["status"] for r in q} == {"ok"}
+    q = store.read_table("r", "sae-k", "queries").to_pylist()
+    assert sorted(r["feature_index"] for r in q) == features and {r["status"] for r in q} == {"ok"}
     assert out.extra["n_retries"] > 0  # failures were injected and survived
+    assert sum(r["attempts"] for r in q) == len(features) + out.extra["n_retries"]
     assert all(r["n_parsed"] >= 1 for r in q)
     assert all(r["response"].startswith("[echo] model=echo-model") for r in q)
