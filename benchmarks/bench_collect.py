@@ -67,7 +67,7 @@ class PeakRss:
         return (self.peak - self.base) / 2**20
 
 
-def build_assets(work: Path, max_tokens: int) -> None:
+def build_assets(work: Path, max_tokens: int, hidden: int = 256, layers: int = 4) -> None:
     """Model, SAE and a corpus big enough for ``max_tokens`` (built once per work folder)."""
     import torch
 
@@ -78,14 +78,14 @@ def build_assets(work: Path, max_tokens: int) -> None:
         return
     docs = tiny_corpus(max(200, max_tokens // 40), seed=1, words=WORDS)
     (work / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    model_dir = build_tiny_model(work / "model", texts=docs[:500], hidden=256, layers=4)
-    lm = load_model(str(model_dir), "blocks.3.hook_resid_post", device="cpu", dtype="float32")
+    model_dir = build_tiny_model(work / "model", texts=docs[:500], hidden=hidden, layers=layers)
+    lm = load_model(str(model_dir), f"blocks.{layers - 1}.hook_resid_post", device="cpu", dtype="float32")
     ids, mask = lm.pad([s for s, _ in lm.encode_texts(docs[:64], CTX)])
     h = lm.hidden(ids, mask)[lm.count_mask(ids, mask)]
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(256, 4096, generator=g) / 16
+    w = torch.randn(hidden, 4096, generator=g) / hidden**0.5
     b = -torch.quantile(h @ w, 0.97, dim=0)
-    save_dictionary_learning_sae(work / "sae", W_enc=w, b_enc=b, layer=3, lm_name=str(model_dir))
+    save_dictionary_learning_sae(work / "sae", W_enc=w, b_enc=b, layer=layers - 1, lm_name=str(model_dir))
 
 
 def run_variant(work: Path, variant: str, tokens: int, device: str) -> dict[str, Any]:
@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=64 * 1024, help="token budget of the speed runs")
     ap.add_argument("--mem-tokens", type=int, default=32 * 1024, help="budget of the 1x memory run (10x follows)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--hidden", type=int, default=256, help="model width (768 with --layers 9 is pythia-160m's shape "
+                    "up to its SAEBench hook)")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers; the hook reads the last one")
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant (the fastest is kept)")
     ap.add_argument("--work", type=Path, default=None, help="reuse assets in this folder")
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_collect_") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        build_assets(work, max(args.tokens, 10 * args.mem_tokens))
+        build_assets(work, max(args.tokens, 10 * args.mem_tokens), args.hidden, args.layers)
         # Variants interleaved and repeated, fastest run kept: the machine may be shared.
         r: dict[str, dict[str, Any]] = {}
         for _ in range(args.repeats):
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     def tput(v: str) -> float:
         return r[v]["tokens"] / r[v]["seconds"]
 
-    print(f"collect benchmark: Llama hidden 256 x 4 layers, SAE 4096 latents, batch {BATCH}, context {CTX}, "
+    print(f"collect benchmark: Llama hidden {args.hidden} x {args.layers} layers, SAE 4096 latents, batch {BATCH}, context {CTX}, "
           f"float32, {args.device}, {r['forward']['tokens']:,} tokens")
     print(f"{'variant':<18}{'seconds':>9}{'tokens/s':>11}{'peak MiB':>10}")
     for v, x in r.items():
