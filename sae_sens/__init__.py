@@ -2,7 +2,12 @@
 
 Python API, one function per stage (tables and configs in, tables out)::
 
-    from sae_sens import Store, collect, generate, score, report
+    from sae_sens import Store
+    from sae_sens.collect import CollectConfig, run_collect
+    from sae_sens.generate import GenerateConfig, run_generate
+    from sae_sens.score import ScoreConfig, run_score
+    from sae_sens.report import connect, summarize
+    from sae_sens.pipeline import run_pipeline  # all three stages for many SAEs
 """
 
 __version__ = "0.1.0"
