@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,6 +39,13 @@ def parse_feature_ids(text: str) -> tuple[int, ...]:
     if not ids:
         raise UsageError("--feature-ids is empty", "write them like 3,17,42")
     return ids
+
+
+def selection(features: int, feature_ids: str | None) -> dict[str, Any]:
+    """``--feature-ids`` wins over ``--features``: the CollectConfig fields for either choice."""
+    if feature_ids:
+        return {"features": None, "feature_ids": parse_feature_ids(feature_ids)}
+    return {"features": features, "feature_ids": None}
 
 
 @app.command("collect")
@@ -95,9 +102,7 @@ def collect_command(
         raise UsageError("no SAE given", "pass --sae NAME (repeat for several)")
     cfg = CollectConfig(
         corpus=corpus, split=split, text_column=text_column, total_tokens=total_tokens, context_size=context_size,
-        features=None if feature_ids else features,
-        feature_ids=parse_feature_ids(feature_ids) if feature_ids else None,
-        n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, dead_min_firings=dead_min_firings, seed=seed,
+        **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, dead_min_firings=dead_min_firings, seed=seed,
     )
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     st = Store(store)

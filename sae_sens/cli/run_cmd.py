@@ -89,15 +89,13 @@ def run_command(
     from ..stages import ModelOptions
     from ..store import Store
     from .app import RichProgress
-    from .collect_cmd import parse_feature_ids
+    from .collect_cmd import selection
     from .generate_cmd import resolve_generator
     from .output import emit
 
     collect_cfg = CollectConfig(
         corpus=corpus, split=split, text_column=text_column, total_tokens=total_tokens, context_size=context_size,
-        features=None if feature_ids else features,
-        feature_ids=parse_feature_ids(feature_ids) if feature_ids else None,
-        n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw,
+        **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw,
     )
     generate_cfg = GenerateConfig(
         generator=resolve_generator(generator, llm_model, from_table), from_table=from_table, base_url=base_url,
