@@ -64,6 +64,8 @@ def build_tiny_model(
     hidden: int = 64,
     layers: int = 2,
     seed: int = 0,
+    intermediate: int | None = None,
+    heads: int = 4,
 ) -> Path:
     """Save a randomly initialised causal LM plus its tokenizer to ``folder`` and return it."""
     import transformers as tf
@@ -72,45 +74,46 @@ def build_tiny_model(
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(texts or tiny_corpus())
     torch.manual_seed(seed)
+    inter = intermediate or 2 * hidden
     common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                   pad_token_id=tokenizer.pad_token_id)
     if family == "llama":
-        cfg: Any = tf.LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **common)
+        cfg: Any = tf.LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                                  num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=512, **common)
         model: Any = tf.LlamaForCausalLM(cfg)
     elif family == "gpt_neox":
-        cfg = tf.GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                               num_attention_heads=4, max_position_embeddings=512, **common)
+        cfg = tf.GPTNeoXConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                               num_attention_heads=heads, max_position_embeddings=512, **common)
         model = tf.GPTNeoXForCausalLM(cfg)
     elif family == "gpt2":
-        cfg = tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **common)
+        cfg = tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=512, **common)
         model = tf.GPT2LMHeadModel(cfg)
     elif family == "qwen2":
-        cfg = tf.Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **common)
+        cfg = tf.Qwen2Config(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=512, **common)
         model = tf.Qwen2ForCausalLM(cfg)
     elif family == "gemma2":
-        cfg = tf.Gemma2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                              num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+        cfg = tf.Gemma2Config(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                              num_attention_heads=heads, num_key_value_heads=heads, head_dim=16, max_position_embeddings=512,
                               **common)
         model = tf.Gemma2ForCausalLM(cfg)
     elif family == "mistral":
-        cfg = tf.MistralConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, **common)
+        cfg = tf.MistralConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                               num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=512, **common)
         model = tf.MistralForCausalLM(cfg)
     elif family == "qwen3":
-        cfg = tf.Qwen3Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+        cfg = tf.Qwen3Config(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=heads, head_dim=16, max_position_embeddings=512,
                              **common)
         model = tf.Qwen3ForCausalLM(cfg)
     elif family == "gemma":
-        cfg = tf.GemmaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+        cfg = tf.GemmaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=heads, head_dim=16, max_position_embeddings=512,
                              **common)
         model = tf.GemmaForCausalLM(cfg)
     elif family == "gemma3":  # the multimodal checkpoint layout (language model under model.language_model)
-        text_cfg = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                        num_attention_heads=4, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
+        text_cfg = dict(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                        num_attention_heads=heads, num_key_value_heads=heads, head_dim=16, max_position_embeddings=512,
                         **common)
         vision_cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                           image_size=28, patch_size=14)
@@ -119,8 +122,8 @@ def build_tiny_model(
                               boi_token_index=n - 3, eoi_token_index=n - 2, image_token_index=n - 1)
         model = tf.Gemma3ForConditionalGeneration(cfg)
     elif family == "gemma3_text":
-        cfg = tf.Gemma3TextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                                  num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+        cfg = tf.Gemma3TextConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                                  num_attention_heads=heads, num_key_value_heads=heads, head_dim=16,
                                   max_position_embeddings=512, **common)
         model = tf.Gemma3ForCausalLM(cfg)
     else:
