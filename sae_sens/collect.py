@@ -19,15 +19,17 @@ Semantics follow SAEBench's autointerp collection (which the original tool uses)
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import torch
 
 from .corpus import DEFAULT_DATASET, Windows, load_windows, resolve_corpus
@@ -108,10 +110,12 @@ class PassResult:
     top_activation: np.ndarray  # [K, F]
     top_window: np.ndarray  # [K, F] int64
     top_position: np.ndarray  # [K, F] int32
+    top_snippet: np.ndarray  # [K, F, 2 * buffer + 1] float32: activations around each peak
     iw_activation: np.ndarray  # [n_iw, F]
     iw_window: np.ndarray
     iw_position: np.ndarray
     iw_key: np.ndarray
+    iw_snippet: np.ndarray
 
     @property
     def n_latents(self) -> int:
@@ -132,9 +136,9 @@ class PassResult:
 
     def candidates_table(self) -> pa.Table:
         parts = []
-        for pool, act, win, pos, key in (
-            ("top", self.top_activation, self.top_window, self.top_position, None),
-            ("iw", self.iw_activation, self.iw_window, self.iw_position, self.iw_key),
+        for pool, act, win, pos, key, snip in (
+            ("top", self.top_activation, self.top_window, self.top_position, None, self.top_snippet),
+            ("iw", self.iw_activation, self.iw_window, self.iw_position, self.iw_key, self.iw_snippet),
         ):
             rank, feat = np.nonzero(win >= 0)
             parts.append({
@@ -142,10 +146,16 @@ class PassResult:
                 "rank": rank.astype(np.int32), "window_index": win[rank, feat], "position": pos[rank, feat],
                 "activation": act[rank, feat].astype(np.float64),
                 "key": key[rank, feat].astype(np.float64) if key is not None else np.full(len(feat), np.nan),
+                "activations": snip[rank, feat].astype(np.float32),
             })
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         order = np.lexsort((cols["rank"], cols["pool"] != "top", cols["feature_index"]))
-        return make_table("candidates", {k: pa.array(v[order]) for k, v in cols.items()})
+        snippets = cols.pop("activations")[order]
+        width = snippets.shape[1]
+        offsets = np.arange(0, snippets.size + 1, width, dtype=np.int32)
+        table = {k: pa.array(v[order]) for k, v in cols.items()}
+        table["activations"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(snippets.ravel()))
+        return make_table("candidates", table)
 
 
 def _group_order(group: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
@@ -158,7 +168,9 @@ class PeakTracker:
     """Streaming top peaks (no-overlap rule) and weighted reservoirs, for every latent at once.
 
     Feed it raw activations ``[batch, context, latents]`` (``update``); ``result`` gives the same
-    top peaks as SAEBench's greedy over the whole corpus, and an exact weighted sample.
+    top peaks as SAEBench's greedy over the whole corpus, an exact weighted sample, and for each
+    kept peak its activations over the ``2 * buffer + 1`` tokens around it (its "snippet"), so
+    examples can later be built without running the model again.
 
     Top peaks: the global greedy (descending, skip positions within ``buffer`` of a pick in the same
     context) only ever excludes within a context, so its result is the k largest among the union of
@@ -166,47 +178,60 @@ class PeakTracker:
     positive entries that beat the running k-th best) and merge the candidates with ``topk``.
 
     Importance-weighted peaks: A-Res (Efraimidis & Spirakis) with weight act^2 and key log(u)/w,
-    keeping the largest keys. The filter "below the weakest top peak" is known only at the end, so
-    we keep m = n_iw + k * (2 * buffer + 1) keys: any position with activation >= the final k-th top
-    peak lies within ``buffer`` of one of the k final top peaks (otherwise the greedy would have
-    picked it, or a peak that suppressed it, into the top k), so at most k * (2 * buffer + 1)
-    reservoir entries are filtered out and at least n_iw valid ones remain. The largest keys among
-    the valid entries are exactly A-Res on the filtered population: a weighted sample without
-    replacement, p ~ act^2.
+    the sample being the ``n_iw`` largest keys among positions below the final weakest top peak.
+    That threshold is only known at the end, but the running k-th top value ``theta`` never
+    decreases, so an entry below the current ``theta`` is certain to qualify: those go to a
+    reservoir of exactly ``n_iw`` keys. Entries at or above ``theta`` wait in an "uncertain" list
+    and move to the reservoir once ``theta`` passes them; every such entry lies within ``buffer``
+    of a current top peak (otherwise the greedy would have picked it, or a peak suppressing it,
+    into the top k), so the list never exceeds k * (2 * buffer + 1) entries per latent and in
+    practice holds a handful. An entry whose key is below the reservoir's n_iw-th key can never be
+    sampled and is dropped at once. At the end, the uncertain entries below the final threshold
+    join the reservoir: its keys are exactly A-Res on the filtered population, a weighted sample
+    without replacement with p ~ act^2.
     """
 
     def __init__(self, n_latents: int, *, n_top: int = 12, n_iw: int = 7, buffer: int = 10, seed: int = 42,
-                 device: torch.device | str = "cpu", flush_entries: int = 1 << 18) -> None:
+                 device: torch.device | str = "cpu") -> None:
         self.n_top, self.n_iw, self.buffer = n_top, n_iw, buffer
-        self.flush_entries = flush_entries
-        self._iw_pending: list[tuple[torch.Tensor, ...]] = []
-        self._n_pending = 0
-        self.m = n_iw + n_top * (2 * buffer + 1)
+        self.width = 2 * buffer + 1
         dev = torch.device(device)
-        f = n_latents
+        f, w = n_latents, self.width
         self.n_firings = torch.zeros(f, dtype=torch.long, device=dev)
         self.max_act = torch.zeros(f, device=dev)
         self.counted = 0
         self.top_val = torch.full((n_top, f), NEG_INF, device=dev)
         self.top_win = torch.full((n_top, f), -1, dtype=torch.long, device=dev)
         self.top_pos = torch.full((n_top, f), -1, dtype=torch.int32, device=dev)
-        self.iw_key = torch.full((self.m, f), NEG_INF, device=dev)
-        self.iw_val = torch.zeros((self.m, f), device=dev)
-        self.iw_win = torch.full((self.m, f), -1, dtype=torch.long, device=dev)
-        self.iw_pos = torch.full((self.m, f), -1, dtype=torch.int32, device=dev)
+        self.top_snip = torch.zeros((n_top, f, w), device=dev)
+        self.iw_key = torch.full((n_iw, f), NEG_INF, device=dev)
+        self.iw_val = torch.zeros((n_iw, f), device=dev)
+        self.iw_win = torch.full((n_iw, f), -1, dtype=torch.long, device=dev)
+        self.iw_pos = torch.full((n_iw, f), -1, dtype=torch.int32, device=dev)
+        self.iw_snip = torch.zeros((n_iw, f, w), device=dev)
+        # the uncertain entries, flat: latent, key, activation, window, position, snippet
+        self.u_lat = torch.zeros(0, dtype=torch.long, device=dev)
+        self.u_key = torch.zeros(0, device=dev)
+        self.u_val = torch.zeros(0, device=dev)
+        self.u_win = torch.zeros(0, dtype=torch.long, device=dev)
+        self.u_pos = torch.zeros(0, dtype=torch.int32, device=dev)
+        self.u_snip = torch.zeros((0, w), device=dev)
         self.gen = torch.Generator(device=dev).manual_seed(seed)
 
-    _STATE = ("n_firings", "max_act", "top_val", "top_win", "top_pos", "iw_key", "iw_val", "iw_win", "iw_pos")
+    _STATE = ("n_firings", "max_act", "top_val", "top_win", "top_pos", "top_snip", "iw_key", "iw_val", "iw_win",
+              "iw_pos", "iw_snip")
+    _UNCERTAIN = ("u_lat", "u_key", "u_val", "u_win", "u_pos", "u_snip")
 
     def state_dict(self) -> dict[str, Any]:
-        self._flush_iw()
-        d: dict[str, Any] = {k: getattr(self, k).cpu() for k in self._STATE}
+        d: dict[str, Any] = {k: getattr(self, k).cpu() for k in self._STATE + self._UNCERTAIN}
         d.update(counted=self.counted, gen=self.gen.get_state())
         return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         for k in self._STATE:
             getattr(self, k).copy_(d[k])
+        for k in self._UNCERTAIN:  # variable length
+            setattr(self, k, d[k].to(getattr(self, k).device))
         self.counted = int(d["counted"])
         self.gen.set_state(d["gen"])
 
@@ -232,22 +257,31 @@ class PeakTracker:
         in_ctx = torch.arange(t, device=acts.device)
         peak_row = (counted.view(b, t) & (in_ctx >= self.buffer) & (in_ctx < t - self.buffer)).reshape(-1)
         idx = peak_row[row].nonzero().squeeze(1)
-        row, f, val = row[idx], fi[idx] + latent_offset, val[idx]
-        self._update_top(row, f, val, t, window_offset)
-        self._update_iw(row, f, val, t, window_offset)
+        row, fi, val = row[idx], fi[idx], val[idx]
+        offsets = torch.arange(-self.buffer, self.buffer + 1, device=acts.device)
 
-    def _update_top(self, row: torch.Tensor, f: torch.Tensor, val: torch.Tensor, t: int, window_offset: int) -> None:
+        def snippets(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            """Activations of chunk latent ``c`` over the tokens around flat row ``r`` ([E, width])."""
+            rows = r[:, None] + offsets
+            return flat[rows, c[:, None]].float() * counted[rows]
+
+        self._update_top(row, fi, val, t, window_offset, latent_offset, snippets)
+        self._update_iw(row, fi, val, t, window_offset, latent_offset, snippets)
+
+    def _update_top(self, row: torch.Tensor, fi: torch.Tensor, val: torch.Tensor, t: int, window_offset: int,
+                    latent_offset: int, snippets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         """Each (context, latent)'s own greedy peaks that beat the running k-th best, merged in."""
         k = self.n_top
+        f = fi + latent_offset
         # Entries below the threshold are dropped before the greedy: they come after every entry
         # above it in their context, so they could not have suppressed any of those.
         idx = (val > self.top_val[k - 1, f].clamp(min=0.0)).nonzero().squeeze(1)
         if idx.numel() == 0:
             return
-        row, f, val = row[idx], f[idx], val[idx]
+        row, f, fi, val = row[idx], f[idx], fi[idx], val[idx]
         group = torch.div(row, t, rounding_mode="floor") * self.top_val.shape[1] + f
         order = _group_order(group, val)
-        row, f, val, group = row[order], f[order], val[order], group[order]
+        row, f, fi, val, group = row[order], f[order], fi[order], val[order], group[order]
         pos = row % t
         alive = torch.ones_like(val, dtype=torch.bool)
         picks = []
@@ -265,68 +299,90 @@ class PeakTracker:
         p = torch.cat(picks)
         win = window_offset + torch.div(row[p], t, rounding_mode="floor")
         self._merge(k, f[p], val[p], [(self.top_val, val[p], NEG_INF), (self.top_win, win, -1),
-                                      (self.top_pos, pos[p].int(), -1)])
+                                      (self.top_pos, pos[p].int(), -1),
+                                      (self.top_snip, lambda o: snippets(row[p][o], fi[p][o]), 0.0)])
 
-    def _update_iw(self, row: torch.Tensor, f: torch.Tensor, val: torch.Tensor, t: int, window_offset: int) -> None:
-        if f.numel() == 0:
+    def _update_iw(self, row: torch.Tensor, fi: torch.Tensor, val: torch.Tensor, t: int, window_offset: int,
+                   latent_offset: int, snippets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        if fi.numel() == 0:
             return
+        f = fi + latent_offset
         u = torch.rand(val.shape, generator=self.gen, device=val.device)
         key = torch.log(u) / (val * val)
-        idx = (key > self.iw_key[self.m - 1, f]).nonzero().squeeze(1)
+        # A key below the reservoir's n_iw-th can never be sampled, certain or not.
+        idx = (key > self.iw_key[self.n_iw - 1, f]).nonzero().squeeze(1)
         if idx.numel() == 0:
             return
-        row = row[idx]
-        win = window_offset + torch.div(row, t, rounding_mode="floor")
-        self._iw_pending.append((f[idx], key[idx], val[idx], win, row % t))
-        self._n_pending += idx.numel()
-        if self._n_pending >= self.flush_entries:
-            self._flush_iw()
+        row, f, fi, key, val = row[idx], f[idx], fi[idx], key[idx], val[idx]
+        win, pos = window_offset + torch.div(row, t, rounding_mode="floor"), (row % t).int()
+        theta = self.top_val[self.n_top - 1]
+        sure = val < theta[f]
+        si = sure.nonzero().squeeze(1)
+        # Snippets are gathered only for entries the merge keeps (the first batches offer many).
+        self._merge_iw(f[si], key[si], val[si], win[si], pos[si], lambda o: snippets(row[si][o], fi[si][o]))
+        ui = (~sure).nonzero().squeeze(1)
+        if ui.numel():
+            new = (f[ui], key[ui], val[ui], win[ui], pos[ui], snippets(row[ui], fi[ui]))
+            old = (self.u_lat, self.u_key, self.u_val, self.u_win, self.u_pos, self.u_snip)
+            self.u_lat, self.u_key, self.u_val, self.u_win, self.u_pos, self.u_snip = (
+                torch.cat([a, b]) for a, b in zip(old, new, strict=True))
+        self._settle(theta)
 
-    def _flush_iw(self) -> None:
-        """Merge buffered reservoir candidates. Merging is O(m x latents touched), so it is batched;
-        the stale threshold used to filter in between only lets more candidates through."""
-        if not self._iw_pending:
+    def _merge_iw(self, f: torch.Tensor, key: torch.Tensor, val: torch.Tensor, win: torch.Tensor, pos: torch.Tensor,
+                  snip: torch.Tensor | Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self._merge(self.n_iw, f, key, [(self.iw_key, key, NEG_INF), (self.iw_val, val, 0.0), (self.iw_win, win, -1),
+                                        (self.iw_pos, pos, -1), (self.iw_snip, snip, 0.0)])
+
+    def _settle(self, theta: torch.Tensor) -> None:
+        """Uncertain entries now below their latent's ``theta`` join the reservoir; the others stay
+        (minus those whose key the reservoir now beats)."""
+        if self.u_lat.numel() == 0:
             return
-        f, key, val, win, pos = (torch.cat(x) for x in zip(*self._iw_pending, strict=True))
-        self._iw_pending, self._n_pending = [], 0
-        self._merge(self.m, f, key, [(self.iw_key, key, NEG_INF), (self.iw_val, val, 0.0),
-                                     (self.iw_win, win, -1), (self.iw_pos, pos.int(), -1)])
+        entries = (self.u_lat, self.u_key, self.u_val, self.u_win, self.u_pos, self.u_snip)
+        f, key, val = entries[:3]
+        sure = val < theta[f]
+        si = sure.nonzero().squeeze(1)
+        if si.numel():
+            self._merge_iw(*(x[si] for x in entries))
+        keep = (~sure & (key > self.iw_key[self.n_iw - 1, f])).nonzero().squeeze(1)
+        self.u_lat, self.u_key, self.u_val, self.u_win, self.u_pos, self.u_snip = (x[keep] for x in entries)
 
     @staticmethod
     def _merge(r: int, f: torch.Tensor, score: torch.Tensor,
-               fields: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+               fields: list[tuple[torch.Tensor, torch.Tensor | Callable[[torch.Tensor], torch.Tensor], float]]) -> None:
         """Keep, per latent, the ``r`` highest-``score`` rows among the state and the new entries.
-        ``fields`` are (state [r, F], new values [E], fill); the first is the score itself."""
+        ``fields`` are (state [r, F, ...], new values [E, ...], fill); the first is the score itself.
+        New values may be a function of the entry indices, called only for entries that compete."""
+        if f.numel() == 0:
+            return
         order = _group_order(f, score)
         f = f[order]
         touched, inverse, counts = torch.unique_consecutive(f, return_inverse=True, return_counts=True)
         rank = torch.arange(f.numel(), device=f.device) - (counts.cumsum(0) - counts)[inverse]
         sel = rank < r
-        rs, cs = rank[sel], inverse[sel]
+        rs, cs, o = rank[sel], inverse[sel], order[sel]
         stacked = []
         for state, new, fill in fields:
-            dense = torch.full((r, touched.numel()), fill, dtype=state.dtype, device=state.device)
-            dense[rs, cs] = new[order][sel].to(state.dtype)
+            dense = torch.full((r, touched.numel(), *state.shape[2:]), fill, dtype=state.dtype, device=state.device)
+            dense[rs, cs] = (new(o) if callable(new) else new[o]).to(state.dtype)
             stacked.append(torch.cat([state[:, touched], dense]))
         _, idx = stacked[0].topk(r, dim=0)
         for (state, _, _), both in zip(fields, stacked, strict=True):
-            state[:, touched] = both.gather(0, idx)
+            gather = idx.view(*idx.shape, *([1] * (both.dim() - 2))).expand(-1, -1, *both.shape[2:])
+            state[:, touched] = both.gather(0, gather)
 
     def result(self) -> PassResult:
-        self._flush_iw()
         found = self.top_win >= 0
         # The weakest top peak found (the k-th, or fewer when the latent has fewer peaks).
         weakest = torch.where(found, self.top_val, torch.inf).amin(0)
-        valid = (self.iw_win >= 0) & (self.iw_val < weakest[None, :])
-        keep = valid & (valid.cumsum(0) <= self.n_iw)  # reservoir rows are sorted by key, largest first
-        # Move each latent's kept rows to the front, preserving key order.
-        order = (~keep).int().argsort(dim=0, stable=True)[: self.n_iw]
-        kept = keep.gather(0, order)
+        self._settle(weakest)
+        kept = self.iw_win >= 0  # reservoir rows are sorted by key, largest first
 
         def pick(x: torch.Tensor, fill: float) -> np.ndarray:
-            y = x.gather(0, order)
-            return torch.where(kept, y, torch.as_tensor(fill, dtype=y.dtype)).cpu().numpy()
+            mask = kept.view(*kept.shape, *([1] * (x.dim() - 2)))
+            return torch.where(mask, x, torch.as_tensor(fill, dtype=x.dtype)).cpu().numpy()
 
+        top_mask = found[..., None]
         return PassResult(
             n_firings=self.n_firings.cpu().numpy(),
             max_activation=self.max_act.double().cpu().numpy(),
@@ -334,10 +390,12 @@ class PeakTracker:
             top_activation=torch.where(found, self.top_val, torch.nan).double().cpu().numpy(),
             top_window=self.top_win.cpu().numpy(),
             top_position=self.top_pos.cpu().numpy(),
+            top_snippet=torch.where(top_mask, self.top_snip, torch.nan).cpu().numpy(),
             iw_activation=pick(self.iw_val.double(), np.nan),
             iw_window=pick(self.iw_win, -1),
             iw_position=pick(self.iw_pos, -1),
             iw_key=pick(self.iw_key.double(), np.nan),
+            iw_snippet=pick(self.iw_snip, np.nan),
         )
 
 
@@ -464,14 +522,20 @@ class _Wanted:
     example_index: int
     window: int
     position: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    snippet: list[float] | None = None  # the pass's activations around the peak, when it kept them
 
 
 def choose_examples(candidates: pa.Table, selected: Sequence[int], cfg: CollectConfig) -> list[_Wanted]:
     """Per feature a random ``n_top_ex_for_generation`` of its top candidates and
     ``n_iw_ex_for_generation`` of its importance-weighted ones (seeded per feature, so a feature's
     examples do not depend on which other features are selected); top ones first, strongest first."""
-    cand = candidates.select(["feature_index", "pool", "rank", "window_index", "position"]).to_pylist()
+    chosen_set = set(selected)
+    # Filter before converting to Python: a wide SAE has a million candidate rows.
+    mask = pa.compute.is_in(candidates["feature_index"], pa.array(sorted(chosen_set), pa.int64()))
+    cols = ["feature_index", "pool", "rank", "window_index", "position"]
+    if "activations" in candidates.column_names:  # tables written before snippets existed lack it
+        cols.append("activations")
+    cand = candidates.filter(mask).select(cols).to_pylist()
     by_feature: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for row in cand:
         by_feature.setdefault((row["feature_index"], row["pool"]), []).append(row)
@@ -483,9 +547,39 @@ def choose_examples(candidates: pa.Table, selected: Sequence[int], cfg: CollectC
             rows = sorted(by_feature.get((f, pool), []), key=lambda r: r["rank"])
             chosen = sorted(rng.sample(range(len(rows)), min(n, len(rows))))
             for j in chosen:
-                wanted.append(_Wanted(f, pool, i, int(rows[j]["window_index"]), int(rows[j]["position"])))
+                snip = rows[j].get("activations")
+                if snip is not None and (len(snip) != 2 * cfg.buffer + 1 or any(math.isnan(x) for x in snip)):
+                    snip = None
+                wanted.append(_Wanted(f, pool, i, int(rows[j]["window_index"]), int(rows[j]["position"]), snip))
                 i += 1
     return wanted
+
+
+def _rerun_snippets(
+    lm: HookedLM, sae: Sae, windows: Windows, missing: Sequence[_Wanted], buffer: int, batch_size: int,
+) -> None:
+    """Fill ``snippet`` by running the model on the windows the examples come from. Only for
+    candidates without stored snippets (older artifacts); each window is cut right after the
+    last token needed, which a causal model allows."""
+    by_window: dict[int, list[_Wanted]] = {}
+    for w in missing:
+        by_window.setdefault(w.window, []).append(w)
+    end = {win: max(w.position for w in ws) + buffer + 1 for win, ws in by_window.items()}
+    order = sorted(by_window, key=lambda win: (end[win], win))  # similar lengths batch together
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo:lo + batch_size]
+        length = max(end[win] for win in chunk)
+        latents = sorted({w.feature for win in chunk for w in by_window[win]})
+        col_of = {f: i for i, f in enumerate(latents)}
+        ids = torch.from_numpy(windows.token_ids[chunk, :length].astype(np.int64))
+        mask = torch.ones_like(ids)  # tokens past a window's own end are real text, never read back
+        h = lm.hidden(ids, mask)
+        counted = lm.count_mask(ids, mask).to(h.device)
+        idx = torch.as_tensor(latents, dtype=torch.long, device=sae.device)
+        acts = (sae.encode_latents(h, idx).float() * counted[..., None]).cpu().numpy()
+        for i, win in enumerate(chunk):
+            for w in by_window[win]:
+                w.snippet = acts[i, w.position - buffer:w.position + buffer + 1, col_of[w.feature]].tolist()
 
 
 def build_examples(
@@ -500,40 +594,31 @@ def build_examples(
     batch_size: int = 32,
     progress: ProgressSink = NULL_PROGRESS,
 ) -> pa.Table:
-    """The ``examples`` table: only the windows the chosen examples come from go through the model."""
+    """The ``examples`` table. Activations come from the snippets the pass kept; the model runs
+    only for candidates that have none."""
     wanted = choose_examples(candidates, selected, cfg)
+    missing = [w for w in wanted if w.snippet is None]
+    if missing:
+        _rerun_snippets(lm, sae, windows, missing, cfg.buffer, batch_size)
     top_act = dict(zip(latents["feature_index"].to_pylist(), latents["top_activation"].to_pylist(), strict=True))
-    col_of = {f: i for i, f in enumerate(selected)}
-    latent_ids = torch.as_tensor(list(selected), dtype=torch.long, device=sae.device)
-    by_window: dict[int, list[_Wanted]] = {}
-    for w in wanted:
-        by_window.setdefault(w.window, []).append(w)
-    order = sorted(by_window)
     b = cfg.buffer
     rows: list[dict[str, Any]] = []
-    progress.start("collect examples", len(order))
-    for lo in range(0, len(order), batch_size):
-        chunk = order[lo:lo + batch_size]
-        ids, mask = window_batch(lm, windows, chunk)
-        h = lm.hidden(ids, mask)
-        counted = lm.count_mask(ids, mask).to(h.device)
-        acts = (sae.encode_latents(h, latent_ids).float() * counted[..., None]).cpu().numpy()
-        for i, win in enumerate(chunk):
-            for w in by_window[win]:
-                s, e = w.position - b, w.position + b + 1
-                tok_ids = windows.token_ids[win, s:e].tolist()
-                a = acts[i, s:e, col_of[w.feature]]
-                toks = token_strings(lm.tokenizer, tok_ids)
-                threshold = cfg.act_threshold_frac * float(top_act[w.feature] or 0.0)
-                rows.append({
-                    "feature_index": w.feature, "example_index": w.example_index, "kind": w.kind,
-                    "max_activation": float(a[b]), "text": mark_text(toks, a.tolist(), threshold),
-                    "token_ids": tok_ids, "tokens": toks, "activations": a.tolist(), "peak_offset": b,
-                    "window_index": win, "context_position": w.position,
-                    "doc_index": int(windows.doc_index[win, w.position]),
-                    "doc_token_position": int(windows.doc_pos[win, w.position]),
-                })
-        progress.advance("collect examples", len(chunk))
+    progress.start("collect examples", len(wanted))
+    for w in wanted:
+        s, e = w.position - b, w.position + b + 1
+        tok_ids = windows.token_ids[w.window, s:e].tolist()
+        a = w.snippet or []
+        toks = token_strings(lm.tokenizer, tok_ids)
+        threshold = cfg.act_threshold_frac * float(top_act[w.feature] or 0.0)
+        rows.append({
+            "feature_index": w.feature, "example_index": w.example_index, "kind": w.kind,
+            "max_activation": float(a[b]), "text": mark_text(toks, a, threshold),
+            "token_ids": tok_ids, "tokens": toks, "activations": a, "peak_offset": b,
+            "window_index": w.window, "context_position": w.position,
+            "doc_index": int(windows.doc_index[w.window, w.position]),
+            "doc_token_position": int(windows.doc_pos[w.window, w.position]),
+        })
+        progress.advance("collect examples", 1)
     progress.finish("collect examples")
     rows.sort(key=lambda r: (r["feature_index"], r["example_index"]))
     return make_table("examples", rows)

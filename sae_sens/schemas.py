@@ -41,6 +41,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("position", pa.int32()),           # token position of the peak inside its context window
         ("activation", pa.float64()),       # the peak's activation
         ("key", pa.float64()),              # weighted-reservoir key (iw pool), NaN for top
+        ("activations", pa.list_(pa.float32())),  # the feature's activations on the 2*buffer+1 tokens around the peak
     ]),
     # per selected feature: top windows and importance-weighted samples
     "examples": pa.schema([

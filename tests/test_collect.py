@@ -6,12 +6,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from sae_sens.cli import main
-from sae_sens.collect import CollectConfig, collect_pass, run_collect
+from sae_sens.collect import CollectConfig, build_examples, collect_pass, run_collect
 from sae_sens.collect_reference import greedy_top_peaks, reference_collect
 from sae_sens.corpus import load_windows, resolve_corpus
 from sae_sens.model import load_model
@@ -82,6 +83,16 @@ def test_pass_matches_brute_force_and_two_pass_baseline(setup: dict[str, Path]) 
         assert len(iw) == min(7, len(ref.iw[f]))
         assert all(0 < v < weakest and 10 <= p < CTX - 10 for _, p, v in iw)
         assert not {(w, p) for w, p, _ in iw} & set(got)
+    # Snippets: the pass kept each candidate's activations over the 21 tokens around its peak.
+    for f in alive:
+        for pool, win, pos, snip in (("top", res.top_window, res.top_position, res.top_snippet),
+                                     ("iw", res.iw_window, res.iw_position, res.iw_snippet)):
+            for r in range(win.shape[0]):
+                if win[r, f] >= 0:
+                    w, p = int(win[r, f]), int(pos[r, f])
+                    assert snip[r, f] == pytest.approx(dense[w, p - 10:p + 11, f].numpy(), rel=1e-4, abs=1e-6), pool
+                else:
+                    assert np.isnan(snip[r, f]).all()
 
 
 def test_selection_reuses_the_pass(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -107,8 +118,7 @@ def test_selection_reuses_the_pass(setup: dict[str, Path], tmp_path: Path) -> No
     assert second.extra["pass_skipped"] is True and not second.skipped
     ex2 = store.read_table("r1", sae_name, "examples")
     assert sorted(set(ex2["feature_index"].to_pylist())) == list(other)  # the dead 95 is skipped
-    n_windows = len(set(ex2["window_index"].to_pylist()))
-    assert lm.forward_calls - calls == math.ceil(n_windows / 16) < (TOKENS // CTX) / 16
+    assert lm.forward_calls == calls  # the pass kept every candidate's activations: no model at all
     status = store.status("r1", sae_name)
     assert status["collect:pass"] == "done" and status["collect"] == "done"
     # Same selection again: nothing runs at all.
@@ -122,6 +132,33 @@ def test_selection_reuses_the_pass(setup: dict[str, Path], tmp_path: Path) -> No
         rows2 = [r for r in ex2.to_pylist() if r["feature_index"] == f]
         assert [r["text"] for r in rows1] == [r["text"] for r in rows2]
 
+
+
+def test_examples_without_snippets_rerun_only_their_windows(setup: dict[str, Path], tmp_path: Path) -> None:
+    """Candidates written without snippets (older artifacts): the model runs on the examples'
+    windows only, cut after the last token needed, and the examples are the same."""
+    store = Store(tmp_path / "evals")
+    opts = ModelOptions(device="cpu", dtype="float32", batch_size=16)
+    sae_name = str(setup["sae"])
+    cfg = cfg_for(setup["corpus"], features=5)
+    run_collect(store, "r", sae_name, cfg, opts)
+    sae = open_sae(sae_name, opts)
+    lm = open_model(sae, opts)
+    windows = load_windows(resolve_corpus(cfg.corpus), lm.tokenizer, bos_id=lm.bos_id, total_tokens=TOKENS,
+                           context_size=CTX, cache_dir=store.cache_dir)
+    latents, cands = store.read_table("r", sae_name, "latents"), store.read_table("r", sae_name, "candidates")
+    features = store.read_table("r", sae_name, "features")
+    selected = [i for i, s in enumerate(features["selected"].to_pylist()) if s]
+    with_snippets = store.read_table("r", sae_name, "examples")
+    calls = lm.forward_calls
+    old = cands.drop_columns(["activations"])
+    rebuilt = build_examples(lm, sae, windows, old, latents, selected, cfg, batch_size=16)
+    n_windows = len(set(rebuilt["window_index"].to_pylist()))
+    assert 0 < lm.forward_calls - calls == math.ceil(n_windows / 16)
+    assert rebuilt["text"].to_pylist() == with_snippets["text"].to_pylist()
+    assert rebuilt["token_ids"].to_pylist() == with_snippets["token_ids"].to_pylist()
+    for a, b in zip(rebuilt["activations"].to_pylist(), with_snippets["activations"].to_pylist(), strict=True):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
 
 def test_examples_content(setup: dict[str, Path], tmp_path: Path) -> None:
     store = Store(tmp_path / "evals")
