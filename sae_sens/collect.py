@@ -424,7 +424,8 @@ def collect_pass(
     tracker = PeakTracker(sae.d_sae, n_top=cfg.n_top_candidates, n_iw=cfg.n_iw_candidates, buffer=cfg.buffer,
                           seed=cfg.seed, device=sae.device)
     key = hash_config({"cfg": cfg.pass_config(), "corpus": windows.corpus_id, "n": len(windows),
-                       "batch_size": batch_size, "sae": sae.weight_hash, "chunk": cfg.latent_chunk})
+                       "batch_size": batch_size, "sae": sae.weight_hash, "chunk": cfg.latent_chunk,
+                       "tracker": 2})  # state layout: checkpoints of another layout are not resumed
     start = 0
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=True)
