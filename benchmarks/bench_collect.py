@@ -1,17 +1,39 @@
 """Benchmark of the collect pass against the bare model and the two-pass baseline.
 
-Same model (a random Llama, hidden 256, 4 layers, read after its last layer), same SAE (ReLU, 4096
-latents, ~3% density), same batch and dtype, all measured in this run. Each variant runs in a fresh
-subprocess; a sampling thread records its peak resident memory above what it held before the
-variant started (model, SAE and windows already loaded).
+Configuration. The default preset, pythia160m, is the shape the original tool evaluates by default:
+SAEBench SAEs on pythia-160m-deduped (GPT-NeoX, hidden 768, 12 heads, MLP 3072) reading
+``resid_post`` after layer 8, context 128. The model here is random (same shape, 9 layers: nothing
+past the hook runs), with a small BPE vocabulary, and the SAE is a random ReLU SAE of ``--width``
+latents (default 4096, the smallest SAEBench width) whose biases make about 1.5% of latents fire
+per token (L0 ~ 60 at 4096, like trained SAEs). Weights are random, so the figures measure cost,
+not quality. The toy preset (a Llama, hidden 256 x 4 layers, SAE at ~3% density) is the older,
+faster setting; there the SAE encode costs about as much as the model, which no real use looks
+like, so (a) is pessimistic on it.
+
+Every variant uses the same model, SAE, batch (32), context (128) and dtype (float32) and runs in a
+fresh subprocess; a sampling thread records its peak resident memory above what it held before the
+variant started (model, SAE and windows already loaded). Variants:
+  forward           the bare model up to the hook;
+  forward_encode    the same plus a full SAE encode (the floor any collector pays);
+  onepass           sae_sens.collect.collect_pass;
+  onepass_examples  collect_pass, then the example rows of 50 features (build_examples);
+  twopass           the original's collection, as SAEBench does it: pass 1 encodes every latent for
+                    firing frequencies, pass 2 runs the model again, encodes every latent, keeps the
+                    50 selected ones densely in bfloat16 over the whole corpus, then top-k no-overlap,
+                    importance-weighted samples and the same example rows (tokens, {{ }}-marked text).
 
 Figures printed:
-  (a) one-pass throughput / bare forward to the hook (target >= 0.85) and / forward + SAE encode
-      (the floor any collector pays: with a model this small the SAE encode costs as much as the model);
-  (b) two-pass time / one-pass time (target >= 2) and both peak memories;
+  (a) one-pass throughput / bare forward to the hook (target >= 0.85), and / forward + SAE encode;
+  (b) two-pass time / one-pass time with examples (target >= 2) and both peak memories;
   (c) one-pass peak memory at 10x the token budget / at 1x (target < 1.2).
 
-Run: python benchmarks/bench_collect.py [--tokens 65536] [--device cpu] [--repeats 2]
+Defaults are sized for a small CPU (the pythia shape runs ~1,300 tokens/s on 2 cores): the whole
+default run takes about 5-6 minutes there. The original runs at 2M tokens; pass --tokens for more.
+Note that at small budgets the one-pass example step re-runs up to all windows again (50 features x
+15 examples can come from as many as 750 windows), so (b) grows with the token budget.
+
+Run: python benchmarks/bench_collect.py [--preset pythia160m|toy] [--width 4096] [--tokens N]
+     [--mem-tokens N] [--repeats N] [--device cpu] [--work DIR]
 """
 
 from __future__ import annotations
@@ -19,11 +41,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +58,32 @@ if str(ROOT) not in sys.path:
 CTX = 128
 BATCH = 32
 N_SELECTED = 50
+QUANTILE_ROWS = 4096  # token rows sampled to set the SAE biases
+
+
+@dataclass(frozen=True)
+class Preset:
+    family: str
+    hidden: int
+    layers: int  # the hook reads resid_post after the last one
+    heads: int
+    intermediate: int
+    density: float  # fraction of latents firing per token
+    tokens: int  # defaults of the speed runs, the 1x memory run and the repeats
+    mem_tokens: int
+    repeats: int
+
+    @property
+    def hook(self) -> str:
+        return f"blocks.{self.layers - 1}.hook_resid_post"
+
+
+PRESETS = {
+    "pythia160m": Preset("gpt_neox", hidden=768, layers=9, heads=12, intermediate=3072, density=0.015,
+                         tokens=32 * 1024, mem_tokens=8 * 1024, repeats=1),
+    "toy": Preset("llama", hidden=256, layers=4, heads=4, intermediate=512, density=0.03,
+                  tokens=64 * 1024, mem_tokens=32 * 1024, repeats=2),
+}
 
 
 def _rss_bytes() -> int:
@@ -67,50 +117,93 @@ class PeakRss:
         return (self.peak - self.base) / 2**20
 
 
-def build_assets(work: Path, max_tokens: int, hidden: int = 256, layers: int = 4) -> None:
-    """Model, SAE and a corpus big enough for ``max_tokens`` (built once per work folder)."""
+def asset_dir(work: Path, preset: str, width: int, max_tokens: int) -> Path:
+    """Assets are keyed by preset, SAE width and corpus size, so one --work folder can hold several."""
+    return work / f"{preset}_w{width}_docs{_n_docs(max_tokens)}"
+
+
+def _n_docs(max_tokens: int) -> int:
+    return max(200, max_tokens // 40)
+
+
+def build_assets(folder: Path, preset: Preset, width: int, max_tokens: int) -> None:
+    """Model, SAE and a corpus big enough for ``max_tokens`` (built once per asset folder)."""
     import torch
 
     from sae_sens.model import load_model
     from sae_sens.testing import WORDS, build_tiny_model, save_dictionary_learning_sae, tiny_corpus
 
-    if (work / "sae" / "ae.pt").exists():
+    if (folder / "sae" / "ae.pt").exists():
         return
-    docs = tiny_corpus(max(200, max_tokens // 40), seed=1, words=WORDS)
-    (work / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    model_dir = build_tiny_model(work / "model", texts=docs[:500], hidden=hidden, layers=layers)
-    lm = load_model(str(model_dir), f"blocks.{layers - 1}.hook_resid_post", device="cpu", dtype="float32")
+    docs = tiny_corpus(_n_docs(max_tokens), seed=1, words=WORDS)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    model_dir = build_tiny_model(folder / "model", family=preset.family, texts=docs[:500], hidden=preset.hidden,
+                                 intermediate=preset.intermediate, heads=preset.heads, layers=preset.layers)
+    lm = load_model(str(model_dir), preset.hook, device="cpu", dtype="float32")
     ids, mask = lm.pad([s for s, _ in lm.encode_texts(docs[:64], CTX)])
     h = lm.hidden(ids, mask)[lm.count_mask(ids, mask)]
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(hidden, 4096, generator=g) / hidden**0.5
-    b = -torch.quantile(h @ w, 0.97, dim=0)
-    save_dictionary_learning_sae(work / "sae", W_enc=w, b_enc=b, layer=layers - 1, lm_name=str(model_dir))
+    h = h[torch.randperm(h.shape[0], generator=g)[:QUANTILE_ROWS]]
+    w = torch.randn(preset.hidden, width, generator=g) / preset.hidden**0.5
+    # Bias = minus the (1 - density) quantile of each latent's pre-activation, in latent chunks
+    # (torch.quantile caps its input size, and wide SAEs would need a large [rows, width] matrix).
+    b = torch.cat([-torch.quantile(h @ w[:, f0:f0 + 1024], 1 - preset.density, dim=0)
+                   for f0 in range(0, width, 1024)])
+    save_dictionary_learning_sae(folder / "sae", W_enc=w, b_enc=b, layer=preset.layers - 1, lm_name=str(model_dir))
 
 
-def run_variant(work: Path, variant: str, tokens: int, device: str) -> dict[str, Any]:
+def baseline_examples(lm: Any, windows: Any, ref: Any, selected: list[int], cfg: Any) -> Any:
+    """The two-pass baseline's example rows, from its dense activations (no model call): per feature
+    a seeded random ``n_top_ex_for_generation`` of its top peaks and ``n_iw_ex_for_generation`` of its
+    importance-weighted ones, each window's tokens as strings and its ``{{ }}``-marked text, the
+    columns of the one-pass ``examples`` table."""
+    from sae_sens.collect import mark_text, token_strings
+    from sae_sens.schemas import make_table
+
+    b = cfg.buffer
+    rows: list[dict[str, Any]] = []
+    for j, f in enumerate(selected):
+        if not ref.top[f]:
+            continue
+        rng = random.Random(cfg.seed * 1_000_003 + f)
+        threshold = cfg.act_threshold_frac * max(v for *_, v in ref.top[f])
+        i = 0
+        for kind, peaks, n in (("top", ref.top[f], cfg.n_top_ex_for_generation),
+                               ("iw", ref.iw[f], cfg.n_iw_ex_for_generation)):
+            for k in sorted(rng.sample(range(len(peaks)), min(n, len(peaks)))):
+                win, pos, _ = peaks[k]
+                tok_ids = windows.token_ids[win, pos - b:pos + b + 1].tolist()
+                a = ref.acts[win, pos - b:pos + b + 1, j].float().tolist()
+                toks = token_strings(lm.tokenizer, tok_ids)
+                rows.append({
+                    "feature_index": f, "example_index": i, "kind": kind, "max_activation": a[b],
+                    "text": mark_text(toks, a, threshold), "token_ids": tok_ids, "tokens": toks,
+                    "activations": a, "peak_offset": b, "window_index": win, "context_position": pos,
+                    "doc_index": int(windows.doc_index[win, pos]), "doc_token_position": int(windows.doc_pos[win, pos]),
+                })
+                i += 1
+    return make_table("examples", rows)
+
+
+def run_variant(folder: Path, variant: str, tokens: int, device: str) -> dict[str, Any]:
     """Inside a fresh process: load everything, then time one variant and record its peak memory."""
     import torch
 
-    from sae_sens.collect import (
-        CollectConfig,
-        build_examples,
-        collect_pass,
-        select_features,
-        window_batch,
-    )
+    from sae_sens.collect import CollectConfig, build_examples, collect_pass, select_features, window_batch
     from sae_sens.collect_reference import reference_collect
     from sae_sens.corpus import load_windows, resolve_corpus
     from sae_sens.stages import ModelOptions, open_model, open_sae
 
     opts = ModelOptions(device=device, dtype="float32", batch_size=BATCH)
-    sae = open_sae(str(work / "sae"), opts)
+    sae = open_sae(str(folder / "sae"), opts)
     lm = open_model(sae, opts)
-    cfg = CollectConfig(corpus=str(work / "corpus.jsonl"), total_tokens=tokens, context_size=CTX,
-                        features=N_SELECTED)
+    # Both collectors build examples for the same 50 features, evenly spread over the SAE.
+    selected = list(range(0, sae.d_sae, sae.d_sae // N_SELECTED))[:N_SELECTED]
+    cfg = CollectConfig(corpus=str(folder / "corpus.jsonl"), total_tokens=tokens, context_size=CTX,
+                        features=None, feature_ids=tuple(selected))
     windows = load_windows(resolve_corpus(cfg.corpus), lm.tokenizer, bos_id=lm.bos_id, total_tokens=tokens,
-                           context_size=CTX, cache_dir=work / "cache")
-    selected = list(range(0, 4096, 4096 // N_SELECTED))[:N_SELECTED]
+                           context_size=CTX, cache_dir=folder / "cache")
 
     def sync() -> None:
         if lm.device.type == "cuda":
@@ -118,6 +211,7 @@ def run_variant(work: Path, variant: str, tokens: int, device: str) -> dict[str,
 
     ids, mask = window_batch(lm, windows, slice(0, BATCH))  # warm-up: lazy initialisation is not timed
     sae.encode(lm.hidden(ids, mask))
+    extra: dict[str, Any] = {}
     with PeakRss() as mem:
         sync()
         t0 = time.perf_counter()
@@ -128,23 +222,29 @@ def run_variant(work: Path, variant: str, tokens: int, device: str) -> dict[str,
                 if variant == "forward_encode":
                     sae.encode(h)
         elif variant == "onepass":
-            collect_pass(lm, sae, windows, cfg, batch_size=BATCH)
+            res = collect_pass(lm, sae, windows, cfg, batch_size=BATCH)
+            extra["l0"] = float(res.n_firings.sum()) / max(res.counted_tokens, 1)
         elif variant == "onepass_examples":
             res = collect_pass(lm, sae, windows, cfg, batch_size=BATCH)
             latents, cands = res.latents_table(), res.candidates_table()
-            build_examples(lm, sae, windows, cands, latents, select_features(latents, cfg), cfg, batch_size=BATCH)
+            ex = build_examples(lm, sae, windows, cands, latents, select_features(latents, cfg), cfg,
+                                batch_size=BATCH)
+            extra["examples"] = ex.num_rows
         elif variant == "twopass":
-            reference_collect(lm, sae, windows, selected, cfg, batch_size=BATCH)
+            ref = reference_collect(lm, sae, windows, selected, cfg, batch_size=BATCH, encode_all=True,
+                                    dense_dtype=torch.bfloat16)
+            extra["examples"] = baseline_examples(lm, windows, ref, selected, cfg).num_rows
         else:
             raise SystemExit(f"unknown variant {variant}")
         sync()
         seconds = time.perf_counter() - t0
-    return {"variant": variant, "tokens": len(windows) * CTX, "seconds": seconds, "peak_mib": mem.mib}
+    return {"variant": variant, "tokens": len(windows) * CTX, "seconds": seconds, "peak_mib": mem.mib,
+            "hook": lm.hook.name, "width": sae.d_sae, **extra}
 
 
-def _subprocess(work: Path, variant: str, tokens: int, device: str) -> dict[str, Any]:
+def _subprocess(folder: Path, variant: str, tokens: int, device: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "--variant", variant, "--tokens", str(tokens), "--work", str(work),
+        [sys.executable, __file__, "--variant", variant, "--tokens", str(tokens), "--work", str(folder),
          "--device", device],
         check=True, capture_output=True, text=True,
     )
@@ -153,49 +253,65 @@ def _subprocess(work: Path, variant: str, tokens: int, device: str) -> dict[str,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", type=int, default=64 * 1024, help="token budget of the speed runs")
-    ap.add_argument("--mem-tokens", type=int, default=32 * 1024, help="budget of the 1x memory run (10x follows)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="pythia160m",
+                    help="model shape and SAE density (default pythia160m)")
+    ap.add_argument("--width", type=int, default=4096, help="SAE latents (default 4096)")
+    ap.add_argument("--tokens", type=int, default=None, help="token budget of the speed runs "
+                    "(default 32768 for pythia160m, 65536 for toy)")
+    ap.add_argument("--mem-tokens", type=int, default=None, help="budget of the 1x memory run, 10x follows "
+                    "(default 8192 for pythia160m, 32768 for toy)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--hidden", type=int, default=256, help="model width (768 with --layers 9 is pythia-160m's shape "
-                    "up to its SAEBench hook)")
-    ap.add_argument("--layers", type=int, default=4, help="decoder layers; the hook reads the last one")
-    ap.add_argument("--repeats", type=int, default=2, help="runs per variant (the fastest is kept)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per variant, the fastest is kept "
+                    "(default 1 for pythia160m, 2 for toy)")
     ap.add_argument("--work", type=Path, default=None, help="reuse assets in this folder")
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv if argv is not None else [])  # called from benchmarks/bench.py: defaults
-    if args.variant:  # child process
+    if args.variant:  # child process: --work is the asset folder
         print(json.dumps(run_variant(args.work, args.variant, args.tokens, args.device)))
         return
+    started = time.perf_counter()
+    preset = PRESETS[args.preset]
+    tokens = args.tokens or preset.tokens
+    mem_tokens = args.mem_tokens or preset.mem_tokens
+    repeats = args.repeats or preset.repeats
+    if args.width < N_SELECTED:
+        raise SystemExit(f"--width must be at least {N_SELECTED} (the features whose examples are built)")
     with tempfile.TemporaryDirectory(prefix="bench_collect_") as tmp:
         work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        build_assets(work, max(args.tokens, 10 * args.mem_tokens), args.hidden, args.layers)
+        max_tokens = max(tokens, 10 * mem_tokens)
+        folder = asset_dir(work, args.preset, args.width, max_tokens)
+        build_assets(folder, preset, args.width, max_tokens)
         # Variants interleaved and repeated, fastest run kept: the machine may be shared.
         r: dict[str, dict[str, Any]] = {}
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             for v in ("forward", "forward_encode", "onepass", "onepass_examples", "twopass"):
-                x = _subprocess(work, v, args.tokens, args.device)
+                x = _subprocess(folder, v, tokens, args.device)
                 if v not in r or x["seconds"] < r[v]["seconds"]:
                     r[v] = x
-        small = _subprocess(work, "onepass", args.mem_tokens, args.device)
-        big = _subprocess(work, "onepass", 10 * args.mem_tokens, args.device)
+        small = _subprocess(folder, "onepass", mem_tokens, args.device)
+        big = _subprocess(folder, "onepass", 10 * mem_tokens, args.device)
 
     def tput(v: str) -> float:
         return r[v]["tokens"] / r[v]["seconds"]
 
-    print(f"collect benchmark: Llama hidden {args.hidden} x {args.layers} layers, SAE 4096 latents, batch {BATCH}, context {CTX}, "
-          f"float32, {args.device}, {r['forward']['tokens']:,} tokens")
+    l0, width = r["onepass"]["l0"], r["onepass"]["width"]
+    print(f"collect benchmark, preset {args.preset}: random {preset.family} hidden {preset.hidden} x {preset.layers} "
+          f"layers ({preset.heads} heads, MLP {preset.intermediate}), hook {r['onepass']['hook']}, ReLU SAE {width:,} "
+          f"latents at {preset.density:.1%} density (measured {l0 / width:.2%}, L0 {l0:.0f}), batch {BATCH}, "
+          f"context {CTX}, float32, {args.device}, {r['forward']['tokens']:,} tokens, best of {repeats}")
     print(f"{'variant':<18}{'seconds':>9}{'tokens/s':>11}{'peak MiB':>10}")
     for v, x in r.items():
         print(f"{v:<18}{x['seconds']:>9.2f}{tput(v):>11,.0f}{x['peak_mib']:>10.1f}")
     print(f"(a) one-pass / bare forward to the hook     : {tput('onepass') / tput('forward'):.2f}  (target >= 0.85)")
     print(f"    one-pass / forward + SAE encode         : {tput('onepass') / tput('forward_encode'):.2f}")
     print(f"(b) two-pass time / one-pass time (+examples): "
-          f"{r['twopass']['seconds'] / r['onepass_examples']['seconds']:.2f}x  (target >= 2)")
+          f"{r['twopass']['seconds'] / r['onepass_examples']['seconds']:.2f}x  (target >= 2; "
+          f"{r['onepass_examples']['examples']} vs {r['twopass']['examples']} example rows)")
     print(f"    peak MiB one-pass {r['onepass_examples']['peak_mib']:.1f} vs two-pass {r['twopass']['peak_mib']:.1f}")
-    print(f"(c) one-pass peak memory {10 * args.mem_tokens:,} / {args.mem_tokens:,} tokens: "
+    print(f"(c) one-pass peak memory {big['tokens']:,} / {small['tokens']:,} tokens: "
           f"{big['peak_mib'] / max(small['peak_mib'], 1e-9):.2f}x  ({big['peak_mib']:.1f} vs "
           f"{small['peak_mib']:.1f} MiB; target < 1.2)")
+    print(f"(collect benchmark: {time.perf_counter() - started:.0f} s in all)")
 
 
 if __name__ == "__main__":

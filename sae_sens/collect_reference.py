@@ -4,6 +4,12 @@ Pass 1 counts firings of every latent; pass 2 runs the model again and holds the
 activations densely over the whole corpus ([windows, context, selected]), then picks top windows
 with a global greedy and importance-weighted samples with ``torch.multinomial``, as SAEBench's
 autointerp does. Memory grows with the corpus; ``sae_sens.collect`` does the same in one pass.
+
+By default pass 2 computes only the selected latents into a float32 store (the exact baseline the
+tests compare against). ``encode_all=True, dense_dtype=torch.bfloat16`` is SAEBench's own pass 2
+(``collect_sae_activations`` as autointerp's ``gather_data`` calls it): every latent is encoded and
+only then indexed, each batch is masked, cast and kept in a list, and the list is concatenated at the
+end, so the store briefly exists twice, as it does there.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class ReferenceResult:
     counted_tokens: int
     top: dict[int, list[Peak]]
     iw: dict[int, list[Peak]]
+    acts: torch.Tensor  # [windows, context, len(latents)]: the dense store of pass 2, in its dtype
 
 
 def reference_collect(
@@ -73,8 +80,16 @@ def reference_collect(
     cfg: CollectConfig,
     *,
     batch_size: int = 32,
+    encode_all: bool = False,
+    dense_dtype: torch.dtype = torch.float32,
 ) -> ReferenceResult:
-    """Two passes: firing statistics of every latent, then dense activations of ``latents``."""
+    """Two passes: firing statistics of every latent, then dense activations of ``latents``.
+
+    ``encode_all``: pass 2 encodes every latent and then indexes ``latents`` (``sae.encode(h)[..., sel]``),
+    collecting per-batch tensors joined by ``torch.cat``, as SAEBench does; otherwise only ``latents``
+    are encoded, into a store allocated once. ``dense_dtype``: the store's dtype (SAEBench keeps
+    bfloat16); peaks and samples are computed in float32 from it either way.
+    """
     f = sae.d_sae
     n_firings = torch.zeros(f, dtype=torch.long)
     max_act = torch.zeros(f)
@@ -88,18 +103,27 @@ def reference_collect(
         max_act = torch.maximum(max_act, acts.amax((0, 1)).cpu())
         counted_tokens += int(counted.sum())
     sel = torch.as_tensor(list(latents), dtype=torch.long, device=sae.device)
-    dense = torch.zeros((len(windows), windows.context_size, len(latents)))
+    parts: list[torch.Tensor] = []
+    shape = (len(windows), windows.context_size, len(latents))
+    dense = None if encode_all else torch.zeros(shape, dtype=dense_dtype)
     for lo in range(0, len(windows), batch_size):
         ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
         h = lm.hidden(ids, mask)
         counted = lm.count_mask(ids, mask).to(h.device)
-        dense[lo:lo + ids.shape[0]] = (sae.encode_latents(h, sel).float() * counted[..., None]).cpu()
+        if dense is None:
+            parts.append((sae.encode(h)[..., sel] * counted[..., None]).to(dense_dtype).cpu())
+        else:
+            acts = sae.encode_latents(h, sel).float() * counted[..., None]
+            dense[lo:lo + ids.shape[0]] = acts.to(dense_dtype).cpu()
+    if dense is None:
+        dense = torch.cat(parts, dim=0) if parts else torch.zeros(shape, dtype=dense_dtype)
+        del parts
     gen = torch.Generator().manual_seed(cfg.seed)
     top: dict[int, list[Peak]] = {}
     iw: dict[int, list[Peak]] = {}
     for j, latent in enumerate(latents):
-        a = dense[..., j]
+        a = dense[..., j].float()
         top[latent] = greedy_top_peaks(a, cfg.n_top_candidates, cfg.buffer)
         threshold = min(v for _, _, v in top[latent]) if top[latent] else 0.0
         iw[latent] = iw_sample(a, threshold, cfg.n_iw_candidates, cfg.buffer, gen)
-    return ReferenceResult(n_firings, max_act, counted_tokens, top, iw)
+    return ReferenceResult(n_firings, max_act, counted_tokens, top, iw, dense)
