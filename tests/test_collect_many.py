@@ -256,13 +256,21 @@ def test_interrupted_shared_pass_resumes_each_sae_from_its_checkpoint(
                 collect_pass_many(lm, saes[which], windows, cfg, batch_size=BATCH, checkpoints=ckpts[which],
                                   checkpoint_every_s=0)
     assert all(c.exists() for c in ckpts)
+    logs = Logs()
+    # Interrupted again one batch in: the third SAE, not fed yet, must keep its own later checkpoint.
+    with monkeypatch.context() as m:
+        m.setattr(lm, "hidden", failing_after(lm.hidden, 1))
+        with pytest.raises(Interrupted):
+            collect_pass_many(lm, saes, windows, cfg, logs, batch_size=BATCH, checkpoints=ckpts, checkpoint_every_s=0)
+    assert sum("at window 48 " in line for line in logs.lines) == 2
+    assert sum("at window 80 " in line for line in logs.lines) == 1
     calls = lm.forward_calls
     logs = Logs()
     resumed = collect_pass_many(lm, saes, windows, cfg, logs, batch_size=BATCH, checkpoints=ckpts,
                                 checkpoint_every_s=0)
     # the loop starts at the earliest resume point; the third SAE skips the batches its checkpoint holds
-    assert lm.forward_calls - calls == len(windows) // BATCH - 3
-    assert sum("at window 48 " in line for line in logs.lines) == 2
+    assert lm.forward_calls - calls == len(windows) // BATCH - 4
+    assert sum("at window 64 " in line for line in logs.lines) == 2
     assert sum("at window 80 " in line for line in logs.lines) == 1
     for a, b in zip(whole, resumed, strict=True):
         assert_same_pass(a, b)
