@@ -3,7 +3,7 @@
 Python API, one function per stage (tables and configs in, tables out)::
 
     from sae_sens import Store
-    from sae_sens.collect import CollectConfig, run_collect
+    from sae_sens.collect import CollectConfig, run_collect, run_collect_many  # many: one pass per model
     from sae_sens.generate import GenerateConfig, run_generate
     from sae_sens.score import ScoreConfig, run_score
     from sae_sens.report import connect, summarize

@@ -19,6 +19,7 @@ Semantics follow SAEBench's autointerp collection (which the original tool uses)
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import torch
 
-from .corpus import DEFAULT_DATASET, Windows, load_windows, resolve_corpus
+from .corpus import DEFAULT_DATASET, CorpusSource, Windows, load_windows, resolve_corpus
 from .errors import ConfigError
 from .hashing import hash_config
 from .model import HookedLM
@@ -43,15 +44,17 @@ from .stages import (
     ModelOptions,
     StageOutcome,
     model_inputs,
+    model_key,
     open_model,
     open_sae,
     record_sae_info,
     run_stage,
     table_inputs,
 )
-from .store import Store, atomic_write_bytes
+from .store import Store, atomic_write_bytes, now_iso
 
 PASS_STAGE = "collect:pass"
+PASS_TASK = "collect pass"  # the progress bar of the pass
 SELECT_STAGE = "collect"
 NEG_INF = float("-inf")
 
@@ -427,34 +430,86 @@ def collect_pass(
     With ``checkpoint``, the tracker state is saved there every ``checkpoint_every_s`` seconds and a
     matching saved state is resumed from (the result is identical to an uninterrupted pass).
     """
-    tracker = PeakTracker(sae.d_sae, n_top=cfg.n_top_candidates, n_iw=cfg.n_iw_candidates, buffer=cfg.buffer,
-                          seed=cfg.seed, device=sae.device)
-    key = hash_config({"cfg": cfg.pass_config(), "corpus": windows.corpus_id, "n": len(windows),
-                       "batch_size": batch_size, "sae": sae.weight_hash, "chunk": cfg.latent_chunk,
-                       "tracker": 2})  # state layout: checkpoints of another layout are not resumed
-    start = 0
-    if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)
-        if saved.get("key") == key:
-            tracker.load_state_dict(saved["state"])
-            start = int(saved["next"])
-            progress.log(f"collect: resuming the pass at window {start:,} of {len(windows):,}")
-    progress.start("collect pass", len(windows))
-    progress.advance("collect pass", start)
+    (result,) = collect_pass_many(lm, [sae], windows, cfg, progress, batch_size=batch_size,
+                                  checkpoints=[checkpoint], checkpoint_every_s=checkpoint_every_s)
+    return result
+
+
+def collect_pass_many(
+    lm: HookedLM,
+    saes: Sequence[Sae],
+    windows: Windows,
+    cfg: CollectConfig,
+    progress: ProgressSink = NULL_PROGRESS,
+    *,
+    batch_size: int = 32,
+    checkpoints: Sequence[Path | None] | None = None,
+    checkpoint_every_s: float = 120.0,
+) -> list[PassResult]:
+    """``collect_pass`` for several SAEs that read the same activations of ``lm``: the model runs
+    once per batch and every SAE encodes that batch into its own tracker. The model forward is most
+    of a pass's cost, so k SAEs of one model and hook cost about one pass, not k.
+
+    ``checkpoints`` holds one path (or None) per SAE. Each tracker resumes from its own matching
+    checkpoint and is fed only the batches after it, so every result is identical to an
+    uninterrupted single-SAE pass; the loop starts at the earliest resume point.
+    """
+    paths = list(checkpoints) if checkpoints is not None else [None] * len(saes)
+    if len(paths) != len(saes):
+        raise ValueError(f"{len(paths)} checkpoint paths for {len(saes)} SAEs")
+    trackers = [PeakTracker(sae.d_sae, n_top=cfg.n_top_candidates, n_iw=cfg.n_iw_candidates, buffer=cfg.buffer,
+                            seed=cfg.seed, device=sae.device) for sae in saes]
+    keys = [_pass_key(sae, windows, cfg, batch_size) for sae in saes]
+    # A checkpoint's "next" is a batch boundary of this batch size (the key pins it), so the
+    # resume points of all trackers lie on the loop's grid whichever of them is the earliest.
+    resume = [_resume(path, key, tracker) for path, key, tracker in zip(paths, keys, trackers, strict=True)]
+    for sae, at in zip(saes, resume, strict=True):
+        if at:
+            whose = f" of {sae.spec.name}" if len(saes) > 1 else ""
+            progress.log(f"collect: resuming the pass{whose} at window {at:,} of {len(windows):,}")
+    start = min(resume, default=len(windows))
+    info = f"{len(saes)} SAEs" if len(saes) > 1 else ""
+    progress.start(PASS_TASK, len(windows))
+    progress.advance(PASS_TASK, start, info)
     last_save = time.monotonic()
     for lo in range(start, len(windows), batch_size):
         ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
         h = lm.hidden(ids, mask)
         counted = lm.count_mask(ids, mask).to(h.device)
-        acts = sae.encode(h)
-        for f0 in range(0, sae.d_sae, cfg.latent_chunk):
-            tracker.update(acts[..., f0:f0 + cfg.latent_chunk], counted, lo, f0)
-        progress.advance("collect pass", ids.shape[0])
-        if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every_s:
-            _save_checkpoint(checkpoint, key, lo + ids.shape[0], tracker)
+        for sae, tracker, at in zip(saes, trackers, resume, strict=True):
+            if lo < at:  # already in this tracker's checkpoint: feeding it again would count it twice
+                continue
+            acts = sae.encode(h)
+            for f0 in range(0, sae.d_sae, cfg.latent_chunk):
+                tracker.update(acts[..., f0:f0 + cfg.latent_chunk], counted, lo, f0)
+            del acts  # free this SAE's [batch, context, d_sae] codes before the next SAE makes its own
+        progress.advance(PASS_TASK, ids.shape[0], info)
+        if time.monotonic() - last_save >= checkpoint_every_s:
+            for path, key, tracker, at in zip(paths, keys, trackers, resume, strict=True):
+                # a tracker still waiting for its resume point keeps the (later) checkpoint it has
+                if path is not None and lo >= at:
+                    _save_checkpoint(path, key, lo + ids.shape[0], tracker)
             last_save = time.monotonic()
-    progress.finish("collect pass")
-    return tracker.result()
+    progress.finish(PASS_TASK)
+    return [tracker.result() for tracker in trackers]
+
+
+def _pass_key(sae: Sae, windows: Windows, cfg: CollectConfig, batch_size: int) -> str:
+    """What a checkpoint must match to be resumed: the same SAE over the same windows, batched alike."""
+    return hash_config({"cfg": cfg.pass_config(), "corpus": windows.corpus_id, "n": len(windows),
+                        "batch_size": batch_size, "sae": sae.weight_hash, "chunk": cfg.latent_chunk,
+                        "tracker": 2})  # state layout: checkpoints of another layout are not resumed
+
+
+def _resume(path: Path | None, key: str, tracker: PeakTracker) -> int:
+    """Load ``tracker`` from ``path`` if that is a checkpoint of this very pass; the window to go on from."""
+    if path is None or not path.exists():
+        return 0
+    saved = torch.load(path, weights_only=True)
+    if saved.get("key") != key:
+        return 0
+    tracker.load_state_dict(saved["state"])
+    return int(saved["next"])
 
 
 def _save_checkpoint(path: Path, key: str, next_window: int, tracker: PeakTracker) -> None:
@@ -662,36 +717,115 @@ def run_collect(
 ) -> StageOutcome:
     """The pass (``collect:pass``: ``latents`` + ``candidates``, skipped when fresh) then the
     selection (``collect``: ``features`` + ``examples``). A new selection reuses the pass."""
-    sae = open_sae(sae_name, opts, progress)
-    lm = open_model(sae, opts)
-    record_sae_info(store, run, sae_name, sae)
+    return run_collect_many(store, run, [sae_name], cfg, opts, force=force, progress=progress)[0]
+
+
+@dataclass
+class _Target:
+    """One SAE of a collect call, with what its pass stage is keyed on."""
+
+    name: str
+    sae: Sae
+    inputs: dict[str, str]
+    checkpoint: Path
+
+
+def run_collect_many(
+    store: Store,
+    run: str,
+    sae_names: Sequence[str],
+    cfg: CollectConfig,
+    opts: ModelOptions,
+    *,
+    force: bool = False,
+    progress: ProgressSink = NULL_PROGRESS,
+) -> list[StageOutcome]:
+    """``run_collect`` for each SAE (outcomes in the same order, manifests alike), but SAEs that read
+    the same model at the same hook share one pass: the model runs over the corpus once for all of
+    them whose pass is not fresh. Groups run one after the other, so one model is in memory at a time.
+    """
     source = resolve_corpus(cfg.corpus, split=cfg.split, text_column=cfg.text_column)
-    inputs = {**model_inputs(sae, lm), "corpus": source.fingerprint}
-    loaded: list[Windows] = []
+    names = list(sae_names)
+    saes = {name: open_sae(name, opts, progress) for name in dict.fromkeys(names)}
+    groups: dict[tuple[str, str, str, str], list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(model_key(saes[name], opts), []).append(i)
+    outcomes: dict[int, StageOutcome] = {}
+    for positions in groups.values():
+        group = list(dict.fromkeys(names[i] for i in positions))
+        targets: dict[str, _Target] = {}
+        for name in group:
+            sae = saes[name]
+            lm = open_model(sae, opts)  # equal model keys: the same cached HookedLM for the whole group
+            record_sae_info(store, run, name, sae)
+            targets[name] = _Target(name, sae, {**model_inputs(sae, lm), "corpus": source.fingerprint},
+                                    store.checkpoint_dir(run, name, PASS_STAGE) / "state.pt")
+        windows = _lazy_windows(store, source, lm, cfg, progress)
+        stale = [t for t in targets.values()
+                 if force or not store.is_fresh(run, t.name, PASS_STAGE, cfg.pass_config(), t.inputs)]
+        started = now_iso()
+        if len(stale) > 1:
+            progress.log(f"collect: one pass over the corpus for {', '.join(t.name for t in stale)}")
+        shared = _pass_tables(lm, stale, windows(), cfg, opts, progress) if stale else {}
+        for i in positions:
+            outcomes[i] = _collect_one(store, run, targets[names[i]], lm, windows, source, cfg, opts,
+                                       shared.pop(names[i], None), started, force=force, progress=progress)
+    return [outcomes[i] for i in range(len(names))]
 
-    def windows() -> Windows:
-        if not loaded:
-            loaded.append(load_windows(source, lm.tokenizer, bos_id=lm.bos_id, total_tokens=cfg.total_tokens,
-                                       context_size=cfg.context_size, cache_dir=store.cache_dir, progress=progress))
-        return loaded[0]
 
-    ckpt = store.checkpoint_dir(run, sae_name, PASS_STAGE) / "state.pt"
+def _lazy_windows(store: Store, source: CorpusSource, lm: HookedLM, cfg: CollectConfig,
+                  progress: ProgressSink) -> Callable[[], Windows]:
+    """The corpus windows in ``lm``'s tokens, loaded on first use: fresh stages never need them."""
+    return functools.cache(lambda: load_windows(
+        source, lm.tokenizer, bos_id=lm.bos_id, total_tokens=cfg.total_tokens, context_size=cfg.context_size,
+        cache_dir=store.cache_dir, progress=progress))
+
+
+def _pass_tables(lm: HookedLM, targets: Sequence[_Target], windows: Windows, cfg: CollectConfig,
+                 opts: ModelOptions, progress: ProgressSink) -> dict[str, dict[str, pa.Table]]:
+    """One shared pass for ``targets``: each SAE's ``collect:pass`` tables, by SAE name."""
+    results = collect_pass_many(lm, [t.sae for t in targets], windows, cfg, progress, batch_size=opts.batch_size,
+                                checkpoints=[t.checkpoint for t in targets])
+    return {t.name: {"latents": r.latents_table(), "candidates": r.candidates_table()}
+            for t, r in zip(targets, results, strict=True)}
+
+
+def _collect_one(
+    store: Store,
+    run: str,
+    target: _Target,
+    lm: HookedLM,
+    windows: Callable[[], Windows],
+    source: CorpusSource,
+    cfg: CollectConfig,
+    opts: ModelOptions,
+    pass_tables: dict[str, pa.Table] | None,
+    pass_started: str,
+    *,
+    force: bool,
+    progress: ProgressSink,
+) -> StageOutcome:
+    """Record one SAE's pass (``pass_tables`` when the shared pass made them) and run its selection."""
+    name, sae = target.name, target.sae
 
     def do_pass() -> dict[str, pa.Table]:
-        result = collect_pass(lm, sae, windows(), cfg, progress, batch_size=opts.batch_size, checkpoint=ckpt)
-        return {"latents": result.latents_table(), "candidates": result.candidates_table()}
+        if pass_tables is not None:
+            return pass_tables
+        # Only when the shared pass did not cover this SAE, e.g. the same SAE listed twice with force.
+        return _pass_tables(lm, [target], windows(), cfg, opts, progress)[name]
 
-    pass_outcome = run_stage(store, run, sae_name, PASS_STAGE, config=cfg.pass_config(), inputs=inputs,
+    pass_outcome = run_stage(store, run, name, PASS_STAGE, config=cfg.pass_config(), inputs=target.inputs,
                              compute=do_pass, force=force, progress=progress,
+                             started_at=pass_started if pass_tables is not None else None,
                              extra=lambda: {"corpus": source.describe(), "windows": len(windows()),
                                             "batch_size": opts.batch_size})
-    ckpt.unlink(missing_ok=True)
-    sel_inputs = {**inputs, **table_inputs(store, run, sae_name, ["latents", "candidates"])}
+    target.checkpoint.unlink(missing_ok=True)
+    sel_inputs = {**target.inputs, **table_inputs(store, run, name, ["latents", "candidates"])}
     summary: dict[str, Any] = {}
 
     def do_select() -> dict[str, pa.Table]:
-        latents = store.read_table(run, sae_name, "latents")
-        candidates = store.read_table(run, sae_name, "candidates")
+        latents = store.read_table(run, name, "latents")
+        candidates = store.read_table(run, name, "candidates")
         selected = select_features(latents, cfg, progress)
         features = features_table(latents, selected, cfg)
         examples = build_examples(lm, sae, windows(), candidates, latents, selected, cfg,
@@ -701,8 +835,7 @@ def run_collect(
                        counted_tokens=int(latents["counted_tokens"][0].as_py()) if latents.num_rows else 0)
         return {"features": features, "examples": examples}
 
-    outcome = run_stage(store, run, sae_name, SELECT_STAGE, config=cfg.select_config(), inputs=sel_inputs,
+    outcome = run_stage(store, run, name, SELECT_STAGE, config=cfg.select_config(), inputs=sel_inputs,
                         compute=do_select, force=force, progress=progress, extra=lambda: dict(summary))
     outcome.extra = {**outcome.extra, "pass_skipped": pass_outcome.skipped}
     return outcome
-

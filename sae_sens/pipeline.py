@@ -2,6 +2,7 @@
 
 Stages run stage-major (collect every SAE, then generate, then score) so that each model is
 loaded once: the subject model for collect and score, the generator model for ``hf:`` generation.
+SAEs of one model and hook share a single collect pass over the corpus.
 Every stage skips work that is already fresh, so rerunning an interrupted or finished ``run`` is cheap.
 """
 
@@ -40,11 +41,11 @@ def run_pipeline(
     force: bool = False,
     progress: ProgressSink = NULL_PROGRESS,
 ) -> list[PipelineResult]:
-    from .collect import run_collect
+    from .collect import run_collect_many
     from .generate import run_generate_many
     from .score import run_score
 
-    collected = [run_collect(store, run, s, collect_cfg, opts, force=force, progress=progress) for s in saes]
+    collected = run_collect_many(store, run, saes, collect_cfg, opts, force=force, progress=progress)
     generated = run_generate_many(store, run, saes, generate_cfg, force=force, progress=progress)
     scored = [run_score(store, run, s, score_cfg, opts, force=force, progress=progress) for s in saes]
     return [PipelineResult(*row) for row in zip(saes, collected, generated, scored, strict=True)]

@@ -45,21 +45,27 @@ def open_sae(name: str, opts: ModelOptions, progress: ProgressSink = NULL_PROGRE
     return sae
 
 
-def open_model(sae: Sae, opts: ModelOptions) -> HookedLM:
-    """The model the SAE reads, at the SAE's hook; loaded once per process and reused across SAEs."""
+def model_key(sae: Sae, opts: ModelOptions) -> tuple[str, str, str, str]:
+    """(model, hook, device, dtype) that ``open_model`` gives this SAE: SAEs with equal keys get the
+    very same ``HookedLM``, so callers can group SAEs by model before loading any."""
     model_id = opts.model or sae.spec.model_id
     if not model_id:
         raise ConfigError(f"SAE {sae.spec.name!r} does not say which model it reads", "pass --model <hub id or folder>")
     hook = opts.hook or sae.spec.hook
     if not hook:
         raise ConfigError(f"SAE {sae.spec.name!r} does not say which hook it reads", "pass --hook blocks.<L>.hook_resid_post")
-    dtype = opts.dtype or sae.spec.default_dtype
-    key = (model_id, hook, str(opts.device), str(dtype))
+    return (model_id, hook, str(opts.device), str(opts.dtype or sae.spec.default_dtype))
+
+
+def open_model(sae: Sae, opts: ModelOptions) -> HookedLM:
+    """The model the SAE reads, at the SAE's hook; loaded once per process and reused across SAEs."""
+    key = model_key(sae, opts)
+    model_id = key[0]
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # one model in memory at a time
         from .model import load_model
 
-        _MODEL_CACHE[key] = load_model(model_id, hook, device=opts.device, dtype=dtype)
+        _MODEL_CACHE[key] = load_model(model_id, key[1], device=opts.device, dtype=opts.dtype or sae.spec.default_dtype)
     lm = _MODEL_CACHE[key]
     if lm.d_model != sae.d_in:
         raise ConfigError(
@@ -124,18 +130,21 @@ def run_stage(
     force: bool = False,
     extra: Callable[[], dict[str, Any]] | None = None,
     progress: ProgressSink = NULL_PROGRESS,
+    started_at: str | None = None,
 ) -> StageOutcome:
     """Skip when fresh, else compute, write every returned table atomically and record the stage.
 
     ``outputs`` names the row filter a stage owns in a table other stages also write
-    (``{"generations": ("generator", g)}``); tables not named are owned whole.
+    (``{"generations": ("generator", g)}``); tables not named are owned whole. ``started_at`` is for
+    a ``compute`` that hands over tables made earlier (a pass shared by several SAEs), so the record
+    says when that work began.
     """
     if not force and store.is_fresh(run, sae, stage, config, inputs):
         rec = store.manifest(run, sae).stage(stage)
         rows = {t: int(o.get("rows", 0)) for t, o in (rec.outputs if rec else {}).items()}
         progress.log(f"{stage}: {sae} is up to date (use --force to rerun)")
         return StageOutcome(stage, True, rows, rec.extra if rec else {})
-    started = now_iso()
+    started = started_at or now_iso()
     tables = compute()
     for name, table in tables.items():
         store.write_table(run, sae, name, table)

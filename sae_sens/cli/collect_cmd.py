@@ -1,4 +1,4 @@
-"""`sae-sens collect`: one pass over a corpus per SAE, then examples for the selected features."""
+"""`sae-sens collect`: one pass over a corpus per model (shared by its SAEs), then examples for the selected features."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def collect_command(
 ) -> None:
     """Find each feature's top activating windows and importance-weighted samples.
 
-    One pass over the corpus records every latent's statistics; a later selection (--features / --feature-ids) reuses it without running the model over the corpus again.
+    One pass over the corpus records every latent's statistics; a later selection (--features / --feature-ids) reuses it without running the model over the corpus again. Several --sae of one model and hook share that pass: the model runs over the corpus once for all of them.
 
     Example:
 
@@ -91,7 +91,7 @@ def collect_command(
 
         sae-sens collect --sae py_4k_topk_s0 --from-saebench --features 20
     """
-    from ..collect import CollectConfig, run_collect
+    from ..collect import CollectConfig, run_collect_many
     from ..saebench_examples import HUB, run_saebench_import
     from ..stages import ModelOptions
     from ..store import Store
@@ -108,14 +108,15 @@ def collect_command(
     st = Store(store)
     rows = []
     with RichProgress() as progress:
-        for name in sae:
-            if from_saebench or saebench_file:
-                source = str(saebench_file) if saebench_file else HUB
-                out = run_saebench_import(st, run, name, source, cfg, force=force, progress=progress)
-                how = "saebench"
-            else:
-                out = run_collect(st, run, name, cfg, opts, force=force, progress=progress)
-                how = "reused" if out.extra.get("pass_skipped") else "ran"
+        if from_saebench or saebench_file:
+            source = str(saebench_file) if saebench_file else HUB
+            outcomes = [(run_saebench_import(st, run, name, source, cfg, force=force, progress=progress), "saebench")
+                        for name in sae]
+        else:
+            # SAEs of one model and hook share a single pass over the corpus
+            outcomes = [(out, "reused" if out.extra.get("pass_skipped") else "ran")
+                        for out in run_collect_many(st, run, sae, cfg, opts, force=force, progress=progress)]
+        for name, (out, how) in zip(sae, outcomes, strict=True):
             if out.skipped:
                 how = "up to date"
             ex = out.extra
