@@ -174,7 +174,7 @@ def baseline_examples(lm: Any, windows: Any, ref: Any, selected: list[int], cfg:
     a seeded random ``n_top_ex_for_generation`` of its top peaks and ``n_iw_ex_for_generation`` of its
     importance-weighted ones, each window's tokens as strings and its ``{{ }}``-marked text, the
     columns of the one-pass ``examples`` table."""
-    from sae_sens.collect import mark_text, token_strings
+    from sae_sens.collect import WantedExample, example_row
     from sae_sens.schemas import make_table
 
     b = cfg.buffer
@@ -189,15 +189,9 @@ def baseline_examples(lm: Any, windows: Any, ref: Any, selected: list[int], cfg:
                                ("iw", ref.iw[f], cfg.n_iw_ex_for_generation)):
             for k in sorted(rng.sample(range(len(peaks)), min(n, len(peaks)))):
                 win, pos, _ = peaks[k]
-                tok_ids = windows.token_ids[win, pos - b:pos + b + 1].tolist()
-                a = ref.acts[win, pos - b:pos + b + 1, j].float().tolist()
-                toks = token_strings(lm.tokenizer, tok_ids)
-                rows.append({
-                    "feature_index": f, "example_index": i, "kind": kind, "max_activation": a[b],
-                    "text": mark_text(toks, a, threshold), "token_ids": tok_ids, "tokens": toks,
-                    "activations": a, "peak_offset": b, "window_index": win, "context_position": pos,
-                    "doc_index": int(windows.doc_index[win, pos]), "doc_token_position": int(windows.doc_pos[win, pos]),
-                })
+                snippet = ref.acts[win, pos - b:pos + b + 1, j].float().tolist()
+                rows.append(example_row(lm.tokenizer, windows, WantedExample(f, kind, i, win, pos, snippet),
+                                        threshold, b))
                 i += 1
     return make_table("examples", rows)
 

@@ -578,7 +578,9 @@ def mark_text(tokens: Sequence[str], acts: Sequence[float], threshold: float) ->
 
 
 @dataclass
-class _Wanted:
+class WantedExample:
+    """One example to build: which feature, which candidate peak, and its activations once known."""
+
     feature: int
     kind: str
     example_index: int
@@ -587,7 +589,7 @@ class _Wanted:
     snippet: list[float] | None = None  # the pass's activations around the peak, when it kept them
 
 
-def choose_examples(candidates: pa.Table, selected: Sequence[int], cfg: CollectConfig) -> list[_Wanted]:
+def choose_examples(candidates: pa.Table, selected: Sequence[int], cfg: CollectConfig) -> list[WantedExample]:
     """Per feature a random ``n_top_ex_for_generation`` of its top candidates and
     ``n_iw_ex_for_generation`` of its importance-weighted ones (seeded per feature, so a feature's
     examples do not depend on which other features are selected); top ones first, strongest first."""
@@ -601,7 +603,7 @@ def choose_examples(candidates: pa.Table, selected: Sequence[int], cfg: CollectC
     by_feature: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for row in cand:
         by_feature.setdefault((row["feature_index"], row["pool"]), []).append(row)
-    wanted: list[_Wanted] = []
+    wanted: list[WantedExample] = []
     for f in selected:
         rng = random.Random(cfg.seed * 1_000_003 + f)
         i = 0
@@ -612,18 +614,18 @@ def choose_examples(candidates: pa.Table, selected: Sequence[int], cfg: CollectC
                 snip = rows[j].get("activations")
                 if snip is not None and (len(snip) != 2 * cfg.buffer + 1 or any(math.isnan(x) for x in snip)):
                     snip = None
-                wanted.append(_Wanted(f, pool, i, int(rows[j]["window_index"]), int(rows[j]["position"]), snip))
+                wanted.append(WantedExample(f, pool, i, int(rows[j]["window_index"]), int(rows[j]["position"]), snip))
                 i += 1
     return wanted
 
 
 def _rerun_snippets(
-    lm: HookedLM, sae: Sae, windows: Windows, missing: Sequence[_Wanted], buffer: int, batch_size: int,
+    lm: HookedLM, sae: Sae, windows: Windows, missing: Sequence[WantedExample], buffer: int, batch_size: int,
 ) -> None:
     """Fill ``snippet`` by running the model on the windows the examples come from. Only for
     candidates without stored snippets (older artifacts); each window is cut right after the
     last token needed, which a causal model allows."""
-    by_window: dict[int, list[_Wanted]] = {}
+    by_window: dict[int, list[WantedExample]] = {}
     for w in missing:
         by_window.setdefault(w.window, []).append(w)
     end = {win: max(w.position for w in ws) + buffer + 1 for win, ws in by_window.items()}
@@ -663,27 +665,31 @@ def build_examples(
     if missing:
         _rerun_snippets(lm, sae, windows, missing, cfg.buffer, batch_size)
     top_act = dict(zip(latents["feature_index"].to_pylist(), latents["top_activation"].to_pylist(), strict=True))
-    b = cfg.buffer
     rows: list[dict[str, Any]] = []
     progress.start("collect examples", len(wanted))
     for w in wanted:
-        s, e = w.position - b, w.position + b + 1
-        tok_ids = windows.token_ids[w.window, s:e].tolist()
-        a = w.snippet or []
-        toks = token_strings(lm.tokenizer, tok_ids)
         threshold = cfg.act_threshold_frac * float(top_act[w.feature] or 0.0)
-        rows.append({
-            "feature_index": w.feature, "example_index": w.example_index, "kind": w.kind,
-            "max_activation": float(a[b]), "text": mark_text(toks, a, threshold),
-            "token_ids": tok_ids, "tokens": toks, "activations": a, "peak_offset": b,
-            "window_index": w.window, "context_position": w.position,
-            "doc_index": int(windows.doc_index[w.window, w.position]),
-            "doc_token_position": int(windows.doc_pos[w.window, w.position]),
-        })
+        rows.append(example_row(lm.tokenizer, windows, w, threshold, cfg.buffer))
         progress.advance("collect examples", 1)
     progress.finish("collect examples")
     rows.sort(key=lambda r: (r["feature_index"], r["example_index"]))
     return make_table("examples", rows)
+
+
+def example_row(tokenizer: Any, windows: Windows, w: WantedExample, threshold: float, buffer: int) -> dict[str, Any]:
+    """One ``examples`` row: the tokens around the peak, their activations and the marked text."""
+    s, e = w.position - buffer, w.position + buffer + 1
+    tok_ids = windows.token_ids[w.window, s:e].tolist()
+    a = w.snippet or []
+    toks = token_strings(tokenizer, tok_ids)
+    return {
+        "feature_index": w.feature, "example_index": w.example_index, "kind": w.kind,
+        "max_activation": float(a[buffer]), "text": mark_text(toks, a, threshold),
+        "token_ids": tok_ids, "tokens": toks, "activations": a, "peak_offset": buffer,
+        "window_index": w.window, "context_position": w.position,
+        "doc_index": int(windows.doc_index[w.window, w.position]),
+        "doc_token_position": int(windows.doc_pos[w.window, w.position]),
+    }
 
 
 def features_table(latents: pa.Table, selected: Sequence[int], cfg: CollectConfig) -> pa.Table:

@@ -26,6 +26,7 @@ from sae_sens.collect import (
 )
 from sae_sens.corpus import load_windows, resolve_corpus
 from sae_sens.model import HookedLM, load_model
+from sae_sens.progress import NullProgress
 from sae_sens.stages import ModelOptions, open_model, open_sae
 from sae_sens.store import Store
 from sae_sens.testing import build_tiny_model, random_sae, tiny_corpus
@@ -187,18 +188,9 @@ def failing_after(real: Callable[..., torch.Tensor], n: int) -> Callable[..., to
     return hidden
 
 
-class Logs:
+class Logs(NullProgress):
     def __init__(self) -> None:
         self.lines: list[str] = []
-
-    def start(self, task: str, total: int | None = None) -> None:
-        pass
-
-    def advance(self, task: str, n: int = 1, info: str = "") -> None:
-        pass
-
-    def finish(self, task: str) -> None:
-        pass
 
     def log(self, message: str) -> None:
         self.lines.append(message)
