@@ -6,15 +6,16 @@ with a global greedy and importance-weighted samples with ``torch.multinomial``,
 autointerp does. Memory grows with the corpus; ``sae_sens.collect`` does the same in one pass.
 
 By default pass 2 computes only the selected latents into a float32 store (the exact baseline the
-tests compare against). ``encode_all=True, dense_dtype=torch.bfloat16`` is SAEBench's own pass 2
-(``collect_sae_activations`` as autointerp's ``gather_data`` calls it): every latent is encoded and
-only then indexed, each batch is masked, cast and kept in a list, and the list is concatenated at the
-end, so the store briefly exists twice, as it does there.
+tests compare against). ``saebench=True, dense_dtype=torch.bfloat16`` runs SAEBench's own operations,
+as the original tool calls them: pass 1 is ``get_feature_activation_sparsity`` (firing indicators cast
+to float32, masked and summed; no maximum is kept) and pass 2 is ``collect_sae_activations``: every
+latent is encoded and only then indexed, each batch is masked, cast and kept in a list, and the list is
+concatenated at the end, so the store briefly exists twice, as it does there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,19 +77,21 @@ def reference_collect(
     lm: HookedLM,
     sae: Sae,
     windows: Windows,
-    latents: Sequence[int],
+    latents: Sequence[int] | Callable[[torch.Tensor], Sequence[int]],
     cfg: CollectConfig,
     *,
     batch_size: int = 32,
-    encode_all: bool = False,
+    saebench: bool = False,
     dense_dtype: torch.dtype = torch.float32,
 ) -> ReferenceResult:
     """Two passes: firing statistics of every latent, then dense activations of ``latents``.
 
-    ``encode_all``: pass 2 encodes every latent and then indexes ``latents`` (``sae.encode(h)[..., sel]``),
-    collecting per-batch tensors joined by ``torch.cat``, as SAEBench does; otherwise only ``latents``
-    are encoded, into a store allocated once. ``dense_dtype``: the store's dtype (SAEBench keeps
-    bfloat16); peaks and samples are computed in float32 from it either way.
+    ``latents`` may be a function of pass 1's firing counts ([F]), as the original picks alive latents
+    between the passes. ``saebench``: SAEBench's operations in both passes (see the module docstring);
+    ``max_activation`` is then NaN, since SAEBench's pass 1 does not compute it. Otherwise pass 1 also
+    keeps each latent's maximum and pass 2 encodes only ``latents``, into a store allocated once.
+    ``dense_dtype``: the store's dtype (SAEBench keeps bfloat16); peaks and samples are computed in
+    float32 from it either way.
     """
     f = sae.d_sae
     n_firings = torch.zeros(f, dtype=torch.long)
@@ -98,14 +101,20 @@ def reference_collect(
         ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
         h = lm.hidden(ids, mask)
         counted = lm.count_mask(ids, mask).to(h.device)
-        acts = sae.encode(h).float() * counted[..., None]
-        n_firings += (acts > 0).sum((0, 1)).cpu()
-        max_act = torch.maximum(max_act, acts.amax((0, 1)).cpu())
+        if saebench:
+            fired = (sae.encode(h) > 0).to(torch.float32) * counted[..., None]
+            n_firings += fired.sum((0, 1)).long().cpu()
+        else:
+            acts = sae.encode(h).float() * counted[..., None]
+            n_firings += (acts > 0).sum((0, 1)).cpu()
+            max_act = torch.maximum(max_act, acts.amax((0, 1)).cpu())
         counted_tokens += int(counted.sum())
+    if callable(latents):
+        latents = list(latents(n_firings))
     sel = torch.as_tensor(list(latents), dtype=torch.long, device=sae.device)
     parts: list[torch.Tensor] = []
     shape = (len(windows), windows.context_size, len(latents))
-    dense = None if encode_all else torch.zeros(shape, dtype=dense_dtype)
+    dense = None if saebench else torch.zeros(shape, dtype=dense_dtype)
     for lo in range(0, len(windows), batch_size):
         ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
         h = lm.hidden(ids, mask)
@@ -126,4 +135,6 @@ def reference_collect(
         top[latent] = greedy_top_peaks(a, cfg.n_top_candidates, cfg.buffer)
         threshold = min(v for _, _, v in top[latent]) if top[latent] else 0.0
         iw[latent] = iw_sample(a, threshold, cfg.n_iw_candidates, cfg.buffer, gen)
+    if saebench:
+        max_act.fill_(torch.nan)
     return ReferenceResult(n_firings, max_act, counted_tokens, top, iw, dense)

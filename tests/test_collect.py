@@ -95,6 +95,34 @@ def test_pass_matches_brute_force_and_two_pass_baseline(setup: dict[str, Path]) 
                     assert np.isnan(snip[r, f]).all()
 
 
+def test_saebench_mode_of_the_baseline_agrees(setup: dict[str, Path]) -> None:
+    """The benchmark's baseline runs SAEBench's own operations (float indicators in pass 1, encode-all
+    then index and bfloat16 in pass 2): same frequencies and top windows as the plain two passes."""
+    opts = ModelOptions(device="cpu", dtype="float32", batch_size=16)
+    sae = open_sae(str(setup["sae"]), opts)
+    lm = open_model(sae, opts)
+    cfg = cfg_for(setup["corpus"])
+    windows = load_windows(resolve_corpus(cfg.corpus), lm.tokenizer, bos_id=lm.bos_id, total_tokens=TOKENS,
+                           context_size=CTX)
+    latents = list(range(0, 90, 9))
+    plain = reference_collect(lm, sae, windows, latents, cfg, batch_size=16)
+    seen: list[list[int]] = []
+
+    def pick(n_firings: torch.Tensor) -> list[int]:  # chosen between the passes, from pass 1's counts
+        seen.append(n_firings.tolist())
+        return latents
+
+    sb = reference_collect(lm, sae, windows, pick, cfg, batch_size=16, saebench=True, dense_dtype=torch.bfloat16)
+    assert seen == [plain.n_firings.tolist()]
+    assert sb.n_firings.tolist() == plain.n_firings.tolist() and sb.n_firings.sum() > 0
+    assert sb.counted_tokens == plain.counted_tokens
+    assert torch.isnan(sb.max_activation).all()  # SAEBench's pass 1 keeps no maximum
+    assert sb.acts.dtype == torch.bfloat16 and sb.acts.shape == plain.acts.shape
+    torch.testing.assert_close(sb.acts.float(), plain.acts.to(torch.bfloat16).float())
+    for f in latents:  # bfloat16 rounding can tie close peaks and swap them: compare the five strongest
+        assert [(w, p) for w, p, _ in sb.top[f]][:5] == [(w, p) for w, p, _ in plain.top[f]][:5]
+
+
 def test_selection_reuses_the_pass(setup: dict[str, Path], tmp_path: Path) -> None:
     store = Store(tmp_path / "evals")
     opts = ModelOptions(device="cpu", dtype="float32", batch_size=16)
