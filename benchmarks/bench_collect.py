@@ -12,7 +12,8 @@ like, so (a) is pessimistic on it.
 
 Every variant uses the same model, SAE, batch (32), context (128) and dtype (float32) and runs in a
 fresh subprocess; a sampling thread records its peak resident memory above what it held before the
-variant started (model, SAE and windows already loaded). Variants:
+variant started (model, SAE and windows already loaded). With --device cuda the peak GPU memory
+allocated above the start is added, since the tracker (and SAEBench's store) may live there. Variants:
   forward           the bare model up to the hook;
   forward_encode    the same plus a full SAE encode (the floor any collector pays);
   onepass_examples  sae_sens.collect.collect_pass (timed on its own for (a)), then the example rows
@@ -236,6 +237,11 @@ def run_variant(folder: Path, variant: str, tokens: int, device: str) -> dict[st
     ids, mask = window_batch(lm, windows, slice(0, BATCH))  # warm-up: lazy initialisation is not timed
     sae.encode(lm.hidden(ids, mask))
     extra: dict[str, Any] = {}
+    cuda = lm.device.type == "cuda"
+    if cuda:  # on a GPU, the tracker and the SAEBench store live in device memory: count it too
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_base = torch.cuda.memory_allocated()
     with PeakRss() as mem:
         sync()
         t0 = time.perf_counter()
@@ -289,8 +295,9 @@ def run_variant(folder: Path, variant: str, tokens: int, device: str) -> dict[st
             raise SystemExit(f"unknown variant {variant}")
         sync()
         seconds = time.perf_counter() - t0
-    return {"variant": variant, "tokens": len(windows) * CTX, "seconds": seconds, "peak_mib": mem.mib,
-            "hook": lm.hook.name, "width": sae.d_sae, **extra}
+    gpu_mib = (torch.cuda.max_memory_allocated() - gpu_base) / 2**20 if cuda else 0.0
+    return {"variant": variant, "tokens": len(windows) * CTX, "seconds": seconds, "peak_mib": mem.mib + gpu_mib,
+            "gpu_peak_mib": gpu_mib, "hook": lm.hook.name, "width": sae.d_sae, **extra}
 
 
 def _subprocess(folder: Path, variant: str, tokens: int, device: str) -> dict[str, Any]:
