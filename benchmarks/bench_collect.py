@@ -181,11 +181,12 @@ def baseline_examples(lm: Any, windows: Any, ref: Any, selected: list[int], cfg:
     a seeded random ``n_top_ex_for_generation`` of its top peaks and ``n_iw_ex_for_generation`` of its
     importance-weighted ones, each window's tokens as strings and its ``{{ }}``-marked text, the
     columns of the one-pass ``examples`` table."""
-    from sae_sens.collect import WantedExample, example_row
+    from sae_sens.collect import WantedExample, example_rows
     from sae_sens.schemas import make_table
 
     b = cfg.buffer
-    rows: list[dict[str, Any]] = []
+    wanted: list[WantedExample] = []
+    thresholds: list[float] = []
     for j, f in enumerate(selected):
         if not ref.top[f]:
             continue
@@ -197,9 +198,11 @@ def baseline_examples(lm: Any, windows: Any, ref: Any, selected: list[int], cfg:
             for k in sorted(rng.sample(range(len(peaks)), min(n, len(peaks)))):
                 win, pos, _ = peaks[k]
                 snippet = ref.acts[win, pos - b:pos + b + 1, j].float().tolist()
-                rows.append(example_row(lm.tokenizer, windows, WantedExample(f, kind, i, win, pos, snippet),
-                                        threshold, b))
+                wanted.append(WantedExample(f, kind, i, win, pos, snippet))
+                thresholds.append(threshold)
                 i += 1
+    rows = [r for lo in range(0, len(wanted), 512)  # in chunks, as build_examples does
+            for r in example_rows(lm.tokenizer, windows, wanted[lo:lo + 512], thresholds[lo:lo + 512], b)]
     return make_table("examples", rows)
 
 

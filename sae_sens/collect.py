@@ -545,7 +545,35 @@ def select_features(latents: pa.Table, cfg: CollectConfig, progress: ProgressSin
 def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     """One string per token that concatenate to the decoded text (multi-byte characters split over
     several tokens land on the token that completes them)."""
-    prefixes = tokenizer.batch_decode([list(ids[: i + 1]) for i in range(len(ids))])
+    return token_strings_many(tokenizer, [ids])[0]
+
+
+def token_strings_many(tokenizer: Any, seqs: Sequence[Sequence[int]], chunk: int = 128) -> list[list[str]]:
+    """``token_strings`` of many sequences, decoding their prefixes a chunk of sequences at a time."""
+    decode = _batch_decoder(tokenizer)
+    out: list[list[str]] = []
+    for lo in range(0, len(seqs), chunk):
+        part = seqs[lo:lo + chunk]
+        prefixes = decode([list(ids[: i + 1]) for ids in part for i in range(len(ids))])
+        at = 0
+        for ids in part:
+            out.append(_split_prefixes(tokenizer, ids, prefixes[at:at + len(ids)]))
+            at += len(ids)
+    return out
+
+
+def _batch_decoder(tokenizer: Any) -> Callable[[list[list[int]]], list[str]]:
+    """A fast tokenizer's Rust ``decode_batch`` when the Python wrapper would add nothing to it (no
+    tokenization-space clean-up): the wrapper's per-sequence overhead is most of the cost of an
+    example's 21 prefix decodes. Anything else decodes through ``batch_decode``."""
+    decode_batch = getattr(getattr(tokenizer, "_tokenizer", None), "decode_batch", None)
+    if getattr(tokenizer, "is_fast", False) and not getattr(tokenizer, "clean_up_tokenization_spaces", True) \
+            and callable(decode_batch):
+        return lambda seqs: list(decode_batch(seqs, skip_special_tokens=False))
+    return lambda seqs: list(tokenizer.batch_decode(seqs))
+
+
+def _split_prefixes(tokenizer: Any, ids: Sequence[int], prefixes: Sequence[str]) -> list[str]:
     out: list[str] = []
     prev = ""
     for i, cur in enumerate(prefixes):
@@ -665,31 +693,35 @@ def build_examples(
     if missing:
         _rerun_snippets(lm, sae, windows, missing, cfg.buffer, batch_size)
     top_act = dict(zip(latents["feature_index"].to_pylist(), latents["top_activation"].to_pylist(), strict=True))
+    thresholds = [cfg.act_threshold_frac * float(top_act[w.feature] or 0.0) for w in wanted]
     rows: list[dict[str, Any]] = []
     progress.start("collect examples", len(wanted))
-    for w in wanted:
-        threshold = cfg.act_threshold_frac * float(top_act[w.feature] or 0.0)
-        rows.append(example_row(lm.tokenizer, windows, w, threshold, cfg.buffer))
-        progress.advance("collect examples", 1)
+    step = 512
+    for lo in range(0, len(wanted), step):
+        rows += example_rows(lm.tokenizer, windows, wanted[lo:lo + step], thresholds[lo:lo + step], cfg.buffer)
+        progress.advance("collect examples", len(wanted[lo:lo + step]))
     progress.finish("collect examples")
     rows.sort(key=lambda r: (r["feature_index"], r["example_index"]))
     return make_table("examples", rows)
 
 
-def example_row(tokenizer: Any, windows: Windows, w: WantedExample, threshold: float, buffer: int) -> dict[str, Any]:
-    """One ``examples`` row: the tokens around the peak, their activations and the marked text."""
-    s, e = w.position - buffer, w.position + buffer + 1
-    tok_ids = windows.token_ids[w.window, s:e].tolist()
-    a = w.snippet or []
-    toks = token_strings(tokenizer, tok_ids)
-    return {
-        "feature_index": w.feature, "example_index": w.example_index, "kind": w.kind,
-        "max_activation": float(a[buffer]), "text": mark_text(toks, a, threshold),
-        "token_ids": tok_ids, "tokens": toks, "activations": a, "peak_offset": buffer,
-        "window_index": w.window, "context_position": w.position,
-        "doc_index": int(windows.doc_index[w.window, w.position]),
-        "doc_token_position": int(windows.doc_pos[w.window, w.position]),
-    }
+def example_rows(tokenizer: Any, windows: Windows, wanted: Sequence[WantedExample], thresholds: Sequence[float],
+                 buffer: int) -> list[dict[str, Any]]:
+    """``examples`` rows: the tokens around each peak, their activations and the marked text
+    (``thresholds``: per example, the activation above which a token is marked)."""
+    ids = [windows.token_ids[w.window, w.position - buffer:w.position + buffer + 1].tolist() for w in wanted]
+    rows = []
+    for w, threshold, tok_ids, toks in zip(wanted, thresholds, ids, token_strings_many(tokenizer, ids), strict=True):
+        a = w.snippet or []
+        rows.append({
+            "feature_index": w.feature, "example_index": w.example_index, "kind": w.kind,
+            "max_activation": float(a[buffer]), "text": mark_text(toks, a, threshold),
+            "token_ids": tok_ids, "tokens": toks, "activations": a, "peak_offset": buffer,
+            "window_index": w.window, "context_position": w.position,
+            "doc_index": int(windows.doc_index[w.window, w.position]),
+            "doc_token_position": int(windows.doc_pos[w.window, w.position]),
+        })
+    return rows
 
 
 def features_table(latents: pa.Table, selected: Sequence[int], cfg: CollectConfig) -> pa.Table:

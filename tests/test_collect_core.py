@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sae_sens.collect import PeakTracker
@@ -154,3 +155,33 @@ def test_token_strings_concatenate_to_the_text_and_marks_wrap_runs() -> None:
     assert len(pieces) == len(ids) and "".join(pieces) == tok.decode(ids) == text
     assert mark_text(["a", "b", "c", "d", "e"], [0.0, 2.0, 3.0, 0.0, 5.0], 1.0) == "a{{bc}}d{{e}}"
     assert mark_text(["x", "y"], [0.5, 0.5], 1.0) == "xy"
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_token_strings_many_equals_decoding_each_prefix(which: str) -> None:
+    """Example tokens decode many prefixes at once (Rust ``decode_batch`` when the tokenizer's Python
+    wrapper adds nothing): same strings as decoding every prefix through ``batch_decode``, across
+    chunk boundaries, multi-byte characters split over tokens and special tokens."""
+    from sae_sens.collect import _split_prefixes, token_strings_many
+    from sae_sens.testing import build_tokenizer
+
+    if which == "tiny":
+        tok = build_tokenizer(["plain words only here"] * 5)
+    else:
+        from transformers import AutoTokenizer
+
+        from sae_sens import demo
+
+        tok = AutoTokenizer.from_pretrained(demo.resolve_model("demo:smollm2"))
+    text = "naïve café 日本語 done. Ünïcödé → ✓ emoji 🙂 and tabs\tnew\nlines " * 3
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    special = tok.convert_tokens_to_ids(tok.eos_token)
+    seqs = [ids[i:i + 21] for i in range(0, len(ids) - 21, 3)]
+    seqs[4] = [special, *seqs[4][1:]]
+    assert len(seqs) > 15
+    for clean_up in (False, True):
+        tok.clean_up_tokenization_spaces = clean_up
+        expected = [_split_prefixes(tok, s, tok.batch_decode([s[:i + 1] for i in range(len(s))])) for s in seqs]
+        got = token_strings_many(tok, seqs, chunk=7)
+        assert got == expected
+        assert all("".join(g) == tok.decode(s) for g, s in zip(got, seqs, strict=True))
