@@ -207,8 +207,7 @@ def baseline_examples(lm: Any, windows: Any, ref: Any, selected: list[int], cfg:
                 wanted.append(WantedExample(f, kind, i, win, pos, snippet))
                 thresholds.append(threshold)
                 i += 1
-    rows = [r for lo in range(0, len(wanted), 512)  # in chunks, as build_examples does
-            for r in example_rows(lm.tokenizer, windows, wanted[lo:lo + 512], thresholds[lo:lo + 512], b)]
+    rows = example_rows(lm.tokenizer, windows, wanted, thresholds, b)
     return make_table("examples", rows)
 
 

@@ -696,10 +696,11 @@ def build_examples(
     thresholds = [cfg.act_threshold_frac * float(top_act[w.feature] or 0.0) for w in wanted]
     rows: list[dict[str, Any]] = []
     progress.start("collect examples", len(wanted))
-    step = 512
+    step = 512  # progress granularity; token_strings_many chunks its own decoding
     for lo in range(0, len(wanted), step):
-        rows += example_rows(lm.tokenizer, windows, wanted[lo:lo + step], thresholds[lo:lo + step], cfg.buffer)
-        progress.advance("collect examples", len(wanted[lo:lo + step]))
+        part = wanted[lo:lo + step]
+        rows += example_rows(lm.tokenizer, windows, part, thresholds[lo:lo + step], cfg.buffer)
+        progress.advance("collect examples", len(part))
     progress.finish("collect examples")
     rows.sort(key=lambda r: (r["feature_index"], r["example_index"]))
     return make_table("examples", rows)

@@ -95,7 +95,7 @@ def reference_collect(
     """
     f = sae.d_sae
     n_firings = torch.zeros(f, dtype=torch.long)
-    max_act = torch.zeros(f)
+    max_act = torch.full((f,), torch.nan) if saebench else torch.zeros(f)  # SAEBench keeps no maximum
     counted_tokens = 0
     for lo in range(0, len(windows), batch_size):
         ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
@@ -135,6 +135,4 @@ def reference_collect(
         top[latent] = greedy_top_peaks(a, cfg.n_top_candidates, cfg.buffer)
         threshold = min(v for _, _, v in top[latent]) if top[latent] else 0.0
         iw[latent] = iw_sample(a, threshold, cfg.n_iw_candidates, cfg.buffer, gen)
-    if saebench:
-        max_act.fill_(torch.nan)
     return ReferenceResult(n_firings, max_act, counted_tokens, top, iw, dense)

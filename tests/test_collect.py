@@ -14,9 +14,9 @@ import torch
 from sae_sens.cli import main
 from sae_sens.collect import CollectConfig, build_examples, collect_pass, run_collect
 from sae_sens.collect_reference import greedy_top_peaks, reference_collect
-from sae_sens.corpus import load_windows, resolve_corpus
-from sae_sens.model import load_model
-from sae_sens.sae import load_sae
+from sae_sens.corpus import Windows, load_windows, resolve_corpus
+from sae_sens.model import HookedLM, load_model
+from sae_sens.sae import Sae, load_sae
 from sae_sens.stages import ModelOptions, open_model, open_sae
 from sae_sens.store import Store
 from sae_sens.testing import build_tiny_model, save_dictionary_learning_sae, tiny_corpus
@@ -48,13 +48,19 @@ def cfg_for(corpus: Path, **kw: object) -> CollectConfig:
     return CollectConfig(corpus=str(corpus), total_tokens=TOKENS, context_size=CTX, **kw)  # type: ignore[arg-type]
 
 
-def test_pass_matches_brute_force_and_two_pass_baseline(setup: dict[str, Path]) -> None:
+def open_pass_inputs(setup: dict[str, Path], **kw: object) -> tuple[Sae, HookedLM, CollectConfig, Windows]:
+    """The fixture's SAE and model (batch 16, CPU), a config over its corpus and the windows."""
     opts = ModelOptions(device="cpu", dtype="float32", batch_size=16)
     sae = open_sae(str(setup["sae"]), opts)
     lm = open_model(sae, opts)
-    cfg = cfg_for(setup["corpus"], latent_chunk=40)
+    cfg = cfg_for(setup["corpus"], **kw)
     windows = load_windows(resolve_corpus(cfg.corpus), lm.tokenizer, bos_id=lm.bos_id, total_tokens=TOKENS,
                            context_size=CTX)
+    return sae, lm, cfg, windows
+
+
+def test_pass_matches_brute_force_and_two_pass_baseline(setup: dict[str, Path]) -> None:
+    sae, lm, cfg, windows = open_pass_inputs(setup, latent_chunk=40)
     res = collect_pass(lm, sae, windows, cfg, batch_size=16)
     # Reference activations computed directly, then the brute-force greedy per latent.
     ids = torch.from_numpy(windows.token_ids).long()
@@ -98,12 +104,7 @@ def test_pass_matches_brute_force_and_two_pass_baseline(setup: dict[str, Path]) 
 def test_saebench_mode_of_the_baseline_agrees(setup: dict[str, Path]) -> None:
     """The benchmark's baseline runs SAEBench's own operations (float indicators in pass 1, encode-all
     then index and bfloat16 in pass 2): same frequencies and top windows as the plain two passes."""
-    opts = ModelOptions(device="cpu", dtype="float32", batch_size=16)
-    sae = open_sae(str(setup["sae"]), opts)
-    lm = open_model(sae, opts)
-    cfg = cfg_for(setup["corpus"])
-    windows = load_windows(resolve_corpus(cfg.corpus), lm.tokenizer, bos_id=lm.bos_id, total_tokens=TOKENS,
-                           context_size=CTX)
+    sae, lm, cfg, windows = open_pass_inputs(setup)
     latents = list(range(0, 90, 9))
     plain = reference_collect(lm, sae, windows, latents, cfg, batch_size=16)
     seen: list[list[int]] = []
@@ -275,12 +276,7 @@ class StopAfter:
 
 
 def test_interrupted_pass_resumes_from_its_checkpoint(setup: dict[str, Path], tmp_path: Path) -> None:
-    opts = ModelOptions(device="cpu", dtype="float32", batch_size=16)
-    sae = open_sae(str(setup["sae"]), opts)
-    lm = open_model(sae, opts)
-    cfg = cfg_for(setup["corpus"])
-    windows = load_windows(resolve_corpus(cfg.corpus), lm.tokenizer, bos_id=lm.bos_id, total_tokens=TOKENS,
-                           context_size=CTX)
+    sae, lm, cfg, windows = open_pass_inputs(setup)
     whole = collect_pass(lm, sae, windows, cfg, batch_size=16)
     ckpt = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
