@@ -1,0 +1,56 @@
+"""The collect stage's configuration and its stage names: what every part of collect agrees on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..corpus import DEFAULT_DATASET
+from ..errors import ConfigError
+
+PASS_STAGE = "collect:pass"
+PASS_TASK = "collect pass"  # the progress bar of the pass
+SELECT_STAGE = "collect"
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    corpus: str = DEFAULT_DATASET
+    split: str = "train"
+    text_column: str = "text"
+    total_tokens: int = 2_000_000
+    context_size: int = 128
+    features: int | None = 50  # sample this many alive latents (seed) ...
+    feature_ids: tuple[int, ...] | None = None  # ... or take exactly these
+    n_top_ex_for_generation: int = 10
+    n_iw_ex_for_generation: int = 5
+    n_top_candidates: int = 12
+    n_iw_candidates: int = 7
+    buffer: int = 10
+    dead_min_firings: int = 15
+    act_threshold_frac: float = 0.01
+    seed: int = 42
+    latent_chunk: int = 4096  # latents tracked at once: bounds the [batch, context, chunk] temporaries
+
+    def __post_init__(self) -> None:
+        if self.context_size <= 2 * self.buffer:
+            raise ConfigError(f"--context-size {self.context_size} leaves no room for peaks",
+                              f"use a context size above {2 * self.buffer} (twice the {self.buffer}-token buffer)")
+        if self.n_top_ex_for_generation > self.n_top_candidates or self.n_iw_ex_for_generation > self.n_iw_candidates:
+            raise ConfigError("more examples per feature requested than candidates drawn",
+                              f"use at most {self.n_top_candidates} top and {self.n_iw_candidates} importance-weighted")
+        if self.features is not None and self.features < 1:
+            raise ConfigError("--features must be at least 1")
+
+    def pass_config(self) -> dict[str, Any]:
+        return {"corpus": self.corpus, "split": self.split, "text_column": self.text_column,
+                "total_tokens": self.total_tokens, "context_size": self.context_size, "buffer": self.buffer,
+                "n_top_candidates": self.n_top_candidates, "n_iw_candidates": self.n_iw_candidates,
+                "seed": self.seed}
+
+    def select_config(self) -> dict[str, Any]:
+        return {**self.pass_config(), "features": self.features,
+                "feature_ids": list(self.feature_ids) if self.feature_ids is not None else None,
+                "n_top_ex_for_generation": self.n_top_ex_for_generation,
+                "n_iw_ex_for_generation": self.n_iw_ex_for_generation,
+                "dead_min_firings": self.dead_min_firings, "act_threshold_frac": self.act_threshold_frac}
