@@ -52,7 +52,8 @@ Defaults are sized for a small CPU (the pythia shape runs ~1,300 tokens/s on 2 c
 default run takes about 10 minutes there. The original runs at 2M tokens; pass --tokens for more.
 
 Run: python benchmarks/bench_collect.py [--preset pythia160m|toy] [--width 4096] [--tokens N]
-     [--mem-tokens N] [--repeats N] [--pair-repeats N] [--device cpu] [--work DIR]
+     [--mem-tokens N] [--repeats N] [--pair-repeats N] [--device cpu] [--no-memory] [--fit-check] [--work DIR]
+Each variant prints its line as soon as it finishes (a run cut short still shows what it measured).
 """
 
 from __future__ import annotations
@@ -141,23 +142,29 @@ class PeakRss:
 
 
 def asset_dir(work: Path, preset: str, width: int, max_tokens: int) -> Path:
-    """Assets are keyed by preset, SAE width and corpus size, so one --work folder can hold several."""
-    return work / f"{preset}_w{width}_docs{_n_docs(max_tokens)}"
+    """Assets are keyed by preset, SAE width and corpus size, so one --work folder can hold several.
+    The model and corpus are shared by every width (``base_dir``): a new width only makes SAEs."""
+    return base_dir(work, preset, max_tokens) / f"w{width}"
+
+
+def base_dir(work: Path, preset: str, max_tokens: int) -> Path:
+    return work / f"{preset}_docs{_n_docs(max_tokens)}"
 
 
 def _n_docs(max_tokens: int) -> int:
     return max(200, max_tokens // 40)
 
 
-def build_assets(folder: Path, preset: Preset, width: int, max_tokens: int) -> None:
-    """Model, SAE and a corpus big enough for ``max_tokens`` (built once per asset folder)."""
+def build_base(folder: Path, preset: Preset, max_tokens: int) -> Path:
+    """Corpus, model and a sample of its hook activations (to set SAE biases), built once per folder."""
     import torch
 
     from sae_sens.model import load_model
-    from sae_sens.testing import WORDS, build_tiny_model, save_dictionary_learning_sae, tiny_corpus
+    from sae_sens.testing import WORDS, build_tiny_model, tiny_corpus
 
-    if (folder / "sae3" / "ae.pt").exists():
-        return
+    sample = folder / "hook_sample.pt"
+    if sample.exists():
+        return folder
     docs = tiny_corpus(_n_docs(max_tokens), seed=1, words=WORDS)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
@@ -166,20 +173,36 @@ def build_assets(folder: Path, preset: Preset, width: int, max_tokens: int) -> N
     lm = load_model(str(model_dir), preset.hook, device="cpu", dtype="float32")
     ids, mask = lm.pad([s for s, _ in lm.encode_texts(docs[:64], CTX)])
     h = lm.hidden(ids, mask)[lm.count_mask(ids, mask)]
-    g = torch.Generator().manual_seed(0)
-    h = h[torch.randperm(h.shape[0], generator=g)[:QUANTILE_ROWS]]
-    w = torch.randn(preset.hidden, width, generator=g) / preset.hidden**0.5
-    # Bias = minus the (1 - density) quantile of each latent's pre-activation, in latent chunks
-    # (torch.quantile caps its input size, and wide SAEs would need a large [rows, width] matrix).
-    b = torch.cat([-torch.quantile(h @ w[:, f0:f0 + 1024], 1 - preset.density, dim=0)
-                   for f0 in range(0, width, 1024)])
-    save_dictionary_learning_sae(folder / "sae", W_enc=w, b_enc=b, layer=preset.layers - 1, lm_name=str(model_dir))
-    for k in (2, 3):  # two more SAEs at the same hook, other random directions, same density
-        w = torch.randn(preset.hidden, width, generator=g) / preset.hidden**0.5
-        b = torch.cat([-torch.quantile(h @ w[:, f0:f0 + 1024], 1 - preset.density, dim=0)
-                       for f0 in range(0, width, 1024)])
-        save_dictionary_learning_sae(folder / f"sae{k}", W_enc=w, b_enc=b, layer=preset.layers - 1,
-                                     lm_name=str(model_dir))
+    h = h[torch.randperm(h.shape[0], generator=torch.Generator().manual_seed(0))[:QUANTILE_ROWS]]
+    torch.save(h.contiguous(), sample)
+    return folder
+
+
+def build_assets(folder: Path, preset: Preset, width: int, max_tokens: int, n_saes: int = 3) -> None:
+    """``n_saes`` random ReLU SAEs of ``width`` latents in ``folder`` (``sae``, ``sae2``, ...), over the
+    shared model and corpus of its parent folder (built first if missing). Biases put each latent's
+    firing rate at the preset's density on a sample of the model's own hook activations: minus its
+    k-th largest pre-activation there (a ``topk`` per latent block, on the GPU when there is one, so
+    a new width takes seconds)."""
+    import torch
+
+    from sae_sens.testing import save_dictionary_learning_sae
+
+    base = build_base(folder.parent, preset, max_tokens)
+    names = ["sae", *(f"sae{k}" for k in range(2, n_saes + 1))]
+    if all((folder / name / "ae.pt").exists() for name in names):
+        return
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    h = torch.load(base / "hook_sample.pt", weights_only=True).to(dev)
+    kth = max(1, round(preset.density * h.shape[0]))
+    for i, name in enumerate(names):
+        if (folder / name / "ae.pt").exists():
+            continue
+        g = torch.Generator(device=dev).manual_seed(i)
+        w = torch.randn(preset.hidden, width, generator=g, device=dev) / preset.hidden**0.5
+        b = torch.cat([-(h @ w[:, f0:f0 + 16384]).topk(kth, dim=0).values[-1] for f0 in range(0, width, 16384)])
+        save_dictionary_learning_sae(folder / name, W_enc=w.cpu(), b_enc=b.cpu(), layer=preset.layers - 1,
+                                     lm_name=str(base / "model"))
 
 
 def baseline_examples(lm: Any, windows: Any, ref: Any, selected: list[int], cfg: Any) -> Any:
@@ -228,15 +251,16 @@ def run_variant(folder: Path, variant: str, tokens: int, device: str) -> dict[st
     from sae_sens.stages import ModelOptions, open_model, open_sae
 
     opts = ModelOptions(device=device, dtype="float32", batch_size=BATCH)
-    saes = [open_sae(str(folder / name), opts) for name in ("sae", "sae2", "sae3")]
+    three = variant in ("onepass_3saes", "twopass_3saes")  # the others need (and may only have) one SAE
+    saes = [open_sae(str(folder / name), opts) for name in (("sae", "sae2", "sae3") if three else ("sae",))]
     sae = saes[0]
     lm = open_model(sae, opts)
     # Both collectors build examples for the same 50 features, evenly spread over the SAE.
     selected = list(range(0, sae.d_sae, sae.d_sae // N_SELECTED))[:N_SELECTED]
-    cfg = CollectConfig(corpus=str(folder / "corpus.jsonl"), total_tokens=tokens, context_size=CTX,
+    cfg = CollectConfig(corpus=str(folder.parent / "corpus.jsonl"), total_tokens=tokens, context_size=CTX,
                         features=None, feature_ids=tuple(selected))
     windows = load_windows(resolve_corpus(cfg.corpus), lm.tokenizer, bos_id=lm.bos_id, total_tokens=tokens,
-                           context_size=CTX, cache_dir=folder / "cache")
+                           context_size=CTX, cache_dir=folder.parent / "cache")
 
     def sync() -> None:
         if lm.device.type == "cuda":
@@ -334,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
                     "examples, two-pass), interleaved, the fastest of each kept (default 2)")
     ap.add_argument("--all-features", action="store_true", help="also run the (b) pair with every alive "
                     "latent selected (the original's features=None)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory runs ((b)'s memory pair and (c))")
+    ap.add_argument("--fit-check", action="store_true", help="only check that one SAE of --width runs a pass of "
+                    "--tokens (time and peak memory), e.g. --width 1048576 on a GPU")
     ap.add_argument("--work", type=Path, default=None, help="reuse assets in this folder")
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv if argv is not None else [])  # called from benchmarks/bench.py: defaults
@@ -352,7 +379,17 @@ def main(argv: list[str] | None = None) -> None:
         work = args.work or Path(tmp)
         max_tokens = max(tokens, 10 * mem_tokens)
         folder = asset_dir(work, args.preset, args.width, max_tokens)
-        build_assets(folder, preset, args.width, max_tokens)
+        t0 = time.perf_counter()
+        build_assets(folder, preset, args.width, max_tokens, n_saes=1 if args.fit_check else 3)
+        print(f"collect benchmark, preset {args.preset}, width {args.width:,}, {args.device}: assets ready in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        if args.fit_check:
+            x = _subprocess(folder, "onepass", tokens, args.device)
+            print(f"fit check: one pass, ReLU SAE {x['width']:,} latents, {x['tokens']:,} tokens: {x['seconds']:.2f} s "
+                  f"({x['tokens'] / x['seconds']:,.0f} tokens/s), peak {x['peak_mib']:,.0f} MiB "
+                  f"({x['gpu_peak_mib']:,.0f} MiB of it GPU), L0 {x['l0']:.0f}", flush=True)
+            return
+        print(f"{'variant':<18}{'seconds':>9}{'tokens/s':>11}{'peak MiB':>10}  (each run as it finishes)", flush=True)
         # Variants interleaved and repeated, fastest run kept: the machine may be shared.
         r: dict[str, dict[str, Any]] = {}
         pair = ("onepass_examples", "twopass")
@@ -362,13 +399,17 @@ def main(argv: list[str] | None = None) -> None:
             plan.append(("onepass_all", "twopass_all"))
         for v in (v for group in plan for v in group):
             x = _subprocess(folder, v, tokens, args.device)
+            print(f"{v:<18}{x['seconds']:>9.2f}{x['tokens'] / x['seconds']:>11,.0f}{x['peak_mib']:>10.1f}", flush=True)
             if v not in r or x["seconds"] < r[v]["seconds"]:
                 r[v] = x
-        # (b)'s memory comparison, again with the fixed threshold (its timed runs keep glibc's default)
-        mem_pair = {v: _subprocess(folder, v, tokens, args.device, MEM_ENV) for v in pair}
-        smalls = [_subprocess(folder, "onepass", mem_tokens, args.device, MEM_ENV) for _ in range(MEM_REPEATS)]
-        small = max(smalls, key=lambda x: x["peak_mib"])
-        big = _subprocess(folder, "onepass", 10 * mem_tokens, args.device, MEM_ENV)
+        mem_pair: dict[str, dict[str, Any]] = {}
+        smalls: list[dict[str, Any]] = []
+        if not args.no_memory:
+            # (b)'s memory comparison, again with the fixed threshold (its timed runs keep glibc's default)
+            mem_pair = {v: _subprocess(folder, v, tokens, args.device, MEM_ENV) for v in pair}
+            smalls = [_subprocess(folder, "onepass", mem_tokens, args.device, MEM_ENV) for _ in range(MEM_REPEATS)]
+            small = max(smalls, key=lambda x: x["peak_mib"])
+            big = _subprocess(folder, "onepass", 10 * mem_tokens, args.device, MEM_ENV)
 
     def tput(v: str) -> float:
         return r[v]["tokens"] / r[v]["seconds"]
@@ -393,9 +434,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{one['examples']} vs {r['twopass']['examples']} example rows)")
     print(f"    ceiling, two-pass / (forward + SAE encode): {r['twopass']['seconds'] / r['forward_encode']['seconds']:.2f}x"
           f"  (a one-pass collector whose tracking and examples cost nothing)")
-    print(f"    peak MiB one-pass {mem_pair['onepass_examples']['peak_mib']:.1f} vs two-pass "
-          f"{mem_pair['twopass']['peak_mib']:.1f} (glibc mmap threshold fixed; in the timed runs "
-          f"{one['peak_mib']:.1f} vs {r['twopass']['peak_mib']:.1f})")
+    if mem_pair:
+        print(f"    peak MiB one-pass {mem_pair['onepass_examples']['peak_mib']:.1f} vs two-pass "
+              f"{mem_pair['twopass']['peak_mib']:.1f} (glibc mmap threshold fixed; in the timed runs "
+              f"{one['peak_mib']:.1f} vs {r['twopass']['peak_mib']:.1f})")
     print(f"    three SAEs of one hook: {r['twopass_3saes']['seconds'] / r['onepass_3saes']['seconds']:.2f}x  "
           f"(peak MiB {r['onepass_3saes']['peak_mib']:.1f} vs {r['twopass_3saes']['peak_mib']:.1f}; "
           f"{r['onepass_3saes']['examples']} vs {r['twopass_3saes']['examples']} example rows)")
@@ -403,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
         a, b = r["onepass_all"], r["twopass_all"]
         print(f"    every alive latent selected: {b['seconds'] / a['seconds']:.2f}x  (peak MiB {a['peak_mib']:.1f} vs "
               f"{b['peak_mib']:.1f}; {a['examples']} vs {b['examples']} example rows)")
+    if not smalls:
+        print(f"(collect benchmark: {time.perf_counter() - started:.0f} s in all; memory runs skipped)")
+        return
     all_small = ", ".join(f"{x['peak_mib']:.0f}" for x in smalls)
     print(f"(c) one-pass peak memory {big['tokens']:,} / {small['tokens']:,} tokens: "
           f"{big['peak_mib'] / max(small['peak_mib'], 1e-9):.2f}x  ({big['peak_mib']:.1f} vs the highest of "

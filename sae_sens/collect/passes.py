@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from ..corpus import Windows
 from ..hashing import hash_config
@@ -85,14 +86,17 @@ def collect_pass_many(
     last_save = time.monotonic()
     for lo in range(start, len(windows), batch_size):
         ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
-        h = lm.hidden(ids, mask)
+        with record_function("collect.forward"):
+            h = lm.hidden(ids, mask)
         counted = lm.count_mask(ids, mask).to(h.device)
         for sae, tracker, at in zip(saes, trackers, resume, strict=True):
             if lo < at:  # already in this tracker's checkpoint: feeding it again would count it twice
                 continue
-            acts = sae.encode(h)
+            with record_function("collect.encode"):
+                acts = sae.encode(h)
             for f0 in range(0, sae.d_sae, cfg.latent_chunk):
-                tracker.update(acts[..., f0:f0 + cfg.latent_chunk], counted, lo, f0)
+                with record_function("collect.update"):  # the tracker labels its own phases inside
+                    tracker.update(acts[..., f0:f0 + cfg.latent_chunk], counted, lo, f0)
             del acts  # free this SAE's [batch, context, d_sae] codes before the next SAE makes its own
         progress.advance(PASS_TASK, ids.shape[0], info)
         if time.monotonic() - last_save >= checkpoint_every_s:
@@ -109,7 +113,7 @@ def _pass_key(sae: Sae, windows: Windows, cfg: CollectConfig, batch_size: int) -
     """What a checkpoint must match to be resumed: the same SAE over the same windows, batched alike."""
     return hash_config({"cfg": cfg.pass_config(), "corpus": windows.corpus_id, "n": len(windows),
                         "batch_size": batch_size, "sae": sae.weight_hash, "chunk": cfg.latent_chunk,
-                        "tracker": 2})  # state layout: checkpoints of another layout are not resumed
+                        "tracker": 3})  # state layout: checkpoints of another layout are not resumed
 
 
 def _resume(path: Path | None, key: str, tracker: PeakTracker) -> int:

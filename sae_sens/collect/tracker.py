@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from torch.profiler import record_function
 
 from ..schemas import make_table
 
@@ -80,6 +81,10 @@ def _group_order(group: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     return order[group[order].argsort(stable=True)]
 
 
+Uncertain = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Fields = list[tuple[torch.Tensor, "torch.Tensor | Callable[[torch.Tensor], torch.Tensor]", float]]
+
+
 class PeakTracker:
     """Streaming top peaks (no-overlap rule) and weighted reservoirs, for every latent at once.
 
@@ -90,8 +95,13 @@ class PeakTracker:
 
     Top peaks: the global greedy (descending, skip positions within ``buffer`` of a pick in the same
     context) only ever excludes within a context, so its result is the k largest among the union of
-    each context's own greedy peaks. Per batch we run each context's greedy (up to k rounds, on the
-    positive entries that beat the running k-th best) and merge the candidates with ``topk``.
+    each context's own greedy peaks. Per batch, a (context, latent) pair can only contribute if its
+    largest peak beats the running k-th best ``theta`` and is among the k largest of the batch for
+    that latent (k other contexts with a larger first peak would outrank all of its peaks). Those
+    pairs, few once ``theta`` has risen, get a dense ``[pairs, positions]`` slab of their
+    activations above ``theta`` (entries below it come after every entry above it, so they could
+    not suppress any of those), on which the greedy runs as a fixed number of vectorised rounds
+    (argmax, then clear the ``buffer`` around it). The picks merge into the state with ``topk``.
 
     Importance-weighted peaks: A-Res (Efraimidis & Spirakis) with weight act^2 and key log(u)/w,
     the sample being the ``n_iw`` largest keys among positions below the final weakest top peak.
@@ -105,17 +115,27 @@ class PeakTracker:
     sampled and is dropped at once. At the end, the uncertain entries below the final threshold
     join the reservoir: its keys are exactly A-Res on the filtered population, a weighted sample
     without replacement with p ~ act^2.
+
+    On a GPU, an operation whose output size the host must learn (``nonzero``) or whose value it
+    reads (``item``) stalls the queue until everything before it has run. ``update`` issues four
+    such synchronisations, whatever k, the batch or the number of positive entries: the positive
+    entries, the candidate (context, latent) pairs, the reservoir's candidates and the uncertain
+    entries kept. Everything else has shapes the host knows: merges sort entries by latent, rank
+    them with ``searchsorted`` and scatter the first ``r`` of each latent into a dense ``[r, latents]``
+    block (the rest, and invalid entries, into a spare column) that ``topk`` merges with the state.
+    tests/test_collect_sync.py pins this count.
     """
 
     def __init__(self, n_latents: int, *, n_top: int = 12, n_iw: int = 7, buffer: int = 10, seed: int = 42,
                  device: torch.device | str = "cpu") -> None:
         self.n_top, self.n_iw, self.buffer = n_top, n_iw, buffer
+        self.n_latents = n_latents
         self.width = 2 * buffer + 1
         dev = torch.device(device)
         f, w = n_latents, self.width
         self.n_firings = torch.zeros(f, dtype=torch.long, device=dev)
         self.max_act = torch.zeros(f, device=dev)
-        self.counted = 0
+        self._counted = torch.zeros((), dtype=torch.long, device=dev)  # read only at the end: no sync per batch
         self.top_val = torch.full((n_top, f), NEG_INF, device=dev)
         self.top_win = torch.full((n_top, f), -1, dtype=torch.long, device=dev)
         self.top_pos = torch.full((n_top, f), -1, dtype=torch.int32, device=dev)
@@ -125,31 +145,65 @@ class PeakTracker:
         self.iw_win = torch.full((n_iw, f), -1, dtype=torch.long, device=dev)
         self.iw_pos = torch.full((n_iw, f), -1, dtype=torch.int32, device=dev)
         self.iw_snip = torch.zeros((n_iw, f, w), device=dev)
-        # the uncertain entries, flat: latent, key, activation, window, position, snippet
-        self.u_lat = torch.zeros(0, dtype=torch.long, device=dev)
-        self.u_key = torch.zeros(0, device=dev)
-        self.u_val = torch.zeros(0, device=dev)
-        self.u_win = torch.zeros(0, dtype=torch.long, device=dev)
-        self.u_pos = torch.zeros(0, dtype=torch.int32, device=dev)
-        self.u_snip = torch.zeros((0, w), device=dev)
+        # The uncertain entries (latent, key, activation, window, position, snippet), one flat list per
+        # latent chunk, keyed (first latent, chunk size): an update touches only its own chunk's list.
+        # Key None: entries loaded from a checkpoint, handed to their chunk by its first update.
+        self._u: dict[tuple[int, int] | None, Uncertain] = {}
         self.gen = torch.Generator(device=dev).manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.top_val.device
+
+    @property
+    def counted(self) -> int:
+        return int(self._counted)
+
+    def _empty_uncertain(self) -> Uncertain:
+        dev = self.device
+        return (torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, device=dev), torch.zeros(0, device=dev),
+                torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.int32, device=dev),
+                torch.zeros((0, self.width), device=dev))
+
+    def _uncertain(self) -> Uncertain:
+        """Every uncertain entry, as one flat list."""
+        parts = list(self._u.values())
+        if not parts:
+            return self._empty_uncertain()
+        return tuple(torch.cat(cols) for cols in zip(*parts, strict=True))  # type: ignore[return-value]
+
+    @property
+    def u_lat(self) -> torch.Tensor:
+        return self._uncertain()[0]
 
     _STATE = ("n_firings", "max_act", "top_val", "top_win", "top_pos", "top_snip", "iw_key", "iw_val", "iw_win",
               "iw_pos", "iw_snip")
     _UNCERTAIN = ("u_lat", "u_key", "u_val", "u_win", "u_pos", "u_snip")
 
     def state_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {k: getattr(self, k).cpu() for k in self._STATE + self._UNCERTAIN}
+        d: dict[str, Any] = {k: getattr(self, k).cpu() for k in self._STATE}
+        d.update({k: x.cpu() for k, x in zip(self._UNCERTAIN, self._uncertain(), strict=True)})
         d.update(counted=self.counted, gen=self.gen.get_state())
         return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         for k in self._STATE:
             getattr(self, k).copy_(d[k])
-        for k in self._UNCERTAIN:  # variable length
-            setattr(self, k, d[k].to(getattr(self, k).device))
-        self.counted = int(d["counted"])
+        loaded = tuple(d[k].to(self.device) for k in self._UNCERTAIN)
+        self._u = {None: loaded} if loaded[0].numel() else {}  # type: ignore[dict-item]
+        self._counted.fill_(int(d["counted"]))
         self.gen.set_state(d["gen"])
+
+    def _chunk_uncertain(self, lo: int, fc: int) -> Uncertain:
+        """The uncertain list of latents ``lo:lo+fc``, taking over its entries loaded from a checkpoint."""
+        mine = self._u.pop((lo, fc), None) or self._empty_uncertain()
+        loaded = self._u.pop(None, None)
+        if loaded is not None:  # only in the first batch after a resume
+            inside = (loaded[0] >= lo) & (loaded[0] < lo + fc)
+            mine = tuple(torch.cat([a, b[inside]]) for a, b in zip(mine, loaded, strict=True))  # type: ignore[assignment]
+            if not bool(inside.all()):
+                self._u[None] = tuple(x[~inside] for x in loaded)  # type: ignore[assignment]
+        return mine
 
     @torch.inference_mode()
     def update(self, acts: torch.Tensor, counted: torch.Tensor, window_offset: int, latent_offset: int = 0) -> None:
@@ -157,147 +211,187 @@ class PeakTracker:
         ``window_offset:+B``; ``counted`` [B, T] marks positions that count (others are ignored).
         Call with ``latent_offset == 0`` exactly once per batch (it counts the tokens)."""
         b, t, fc = acts.shape
-        counted = counted.to(acts.device).reshape(-1).bool()
-        if latent_offset == 0:
-            self.counted += int(counted.sum())
-        # SAE codes are sparse: work on the positive entries only, never on dense copies. Boolean
-        # indexing runs a nonzero per indexed tensor, so each filter takes one index and gathers;
-        # 1-D indexing is several times faster than 2-D, hence flat positions.
-        flat = acts.reshape(b * t, fc)
-        mask = flat > 0
-        uncounted = (~counted).nonzero().squeeze(1)
-        if uncounted.numel():  # a few rows per batch (position 0, BOS, EOS, pad): they never count
-            mask[uncounted] = False
-        nz = mask.view(-1).nonzero().squeeze(1)
-        row, fi = torch.div(nz, fc, rounding_mode="floor"), nz % fc
-        val = (flat.view(-1)[nz] if flat.is_contiguous() else flat[row, fi]).float()
+        dev = acts.device
+        counted = counted.to(dev).bool()
         lat = slice(latent_offset, latent_offset + fc)
-        self.n_firings[lat].index_add_(0, fi, (val > 0).long())
-        chunk_max = torch.zeros(fc, device=acts.device).scatter_reduce_(0, fi, val, "amax")
-        self.max_act[lat] = torch.maximum(self.max_act[lat], chunk_max)
+        with record_function("collect.firing"):
+            if latent_offset == 0:
+                self._counted += counted.sum()
+            # SAE codes are sparse: one nonzero finds the positive entries that count, and the rest
+            # works on those (flat [row, latent] positions; 1-D indexing is several times faster).
+            flat = acts.reshape(b * t, fc)
+            mask = flat > 0
+            mask &= counted.reshape(-1, 1)
+            nz = mask.view(-1).nonzero().squeeze(1)  # sync 1
+            row, fi = torch.div(nz, fc, rounding_mode="floor"), nz % fc
+            val = (flat.view(-1)[nz] if flat.is_contiguous() else flat[row, fi]).float()
+            self.n_firings[lat].index_add_(0, fi, torch.ones_like(fi))
+            chunk_max = torch.zeros(fc, device=dev).scatter_reduce_(0, fi, val, "amax")
+            self.max_act[lat] = torch.maximum(self.max_act[lat], chunk_max)
         # positions within `buffer` of either end of the context can never be peaks
-        in_ctx = torch.arange(t, device=acts.device)
-        peak_row = (counted.view(b, t) & (in_ctx >= self.buffer) & (in_ctx < t - self.buffer)).reshape(-1)
-        idx = peak_row[row].nonzero().squeeze(1)
-        row, fi, val = row[idx], fi[idx], val[idx]
-        offsets = torch.arange(-self.buffer, self.buffer + 1, device=acts.device)
+        in_ctx = torch.arange(t, device=dev)
+        peak_rows = counted & (in_ctx >= self.buffer) & (in_ctx < t - self.buffer)  # [B, T]
+        peak_entry = peak_rows.view(-1)[row]
+        offsets = torch.arange(-self.buffer, self.buffer + 1, device=dev)
 
         def snippets(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             """Activations of chunk latent ``c`` over the tokens around flat row ``r`` ([E, width])."""
             rows = r[:, None] + offsets
-            return flat[rows, c[:, None]].float() * counted[rows]
+            return flat[rows, c[:, None]].float() * counted.view(-1)[rows]
 
-        self._update_top(row, fi, val, t, window_offset, latent_offset, snippets)
-        self._update_iw(row, fi, val, t, window_offset, latent_offset, snippets)
+        with record_function("collect.top"):
+            self._update_top(acts, row, fi, val, peak_entry, window_offset, latent_offset, snippets)
+        with record_function("collect.reservoir"):
+            self._update_iw(row, fi, val, peak_entry, t, fc, window_offset, latent_offset, snippets)
 
-    def _update_top(self, row: torch.Tensor, fi: torch.Tensor, val: torch.Tensor, t: int, window_offset: int,
-                    latent_offset: int, snippets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def _update_top(self, acts: torch.Tensor, row: torch.Tensor, fi: torch.Tensor, val: torch.Tensor,
+                    peak_entry: torch.Tensor, window_offset: int, latent_offset: int,
+                    snippets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         """Each (context, latent)'s own greedy peaks that beat the running k-th best, merged in."""
-        k = self.n_top
-        f = fi + latent_offset
+        b, t, fc = acts.shape
+        k, buf = self.n_top, self.buffer
+        if t <= 2 * buf:
+            return
+        dev = acts.device
+        theta = self.top_val[k - 1, latent_offset:latent_offset + fc].clamp(min=0.0)
+        pair = torch.div(row, t, rounding_mode="floor") * fc + fi  # (context, latent), flat
         # Entries below the threshold are dropped before the greedy: they come after every entry
         # above it in their context, so they could not have suppressed any of those.
-        idx = (val > self.top_val[k - 1][f].clamp(min=0.0)).nonzero().squeeze(1)
-        if idx.numel() == 0:
+        above = peak_entry & (val > theta[fi])
+        if b > k:  # a pair whose largest peak is not among its latent's k largest of the batch cannot enter
+            first = torch.zeros(b * fc, device=dev).scatter_reduce_(0, pair, torch.where(above, val, 0.0), "amax")
+            kth = first.view(b, fc).topk(k, dim=0).values[-1]
+            above &= first[pair] >= kth[fi]
+        idx = above.nonzero().squeeze(1)  # sync 2
+        n = int(idx.numel())
+        if n == 0:
             return
-        row, f, fi, val = row[idx], f[idx], fi[idx], val[idx]
-        group = torch.div(row, t, rounding_mode="floor") * self.top_val.shape[1] + f
-        order = _group_order(group, val)
-        row, f, fi, val, group = row[order], f[order], fi[order], val[order], group[order]
-        pos = row % t
-        alive = torch.ones_like(val, dtype=torch.bool)
-        picks = []
-        for _ in range(k):  # round r picks each context's r-th greedy peak
-            ia = alive.nonzero().squeeze(1)
-            if ia.numel() == 0:
-                break
-            ga = group[ia]
-            first = torch.ones_like(ga, dtype=torch.bool)
-            first[1:] = ga[1:] != ga[:-1]
-            pick = ia[first]
-            picks.append(pick)
-            pick_pos = pos[pick][first.cumsum(0) - 1]
-            alive[ia[(pos[ia] - pick_pos).abs() <= self.buffer]] = False
-        p = torch.cat(picks)
-        win = window_offset + torch.div(row[p], t, rounding_mode="floor")
-        self._merge(k, f[p], val[p], [(self.top_val, val[p], NEG_INF), (self.top_win, win, -1),
-                                      (self.top_pos, pos[p].int(), -1),
-                                      (self.top_snip, lambda o: snippets(row[p][o], fi[p][o]), 0.0)])
+        pair, fi, val = pair[idx], fi[idx], val[idx]
+        pos = row[idx] % t
+        n_pairs = b * fc
+        ent = torch.arange(n, device=dev)
+        alive = torch.ones(n, dtype=torch.bool, device=dev)
+        picked = torch.zeros(n, dtype=torch.bool, device=dev)
+        # picks of one context are more than `buffer` apart: at most this many rounds find any
+        for _ in range(min(k, -(-(t - 2 * buf) // (buf + 1)))):
+            # round r picks each pair's r-th greedy peak: its largest alive entry (lowest index on a tie)
+            live = torch.where(alive, val, 0.0)
+            best = torch.zeros(n_pairs, device=dev).scatter_reduce_(0, pair, live, "amax")
+            at_best = alive & (live == best[pair])
+            first_ent = torch.full((n_pairs,), n, device=dev).scatter_reduce_(
+                0, pair, torch.where(at_best, ent, n), "amin")
+            pick = at_best & (first_ent[pair] == ent)
+            picked |= pick
+            pick_pos = torch.full((n_pairs,), -t - buf - 1, device=dev).scatter_reduce_(
+                0, pair, torch.where(pick, pos, -t - buf - 1), "amax")
+            alive &= (pos - pick_pos[pair]).abs() > buf
+        ctx = torch.div(pair, fc, rounding_mode="floor")
+        with record_function("collect.merge"):
+            self._merge(k, latent_offset, fc, fi + latent_offset, picked, [
+                (self.top_val, val, NEG_INF), (self.top_win, window_offset + ctx, -1), (self.top_pos, pos.int(), -1),
+                (self.top_snip, lambda o: snippets(row[idx[o]], fi[o]), 0.0)])
 
-    def _update_iw(self, row: torch.Tensor, fi: torch.Tensor, val: torch.Tensor, t: int, window_offset: int,
-                   latent_offset: int, snippets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        if fi.numel() == 0:
-            return
-        f = fi + latent_offset
+    def _update_iw(self, row: torch.Tensor, fi: torch.Tensor, val: torch.Tensor, peak_entry: torch.Tensor, t: int,
+                   fc: int, window_offset: int, latent_offset: int,
+                   snippets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        lo = latent_offset
+        old = self._chunk_uncertain(lo, fc)
         u = torch.rand(val.shape, generator=self.gen, device=val.device)
         key = torch.log(u) / (val * val)
         # A key below the reservoir's n_iw-th can never be sampled, certain or not.
-        idx = (key > self.iw_key[self.n_iw - 1][f]).nonzero().squeeze(1)
-        if idx.numel() == 0:
+        si = (peak_entry & (key > self.iw_key[self.n_iw - 1, lo:lo + fc][fi])).nonzero().squeeze(1)  # sync 3
+        n_old, n_new = int(old[0].numel()), int(si.numel())
+        if n_old + n_new == 0:
             return
-        row, f, fi, key, val = row[idx], f[idx], fi[idx], key[idx], val[idx]
-        win, pos = window_offset + torch.div(row, t, rounding_mode="floor"), (row % t).int()
-        theta = self.top_val[self.n_top - 1]
-        sure = val < theta[f]
-        si = sure.nonzero().squeeze(1)
-        # Snippets are gathered only for entries the merge keeps (the first batches offer many).
-        self._merge_iw(f[si], key[si], val[si], win[si], pos[si], lambda o: snippets(row[si][o], fi[si][o]))
-        ui = (~sure).nonzero().squeeze(1)
-        if ui.numel():
-            new = (f[ui], key[ui], val[ui], win[ui], pos[ui], snippets(row[ui], fi[ui]))
-            old = (self.u_lat, self.u_key, self.u_val, self.u_win, self.u_pos, self.u_snip)
-            self.u_lat, self.u_key, self.u_val, self.u_win, self.u_pos, self.u_snip = (
-                torch.cat([a, b]) for a, b in zip(old, new, strict=True))
-        self._settle(theta)
+        row_n, fi_n = row[si], fi[si]
+        f = torch.cat([old[0], fi_n + lo])
+        key_a, val_a = torch.cat([old[1], key[si]]), torch.cat([old[2], val[si]])
+        win = torch.cat([old[3], window_offset + torch.div(row_n, t, rounding_mode="floor")])
+        pos = torch.cat([old[4], (row_n % t).int()])
 
-    def _merge_iw(self, f: torch.Tensor, key: torch.Tensor, val: torch.Tensor, win: torch.Tensor, pos: torch.Tensor,
-                  snip: torch.Tensor | Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self._merge(self.n_iw, f, key, [(self.iw_key, key, NEG_INF), (self.iw_val, val, 0.0), (self.iw_win, win, -1),
-                                        (self.iw_pos, pos, -1), (self.iw_snip, snip, 0.0)])
+        def snip(o: torch.Tensor) -> torch.Tensor:
+            """Snippets of entries ``o``: kept ones from the list, new ones gathered from this batch
+            (only for the entries a merge or the list keeps)."""
+            if n_new == 0:
+                return old[5][o]
+            j = (o - n_old).clamp(min=0)
+            new = snippets(row_n[j], fi_n[j])
+            if n_old == 0:
+                return new
+            return torch.where((o < n_old)[:, None], old[5][o.clamp(max=n_old - 1)], new)
 
-    def _settle(self, theta: torch.Tensor) -> None:
-        """Uncertain entries now below their latent's ``theta`` join the reservoir; the others stay
-        (minus those whose key the reservoir now beats)."""
-        if self.u_lat.numel() == 0:
-            return
-        entries = (self.u_lat, self.u_key, self.u_val, self.u_win, self.u_pos, self.u_snip)
-        f, key, val = entries[:3]
-        sure = val < theta[f]
-        si = sure.nonzero().squeeze(1)
-        if si.numel():
-            self._merge_iw(*(x[si] for x in entries))
-        keep = (~sure & (key > self.iw_key[self.n_iw - 1][f])).nonzero().squeeze(1)
-        self.u_lat, self.u_key, self.u_val, self.u_win, self.u_pos, self.u_snip = (x[keep] for x in entries)
+        self._settle(self.top_val[self.n_top - 1, lo:lo + fc], lo, fc, (f, key_a, val_a, win, pos, snip))
+
+    def _settle(self, theta: torch.Tensor, lo: int, n: int,
+                entries: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor | Callable[[torch.Tensor], torch.Tensor]]) -> None:
+        """Uncertain ``entries`` of latents ``lo:lo+n`` now below their latent's ``theta`` join the
+        reservoir; the others become the chunk's uncertain list (minus those whose key the reservoir
+        now beats)."""
+        f, key, val, win, pos, snip = entries
+        sure = val < theta[f - lo]
+        with record_function("collect.merge"):
+            self._merge(self.n_iw, lo, n, f, sure, [(self.iw_key, key, NEG_INF), (self.iw_val, val, 0.0),
+                                                     (self.iw_win, win, -1), (self.iw_pos, pos, -1),
+                                                     (self.iw_snip, snip, 0.0)])
+        keep = (~sure & (key > self.iw_key[self.n_iw - 1, lo:lo + n][f - lo])).nonzero().squeeze(1)  # sync 4
+        if keep.numel():
+            self._u[(lo, n)] = (f[keep], key[keep], val[keep], win[keep], pos[keep],
+                                snip(keep) if callable(snip) else snip[keep])
 
     @staticmethod
-    def _merge(r: int, f: torch.Tensor, score: torch.Tensor,
-               fields: list[tuple[torch.Tensor, torch.Tensor | Callable[[torch.Tensor], torch.Tensor], float]]) -> None:
-        """Keep, per latent, the ``r`` highest-``score`` rows among the state and the new entries.
-        ``fields`` are (state [r, F, ...], new values [E, ...], fill); the first is the score itself.
-        New values may be a function of the entry indices, called only for entries that compete."""
-        if f.numel() == 0:
+    def _merge(r: int, lo: int, n: int, f: torch.Tensor, valid: torch.Tensor, fields: Fields) -> None:
+        """Keep, per latent of ``lo:lo+n``, the ``r`` highest-score rows among the state and the
+        ``valid`` new entries (``f``: their latents). ``fields`` are (state [r, F, ...], new values
+        [E, ...], fill); the first is the score. New values may be a function of entry indices,
+        called only for the entries that compete (or for every entry, when they are fewer).
+
+        Fixed shapes throughout: entries sorted by latent and descending score, ranked inside their
+        latent with ``searchsorted``, the first ``r`` of each scattered into a dense [r, n] block (the
+        others, and invalid entries, into a spare column), which ``topk`` merges with the state."""
+        e = int(f.numel())
+        if e == 0:
             return
-        order = _group_order(f, score)
-        f = f[order]
-        touched, inverse, counts = torch.unique_consecutive(f, return_inverse=True, return_counts=True)
-        rank = torch.arange(f.numel(), device=f.device) - (counts.cumsum(0) - counts)[inverse]
-        sel = rank < r
-        rs, cs, o = rank[sel], inverse[sel], order[sel]
+        dev = f.device
+        dest = torch.where(valid, f - lo, n)
+        order = _group_order(dest, fields[0][1])  # type: ignore[arg-type]
+        d = dest[order]
+        rank = torch.arange(e, device=dev) - torch.searchsorted(d, d)
+        keep = rank < r
+        slot = torch.full((r, n + 1), -1, dtype=torch.long, device=dev)
+        slot[torch.where(keep, rank, 0), torch.where(keep, d, n)] = torch.where(keep, order, -1)
+        slot = slot[:, :n]
+        has = slot >= 0
+        src = slot.clamp(min=0)
+        per_entry = e <= r * n
         stacked = []
         for state, new, fill in fields:
-            dense = torch.full((r, touched.numel(), *state.shape[2:]), fill, dtype=state.dtype, device=state.device)
-            dense[rs, cs] = (new(o) if callable(new) else new[o]).to(state.dtype)
-            stacked.append(torch.cat([state[:, touched], dense]))
+            if callable(new):
+                vals = new(torch.arange(e, device=dev))[src] if per_entry else new(src.view(-1)).view(r, n, -1)
+            else:
+                vals = new[src]
+            mask = has.view(r, n, *([1] * (vals.dim() - 2)))
+            dense = torch.where(mask, vals.to(state.dtype), torch.as_tensor(fill, dtype=state.dtype, device=dev))
+            stacked.append(torch.cat([state[:, lo:lo + n], dense]))
         _, idx = stacked[0].topk(r, dim=0)
         for (state, _, _), both in zip(fields, stacked, strict=True):
             gather = idx.view(*idx.shape, *([1] * (both.dim() - 2))).expand(-1, -1, *both.shape[2:])
-            state[:, touched] = both.gather(0, gather)
+            state[:, lo:lo + n] = both.gather(0, gather)
 
     def result(self) -> PassResult:
         found = self.top_win >= 0
         # The weakest top peak found (the k-th, or fewer when the latent has fewer peaks).
         weakest = torch.where(found, self.top_val, torch.inf).amin(0)
-        self._settle(weakest)
+        for chunk in list(self._u):
+            entries = self._u.pop(chunk)
+            if chunk is not None:
+                self._settle(weakest[chunk[0]:chunk[0] + chunk[1]], *chunk, entries)
+                continue
+            step = 4096  # loaded from a checkpoint and never updated since: settle it a block at a time
+            for lo in range(0, self.n_latents, step):
+                n = min(step, self.n_latents - lo)
+                inside = (entries[0] >= lo) & (entries[0] < lo + n)
+                self._settle(weakest[lo:lo + n], lo, n, tuple(x[inside] for x in entries))  # type: ignore[arg-type]
         kept = self.iw_win >= 0  # reservoir rows are sorted by key, largest first
 
         def pick(x: torch.Tensor, fill: float) -> np.ndarray:
@@ -319,4 +413,3 @@ class PeakTracker:
             iw_key=pick(self.iw_key.double(), np.nan),
             iw_snippet=pick(self.iw_snip, np.nan),
         )
-
