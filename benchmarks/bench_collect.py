@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
                     "examples, two-pass), interleaved, the fastest of each kept (default 2)")
     ap.add_argument("--all-features", action="store_true", help="also run the (b) pair with every alive "
                     "latent selected (the original's features=None)")
+    ap.add_argument("--corpus-tokens", type=int, default=None, help="tokens the built corpus holds (default the "
+                    "largest budget a run needs; runs that give the same value share the model and corpus)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory runs ((b)'s memory pair and (c))")
     ap.add_argument("--fit-check", action="store_true", help="only check that one SAE of --width runs a pass of "
                     "--tokens (time and peak memory), e.g. --width 1048576 on a GPU")
@@ -377,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--width must be at least {N_SELECTED} (the features whose examples are built)")
     with tempfile.TemporaryDirectory(prefix="bench_collect_") as tmp:
         work = args.work or Path(tmp)
-        max_tokens = max(tokens, 10 * mem_tokens)
+        max_tokens = max(tokens, 10 * mem_tokens, args.corpus_tokens or 0)
         folder = asset_dir(work, args.preset, args.width, max_tokens)
         t0 = time.perf_counter()
         build_assets(folder, preset, args.width, max_tokens, n_saes=1 if args.fit_check else 3)

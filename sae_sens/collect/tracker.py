@@ -268,7 +268,12 @@ class PeakTracker:
             return
         pair, fi, val = pair[idx], fi[idx], val[idx]
         pos = row[idx] % t
-        n_pairs = b * fc
+        # compact pair ids (0 .. n-1), so each round's per-pair arrays have the size of the entries
+        order = pair.argsort()
+        step = torch.ones(n, dtype=torch.long, device=dev)
+        step[1:] = pair[order[1:]] != pair[order[:-1]]
+        gid = torch.empty_like(pair)
+        gid[order] = step.cumsum(0) - 1
         ent = torch.arange(n, device=dev)
         alive = torch.ones(n, dtype=torch.bool, device=dev)
         picked = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -276,15 +281,14 @@ class PeakTracker:
         for _ in range(min(k, -(-(t - 2 * buf) // (buf + 1)))):
             # round r picks each pair's r-th greedy peak: its largest alive entry (lowest index on a tie)
             live = torch.where(alive, val, 0.0)
-            best = torch.zeros(n_pairs, device=dev).scatter_reduce_(0, pair, live, "amax")
-            at_best = alive & (live == best[pair])
-            first_ent = torch.full((n_pairs,), n, device=dev).scatter_reduce_(
-                0, pair, torch.where(at_best, ent, n), "amin")
-            pick = at_best & (first_ent[pair] == ent)
+            best = torch.zeros(n, device=dev).scatter_reduce_(0, gid, live, "amax")
+            at_best = alive & (live == best[gid])
+            first_ent = torch.full((n,), n, device=dev).scatter_reduce_(0, gid, torch.where(at_best, ent, n), "amin")
+            pick = at_best & (first_ent[gid] == ent)
             picked |= pick
-            pick_pos = torch.full((n_pairs,), -t - buf - 1, device=dev).scatter_reduce_(
-                0, pair, torch.where(pick, pos, -t - buf - 1), "amax")
-            alive &= (pos - pick_pos[pair]).abs() > buf
+            pick_pos = torch.full((n,), -t - buf - 1, device=dev).scatter_reduce_(
+                0, gid, torch.where(pick, pos, -t - buf - 1), "amax")
+            alive &= (pos - pick_pos[gid]).abs() > buf
         ctx = torch.div(pair, fc, rounding_mode="floor")
         with record_function("collect.merge"):
             self._merge(k, latent_offset, fc, fi + latent_offset, picked, [
