@@ -98,10 +98,10 @@ class PeakTracker:
     each context's own greedy peaks. Per batch, a (context, latent) pair can only contribute if its
     largest peak beats the running k-th best ``theta`` and is among the k largest of the batch for
     that latent (k other contexts with a larger first peak would outrank all of its peaks). Those
-    pairs, few once ``theta`` has risen, get a dense ``[pairs, positions]`` slab of their
-    activations above ``theta`` (entries below it come after every entry above it, so they could
-    not suppress any of those), on which the greedy runs as a fixed number of vectorised rounds
-    (argmax, then clear the ``buffer`` around it). The picks merge into the state with ``topk``.
+    pairs' entries above ``theta`` (entries below it come after every entry above it, so they could
+    not suppress any of those; few once ``theta`` has risen) run the greedy as a fixed number of
+    vectorised rounds: per pair, the largest entry still alive (a scatter-max over pairs) is picked
+    and the entries within ``buffer`` of it die. The picks merge into the state with ``topk``.
 
     Importance-weighted peaks: A-Res (Efraimidis & Spirakis) with weight act^2 and key log(u)/w,
     the sample being the ``n_iw`` largest keys among positions below the final weakest top peak.
