@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from .app import app
-from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt
+from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BatchSizeOpt,
     ContextSizeOpt,
@@ -82,6 +82,7 @@ def collect_command(
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 1.0,
+    saes_per_task: SaesPerTaskOpt = 0,
 ) -> None:
     """Find each feature's top activating windows and importance-weighted samples.
 
@@ -111,7 +112,7 @@ def collect_command(
     )
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     st = Store(store)
-    runner = make_executor(executor, address, gpus_per_task)
+    runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     if (from_saebench or saebench_file) and runner.name != "local":
         raise UsageError("--from-saebench imports files and runs no model", "drop --executor")
     rows = []

@@ -27,9 +27,17 @@ GpusPerTaskOpt = Annotated[
                  help="GPUs each model-and-hook task asks for when the cluster has GPUs (fractions share one).")
 ]
 
+SaesPerTaskOpt = Annotated[
+    int,
+    typer.Option("--saes-per-task", min=0,
+                 help="Split a model-and-hook group into tasks of at most this many SAEs (each runs its own pass "
+                      "over the corpus), to keep more GPUs busy than there are groups; 0 = one task per group."),
+]
 
-def make_executor(executor: str, address: str | None, gpus_per_task: float) -> Executor:
+
+def make_executor(executor: str, address: str | None, gpus_per_task: float, saes_per_task: int = 0) -> Executor:
     from ..executors import get_executor
 
     # RAY_ADDRESS in the environment should not turn a local run into an error
-    return get_executor(executor, address=address if executor == "ray" else None, gpus_per_task=gpus_per_task)
+    return get_executor(executor, address=address if executor == "ray" else None, gpus_per_task=gpus_per_task,
+                        saes_per_task=saes_per_task)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .app import app
-from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt
+from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BaseUrlOpt,
     BatchSizeOpt,
@@ -72,6 +72,7 @@ def run_command(
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 1.0,
+    saes_per_task: SaesPerTaskOpt = 0,
 ) -> None:
     """Run every stage (collect -> generate -> score) for one or many SAEs, then print the summary.
 
@@ -114,7 +115,7 @@ def run_command(
     score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     st = Store(store)
-    runner = make_executor(executor, address, gpus_per_task)
+    runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     with RichProgress() as progress:
         results = run_pipeline(st, run, list(sae), collect_cfg, generate_cfg, score_cfg, opts, force=force,
                                progress=progress, executor=runner)

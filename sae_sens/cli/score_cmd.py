@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .app import RichProgress, app
-from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt
+from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BatchSizeOpt,
     DeviceOpt,
@@ -42,6 +42,7 @@ def score_command(
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 1.0,
+    saes_per_task: SaesPerTaskOpt = 0,
 ) -> None:
     """Score each SAE's generated samples (every generator, or only --generator) and original examples.
 
@@ -60,7 +61,7 @@ def score_command(
     st = Store(store)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator)
-    runner = make_executor(executor, address, gpus_per_task)
+    runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     if runner.name != "local":  # every SAE first (one task per model and hook), then the tables
         from ..executors import Work
         from ..pipeline import run_work

@@ -16,11 +16,12 @@ __all__ = ["EXECUTORS", "STAGES", "Executor", "Group", "LocalExecutor", "SaeResu
            "plan_groups"]
 
 
-def get_executor(name: str = "local", *, address: str | None = None, gpus_per_task: float = 1.0) -> Executor:
-    """The executor called ``name``; ``address`` and ``gpus_per_task`` are for ``ray``."""
+def get_executor(name: str = "local", *, address: str | None = None, gpus_per_task: float = 1.0,
+                 saes_per_task: int = 0) -> Executor:
+    """The executor called ``name``; the other arguments are for ``ray``."""
     if name == "local":
-        if address is not None:
-            raise UsageError("--address needs --executor ray")
+        if address is not None or saes_per_task:
+            raise UsageError("--address and --saes-per-task need --executor ray")
         return LocalExecutor()
     if name == "ray":
         try:
@@ -30,5 +31,5 @@ def get_executor(name: str = "local", *, address: str | None = None, gpus_per_ta
                 raise
             raise UsageError("--executor ray needs Ray, which is not installed",
                              "pip install 'sae-sens[ray]'") from None
-        return RayExecutor(address=address, gpus_per_task=gpus_per_task)
+        return RayExecutor(address=address, gpus_per_task=gpus_per_task, saes_per_task=saes_per_task)
     raise UsageError(f"unknown executor {name!r}", f"use one of: {', '.join(EXECUTORS)}")

@@ -75,10 +75,11 @@ class Group:
         return f"{model} {self.key[1]}"
 
 
-def plan_groups(saes: list[str] | tuple[str, ...], opts: ModelOptions) -> list[Group]:
+def plan_groups(saes: list[str] | tuple[str, ...], opts: ModelOptions, max_saes: int = 0) -> list[Group]:
     """Group SAEs by the (model, hook, dtype) ``open_model`` would give them, from their specs alone
     (no weights are loaded). An SAE whose spec does not say its model or hook gets a group of its own:
-    the group's task finds out when it loads it."""
+    the group's task finds out when it loads it. ``max_saes`` > 0 splits larger groups into that many
+    SAEs or fewer, near-equal parts: more tasks (GPUs busy) for one more model pass each."""
     from ..sae import resolve_sae
 
     groups: dict[tuple[str, str, str], list[str]] = {}
@@ -87,7 +88,11 @@ def plan_groups(saes: list[str] | tuple[str, ...], opts: ModelOptions) -> list[G
         model, hook = opts.model or spec.model_id, opts.hook or spec.hook
         key = (model, hook, str(opts.dtype or spec.default_dtype)) if model and hook else (name, "", "")
         groups.setdefault(key, []).append(name)
-    return [Group(k, tuple(v)) for k, v in groups.items()]
+    out: list[Group] = []
+    for k, v in groups.items():
+        parts = -(-len(v) // max_saes) if max_saes > 0 else 1
+        out.extend(Group(k, tuple(v[p::parts])) for p in range(parts))
+    return out
 
 
 class Executor(Protocol):

@@ -242,11 +242,11 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, gpus_per_task: float = 1.0, cpus_per_task: float = 1.0,
-                 max_retries: int = TASK_RETRIES) -> None:
+                 max_retries: int = TASK_RETRIES, saes_per_task: int = 0) -> None:
         if gpus_per_task < 0 or cpus_per_task < 0:
             raise ConfigError("--gpus-per-task must be >= 0")
         self.address, self.gpus_per_task, self.cpus_per_task = address, gpus_per_task, cpus_per_task
-        self.max_retries = max_retries
+        self.max_retries, self.saes_per_task = max_retries, saes_per_task
 
     @contextlib.contextmanager
     def connected(self) -> Iterator[None]:
@@ -272,7 +272,7 @@ class RayExecutor:
             return self._execute(store, work, progress)
 
     def _execute(self, store: Store, work: Work, progress: ProgressSink) -> list[SaeResult]:
-        groups = plan_groups(list(work.saes), work.opts)
+        groups = plan_groups(list(work.saes), work.opts, self.saes_per_task)
         gpus = self.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0
         root = str(Path(store.root).resolve())
         hub = Hub.remote()  # type: ignore[attr-defined]
