@@ -80,7 +80,7 @@ def cluster() -> Any:
 def configs(world: dict[str, Any], server: ChatServer) -> tuple[CollectConfig, GenerateConfig, ScoreConfig]:
     return (CollectConfig(corpus=str(world["corpus"]), total_tokens=TOKENS, context_size=CTX, features=3),
             GenerateConfig(generator="openai:tiny-chat", base_url=server.base_url, samples_per_feature=3,
-                           max_workers=4, max_tokens=200, n_top=3, n_iw=2),
+                           max_workers=4, max_tokens=200),
             ScoreConfig())
 
 
@@ -281,3 +281,51 @@ def test_store_a_node_cannot_see_is_refused_before_compute(world: dict[str, Any]
     assert len(lines) == 1 and "not visible from Ray node" in lines[0] and "--store" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert "files: 0" in proc.stdout  # refused before any compute
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ctrl_c_cancels_the_tasks_and_a_rerun_finishes(
+        world: dict[str, Any], server: ChatServer, reference: dict[str, Any], tmp_path: Path) -> None:
+    """The CLI with its own local cluster: SIGINT while the group tasks run."""
+    store = tmp_path / "evals"
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)}
+    args = [sys.executable, "-m", "sae_sens", "run", "--store", str(store), "--run", RUN,
+            *(x for s in names(world) for x in ("--sae", s)), "--corpus", str(world["corpus"]),
+            "--total-tokens", str(TOKENS), "--context-size", str(CTX), "--features", "3",
+            "--generator", "openai:tiny-chat", "--base-url", server.base_url, "--samples-per-feature", "3",
+            "--max-workers", "4", "--max-tokens", "200", "--device", "cpu", "--dtype", "float32",
+            "--batch-size", "16", "--executor", "ray"]
+    server.latency_s = 0.5  # keeps the tasks busy (waiting for generation) when the signal comes
+    try:
+        proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        pids, seen = [], []
+        for line in proc.stderr:  # type: ignore[union-attr]
+            seen.append(line)
+            if " started on " in line:
+                pids.append(int(line.rsplit("pid ", 1)[1].split(")")[0]))
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        server.latency_s = 0.0
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    for _ in range(100):  # the tasks' worker processes are gone (cancelled, cluster shut down)
+        if not any(_alive(p) for p in pids):
+            break
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+    # the same work finishes in the store the interrupted run left, as an uninterrupted run would
+    results = run_pipeline(Store(store), RUN, names(world), *configs(world, server), OPTS)
+    assert all(r.score and not r.score.skipped for r in results)
+    assert_same_tables(Store(store), reference["store"], names(world))
