@@ -185,7 +185,7 @@ def test_two_groups_run_in_parallel_and_tables_equal_one_process(
     pids = rec.pids()
     assert len(pids) == 2 and len({p[0] for p in pids.values()}) == 2, pids
     first_start = max(t for t, k, _, v in rec.events if k == "log" and " started on " in str(v))
-    first_finish = min(t for t, k, task, _ in rec.events if k == "finish" and task.startswith("group:"))
+    first_finish = min(t for t, k, task, _ in rec.events if k == "finish" and task in pids)
     assert first_start < first_finish
     # a rerun finds every stage fresh: nothing is recomputed or sent
     server.reset()
@@ -281,6 +281,22 @@ def test_store_a_node_cannot_see_is_refused_before_compute(world: dict[str, Any]
     assert len(lines) == 1 and "not visible from Ray node" in lines[0] and "--store" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert "files: 0" in proc.stdout  # refused before any compute
+
+
+def test_a_failing_task_is_one_typed_error_and_other_groups_finish(
+        world: dict[str, Any], server: ChatServer, reference: dict[str, Any], cluster: None, tmp_path: Path) -> None:
+    from sae_sens.errors import MissingTableError
+
+    store = Store(tmp_path / "evals")
+    _, _, score_cfg = configs(world, server)
+    a, b = world["saes"]["a_relu"], world["saes"]["b_relu"]
+    run_pipeline(store, RUN, [b], *configs(world, server), OPTS)  # b has everything score needs; a nothing
+    rec = Recorder()
+    with pytest.raises(MissingTableError):  # a's: the typed error itself, not Ray's wrapper
+        get_executor("ray").execute(store, Work(RUN, (a, b), ("score",), OPTS, score_cfg=score_cfg, force=True), rec)
+    # b's group still ran to the end while a's failed
+    finished = [task for _, kind, task, _ in rec.events if kind == "finish" and task in rec.pids()]
+    assert len(finished) == 1 and "(b " in finished[0], finished
 
 
 def _alive(pid: int) -> bool:

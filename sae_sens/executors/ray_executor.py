@@ -281,7 +281,7 @@ class RayExecutor:
         labels = [f"group {i + 1}/{len(groups)} ({g.label})" for i, g in enumerate(groups)]
         refs: dict[Any, int] = {}
         for i, g in enumerate(groups):
-            progress.start(f"group:{labels[i]}", total=len(g.saes) * len([s for s in work.stages if s != "generate"]))
+            progress.start(labels[i], total=len(g.saes) * len([s for s in work.stages if s != "generate"]))
             opts = {"num_cpus": self.cpus_per_task, "num_gpus": gpus, "max_retries": self.max_retries,
                     "name": f"sae-sens {g.label}"}
             refs[_run_group_remote.options(**opts).remote(root, task_work.only(list(g.saes)), i, labels[i], hub)] = i
@@ -304,7 +304,7 @@ class RayExecutor:
                     i = refs[ref]
                     try:
                         results[i] = ray.get(ref)
-                        progress.finish(f"group:{labels[i]}")
+                        progress.finish(labels[i])
                     except Exception as e:  # noqa: BLE001  (reported below, after the other groups finish)
                         errors[i] = e
                 self._settle_generations(hub, generations)
@@ -333,7 +333,7 @@ class RayExecutor:
         """Forward the tasks' events to the driver's progress view, start wanted generations."""
         events, wanted = ray.get(hub.drain.remote())
         for group, kind, task, a, b in events:
-            name = task if task.startswith("group:") else f"{labels[group]} · {task}"
+            name = task.removeprefix("group:") if task.startswith("group:") else f"{labels[group]} · {task}"
             if kind == "start":
                 progress.start(name, a)
             elif kind == "advance":
