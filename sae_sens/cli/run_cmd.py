@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .app import app
+from .base import app
 from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BaseUrlOpt,
@@ -97,7 +97,7 @@ def run_command(
     from ..score import ScoreConfig
     from ..stages import ModelOptions
     from ..store import Store
-    from .app import RichProgress
+    from .base import RichProgress
     from .collect_cmd import selection
     from .executor_options import make_executor
     from .generate_cmd import resolve_generator
