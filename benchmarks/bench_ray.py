@@ -61,12 +61,13 @@ def build(root: Path) -> tuple[Path, list[str], Path]:
 
 
 def timed_run(root: Path, name: str, corpus: Path, saes: list[str], texts: Path, tokens: int,
-              extra: list[str]) -> float:
+              extra: list[str], env_extra: dict[str, str] | None = None) -> float:
     args = [sys.executable, "-m", "sae_sens", "run", "--store", str(root / f"store-{name}"), "--run", "bench",
             *(x for s in saes for x in ("--sae", s)), "--corpus", str(corpus), "--total-tokens", str(tokens),
             "--context-size", "128", "--features", "5", "--from-table", str(texts), "--generator", "texts",
             "--device", "cpu", "--dtype", "float32", *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+           **(env_extra or {})}
     start = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True, env=env)
     took = time.perf_counter() - start
@@ -77,7 +78,7 @@ def timed_run(root: Path, name: str, corpus: Path, saes: list[str], texts: Path,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=40_000, help="corpus tokens per group's pass")
+    ap.add_argument("--tokens", type=int, default=20_000, help="corpus tokens per group's pass")
     a = ap.parse_args(argv if argv is not None else [])
     try:
         import ray  # noqa: F401
@@ -92,12 +93,17 @@ def main(argv: list[str] | None = None) -> None:
         timed_run(root, "warm", corpus, saes, texts, 4_000, [])
         local = timed_run(root, "local", corpus, saes, texts, a.tokens, [])
         on_ray = timed_run(root, "ray", corpus, saes, texts, a.tokens, ["--executor", "ray"])
+        # Ray gives each 1-CPU task one torch thread (OMP_NUM_THREADS=1): the same process with one thread
+        # shows how much of the ratio is parallelism and how much is torch's threading on a busy machine
+        one_thread = timed_run(root, "local1", corpus, saes, texts, a.tokens, [], {"OMP_NUM_THREADS": "1"})
     groups = 2
     print(f"2 groups x {SAES_PER_GROUP} SAEs ({HIDDEN}-wide {LAYERS}-layer model, {D_SAE}-latent SAEs), "
           f"{a.tokens:,} tokens per pass, {cores} cores")
     print(f"  one process (local executor): {local:6.1f} s")
-    print(f"  --executor ray, {cores} workers:  {on_ray:6.1f} s")
-    print(f"  speed-up: {local / on_ray:.2f}x (target >= 1.7x; on a machine shared with other jobs this is indicative)")
+    print(f"  one process, one torch thread: {one_thread:6.1f} s")
+    print(f"  --executor ray, {cores} workers:  {on_ray:6.1f} s (each worker one torch thread)")
+    print(f"  speed-up: {local / on_ray:.2f}x over one process (target >= 1.7x), {one_thread / on_ray:.2f}x over one "
+          "process with one thread (on a machine shared with other jobs these are indicative)")
     # per task: the Ray run's wall time, in which the two group tasks ran side by side on their own core
     # (cluster and worker start included, so an upper bound of one task's time)
     per_task = on_ray if groups <= cores else local / groups
