@@ -153,11 +153,15 @@ def _flock(path: Path, progress: ProgressSink) -> Iterator[None]:
         os.close(fd)  # closing drops the lock
 
 
-def run_group(root: str, work: Work, group: int, label: str, hub: Any) -> list[SaeResult]:
-    """One group's stages on a Ray worker (generation is asked of the driver)."""
+def run_group(root: str, work: Work, group: int, label: str, hub: Any, wait: bool = True) -> list[SaeResult]:
+    """One group's stages on a Ray worker (generation is asked of the driver). ``wait``: the driver's
+    store setting, wait for (True) or refuse (False) an SAE another process holds the lock of."""
     sink = HubSink(hub, group)
     sink.log(f"{label}: started on {socket.gethostname()} (pid {os.getpid()})")
     store = Store(root)
+    if hasattr(store, "wait"):  # the store's own lock (sae_sens/locking.py): same policy, messages to the driver
+        store.wait = wait
+        setattr(store, "on_wait", sink.log)  # noqa: B010  (not an attribute of every Store version)
     saes = list(work.saes)
     results = {s: SaeResult(s) for s in saes}
     try:
@@ -213,7 +217,12 @@ def check_store_visible(store: Store, timeout_s: float = 120.0) -> None:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         refs = [_read_token_remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                 .remote(str(path)) for n in nodes]
-        answers = ray.get(refs, timeout=timeout_s)
+        ready, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if late:
+            node = nodes[refs.index(late[0])]
+            raise ConfigError(f"Ray node {node.get('NodeManagerAddress')} did not answer the store check within "
+                              f"{timeout_s:.0f} s", "check that the node is healthy (`ray status`) and rerun")
+        answers = ray.get(refs)
     finally:
         path.unlink(missing_ok=True)
     for node, (host, text) in zip(nodes, answers, strict=True):
@@ -284,7 +293,8 @@ class RayExecutor:
             progress.start(labels[i], total=len(g.saes) * len([s for s in work.stages if s != "generate"]))
             opts = {"num_cpus": self.cpus_per_task, "num_gpus": gpus, "max_retries": self.max_retries,
                     "name": f"sae-sens {g.label}"}
-            refs[_run_group_remote.options(**opts).remote(root, task_work.only(list(g.saes)), i, labels[i], hub)] = i
+            refs[_run_group_remote.options(**opts).remote(root, task_work.only(list(g.saes)), i, labels[i], hub,
+                                                           getattr(store, "wait", True))] = i
         gen_lock = threading.Lock()  # one generation at a time: one --max-workers / --max-cost budget
         spent = [0.0]
         generations: dict[int, _Generation] = {}
