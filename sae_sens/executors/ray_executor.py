@@ -276,12 +276,12 @@ class RayExecutor:
             ray.shutdown()
 
     def execute(self, store: Store, work: Work, progress: ProgressSink) -> list[SaeResult]:
+        groups = plan_groups(list(work.saes), work.opts, self.saes_per_task)  # an unknown SAE fails here, at once
         with self.connected():
             check_store_visible(store)
-            return self._execute(store, work, progress)
+            return self._execute(store, work, groups, progress)
 
-    def _execute(self, store: Store, work: Work, progress: ProgressSink) -> list[SaeResult]:
-        groups = plan_groups(list(work.saes), work.opts, self.saes_per_task)
+    def _execute(self, store: Store, work: Work, groups: list[Group], progress: ProgressSink) -> list[SaeResult]:
         gpus = self.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0
         root = str(Path(store.root).resolve())
         hub = Hub.remote()  # type: ignore[attr-defined]
