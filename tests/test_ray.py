@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -219,6 +220,9 @@ def test_killed_worker_is_retried_and_nothing_is_paid_twice(
     retried = [p for p in rec.pids().values() if p[0] == killed[0]]
     assert retried and len(retried[0]) == 2 and retried[0][1] != killed[0], rec.pids()
     assert any("retried by Ray (attempt 2)" in line for line in rec.logs())
+    # the retry found group a's collect done (nothing before its checkpoints is recomputed)
+    for sae in a_saes:
+        assert sum(f"collect: {sae} is up to date" in line for line in rec.logs()) == 1, rec.logs()
     assert_same_tables(store, reference["store"], names(world))
     answered = server.answered()
     assert len(answered) == len(set(answered))  # each distinct request once
@@ -251,8 +255,9 @@ def test_store_a_node_cannot_see_is_refused_before_compute(world: dict[str, Any]
     if shutil.which("unshare") is None or subprocess.run(
             ["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs unshare (mount namespaces) to hide the store from the cluster")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parents[1]),
-                                                                      os.environ.get("PYTHONPATH")) if p)}
+    # RAY_AUTH_MODE: a driver joining by HOST:PORT must opt in to the token auth a ray.init cluster turns on
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)}
     # a separate cluster (not this process's): its head process is ours to stop by pid
     head = subprocess.Popen(
         [sys.executable, "-c", "import ray, sys, time; ray.init(num_cpus=1, include_dashboard=False, "
@@ -345,3 +350,30 @@ def test_ctrl_c_cancels_the_tasks_and_a_rerun_finishes(
     results = run_pipeline(Store(store), RUN, names(world), *configs(world, server), OPTS)
     assert all(r.score and not r.score.skipped for r in results)
     assert_same_tables(Store(store), reference["store"], names(world))
+
+
+def test_tasks_ask_for_a_gpu_when_the_cluster_has_one(world: dict[str, Any], tmp_path: Path) -> None:
+    """A cluster that declares one GPU: with --gpus-per-task 1 the two groups run one after the other."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)}
+    head = subprocess.Popen(
+        [sys.executable, "-c", "import ray, sys; ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, "
+         "configure_logging=False); print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        address = head.stdout.readline().strip()  # type: ignore[union-attr]
+        assert address, "the test cluster did not start"
+        saes = [x for k in ("a_relu", "b_relu") for x in ("--sae", world["saes"][k])]
+        proc = subprocess.run(
+            [sys.executable, "-m", "sae_sens", "collect", "--store", str(tmp_path / "evals"), "--run", RUN, *saes,
+             "--corpus", str(world["corpus"]), "--total-tokens", str(TOKENS), "--context-size", str(CTX),
+             "--features", "3", "--device", "cpu", "--executor", "ray", "--address", address,
+             "--gpus-per-task", "1"], capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        head.stdin.close()  # type: ignore[union-attr]
+        head.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if re.match(r"group \d/2 \([^)]*\): ", line)]  # log lines
+    pids = [int(line.rsplit("pid ", 1)[1].rstrip(")")) for line in lines if " started on " in line]
+    # two CPUs would let both groups run at once on two workers; the one GPU made them take turns on one
+    assert len(pids) == 2 and pids[0] == pids[1], lines

@@ -268,8 +268,10 @@ class RayExecutor:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=True,
                      runtime_env={"env_vars": env} if env else None, configure_logging=False)
         except ConnectionError as e:
-            raise ConfigError(f"cannot reach a Ray cluster at {self.address or 'auto'}: {e}",
-                              "start one with `ray start --head` (or check --address HOST:PORT)") from None
+            hint = "start one with `ray start --head` (or check --address HOST:PORT)"
+            if self.address not in (None, "auto") and os.environ.get("RAY_AUTH_MODE") is None:
+                hint += "; a cluster with token authentication also needs RAY_AUTH_MODE=token here"
+            raise ConfigError(f"cannot reach a Ray cluster at {self.address or 'auto'}: {e}", hint) from None
         try:
             yield
         finally:
