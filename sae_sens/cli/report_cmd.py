@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from typing import Annotated
 
 import pyarrow as pa
 import typer
-from rich.console import Console
 
 from ..errors import UsageError
 from ..report import (
@@ -32,8 +30,8 @@ from ..report.summary import GROUP_KEYS, N_RESAMPLES
 from ..report.views import has_results
 from ..store import Store
 from .app import app
-from .options import FormatOpt, OptionalSaeOpt, StoreOpt
-from .output import FORMATS, console, err_console, render, rich_table
+from .options import OptionalSaeOpt, StoreOpt
+from .output import AutoFormatOpt, console, err_console, render, resolve_format, rich_table, table_text, warn
 
 RunsFilterOpt = Annotated[
     list[str] | None,
@@ -52,20 +50,13 @@ def _columns_rows(table: pa.Table) -> tuple[list[str], list[tuple]]:
 
 def _output(table: pa.Table, fmt: str, output: Path | None, title: str | None = None) -> None:
     """Print ``table`` in ``fmt``, or write it to ``output`` (a table format is written as plain text)."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
     columns, rows = _columns_rows(table)
     if output is None:
         text = render(columns, rows, fmt, title)
         if text is not None:
             sys.stdout.write(text)
         return
-    if fmt == "table":
-        buf = io.StringIO()
-        Console(file=buf, width=10_000, no_color=True, highlight=False).print(rich_table(columns, rows, title))
-        text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
-    else:
-        text = render(columns, rows, fmt) or ""
+    text = table_text(columns, rows, title) if fmt == "table" else render(columns, rows, fmt) or ""
     write_user_file(output, text)
     err_console.print(f"wrote {output}")
 
@@ -92,9 +83,10 @@ def report_command(
         Path | None,
         typer.Option("--sql-file", help="Run the SQL in this file.", exists=True, dir_okay=False, show_default=False),
     ] = None,
-    fmt: FormatOpt = "table",
+    fmt: AutoFormatOpt = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the output to this file.", show_default=False)
+        Path | None, typer.Option("--output", "-o", help="Write the output to this file (format from its "
+                                                         "extension: .csv, .tsv, .json, .md, .txt).", show_default=False)
     ] = None,
     plot: Annotated[
         Path | None,
@@ -132,6 +124,7 @@ def report_command(
         raise UsageError("--sql and --sql-file are alternatives", "pass one of them")
     if compare_ is not None and by:
         raise UsageError("--compare and --by are alternatives", "pass one of them")
+    fmt = resolve_format(fmt, output)
     st = Store(store)
     as_sql = sql is not None or sql_file is not None
     con = connect(st, run, sae, status=as_sql)

@@ -9,17 +9,15 @@ import typer
 from ..runs import list_runs
 from ..store import Store
 from .app import app
-from .options import FormatOpt, StoreOpt
-from .output import emit, err_console
-
-_STYLE = {"done": "[green]done[/]", "stale": "[yellow]stale[/]", "missing": "[dim]missing[/]"}
+from .options import StoreOpt
+from .output import AutoFormatOpt, emit, err_console, resolve_format
 
 
 @app.command("runs")
 def runs_command(
     store: StoreOpt = None,
     run: Annotated[str | None, typer.Option("--run", "-r", help="Only this run.", show_default=False)] = None,
-    fmt: FormatOpt = "table",
+    fmt: AutoFormatOpt = None,
 ) -> None:
     """List runs and SAEs in the store with each stage's status (done, stale, missing).
 
@@ -27,6 +25,7 @@ def runs_command(
 
     Example: sae-sens runs --store evals
     """
+    fmt = resolve_format(fmt)
     st = Store(store)
     rows = list_runs(st, run)
     if not rows:
@@ -36,7 +35,5 @@ def runs_command(
     table_rows = []
     for r in rows:
         states = [r.family("collect"), r.family("generate"), r.family("score")]
-        if fmt == "table":
-            states = [_STYLE[s] for s in states]
         table_rows.append([r.run, r.sae, states[0], states[1], ", ".join(r.generators), states[2], r.finished_at])
     emit(cols, table_rows, fmt, title=f"runs in {st.root}")
