@@ -26,7 +26,7 @@ from ..report import (
     write_plots,
 )
 from ..report.html import write_user_file
-from ..report.summary import GROUP_KEYS, N_RESAMPLES
+from ..report.summary import GROUP_KEYS, N_RESAMPLES, summary_warnings
 from ..report.views import has_results
 from ..store import Store
 from .app import app
@@ -70,11 +70,14 @@ def report_command(
     by: Annotated[
         list[str] | None,
         typer.Option("--by", help=f"Regroup the summary: {', '.join(GROUP_KEYS)}; repeat or comma-separate "
-                                  "to combine (features of all SAEs in a group are pooled).", show_default=False),
+                                  "to combine (features of all SAEs in a group are pooled, each feature "
+                                  "counted once: several generators' sensitivities for it are averaged).",
+                     show_default=False),
     ] = None,
     compare_: Annotated[
         tuple[str, str] | None,
-        typer.Option("--compare", help="Two SAEs, generators or runs side by side, per shared feature.",
+        typer.Option("--compare", help="Two generators or runs side by side per shared feature; two SAEs "
+                                       "as distributions (means, intervals, permutation test of the difference).",
                      metavar="A B", show_default=False),
     ] = None,
     sql: Annotated[str | None, typer.Option("--sql", help="Run a SQL query over the views.",
@@ -138,11 +141,13 @@ def report_command(
             _output(result.rows, fmt, output, title=f"{result.dimension}: a={result.a}, b={result.b}")
             (console if fmt == "table" and output is None else err_console).print(
                 result.summary, highlight=False, soft_wrap=True)
+            warn(result.warnings)
         else:
             keys = [k.strip() for b in by or () for k in b.split(",") if k.strip()]  # --by width,architecture
             table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
             _output(table, fmt, output, title)
+            warn(summary_warnings(table))
     if plot is not None:
         require_results(con, st)
         paths = write_plots(con, plot, generators=generator, n_resamples=resamples, seed=seed)
