@@ -472,7 +472,9 @@ def test_cli_html(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "report.html"
     cli("report", "--store", str(store.root), "--sae", SAES[0], "--html", str(path), "--format", "csv")
     page = path.read_text()
-    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page
+    # self-contained: no outside resource (issue 16 adds an inline script for the filter and inline PNGs)
+    assert page.startswith("<!doctype html>") and not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    assert "<script src" not in page and 'src="data:image/png;base64,' in page
     assert all(f"{SAES[0]} f{i} g2 s1 &lt;&amp;&gt;" in page for i in range(N_FEATURES))
     assert SAES[1] not in page
     assert page.count("rgba(255,140,0,") > N_FEATURES * 4

@@ -154,7 +154,7 @@ def report_command(
         err_console.print("wrote " + ", ".join(map(str, paths)))
     if html is not None:
         require_results(con, st)
-        err_console.print(f"wrote {write_html(con, html, generator)}")
+        err_console.print(f"wrote {write_html(con, html, generator, store=st)}")
 
 
 def _stdin_lines() -> Iterator[str]:
