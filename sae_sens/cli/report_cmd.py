@@ -29,7 +29,7 @@ from ..report.html import write_user_file
 from ..report.summary import GROUP_KEYS, N_RESAMPLES, summary_warnings
 from ..report.views import has_results
 from ..store import Store
-from .app import app
+from .base import app
 from .options import OptionalSaeOpt, StoreOpt
 from .output import AutoFormatOpt, console, err_console, render, resolve_format, rich_table, table_text, warn
 
