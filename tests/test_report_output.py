@@ -78,7 +78,8 @@ def test_report_at_80_columns_shows_every_value_whole(store: Store) -> None:
             if v is not None:
                 assert shown(v) in out, (k, v, out)
     # run and generator are the same on every row: said once, above the table
-    assert out.count(GEN) == 1 and re.search(rf"run:\s{RUN} ", out)
+    assert out.count(GEN) == 1 and re.search(rf"run: {RUN}\b", out)
+    assert f"original_sensitivity: {shown(expected[0]['original_sensitivity'])}" in out  # a caption part is whole
 
 
 def test_runs_at_80_columns_tells_the_saes_apart(store: Store) -> None:

@@ -135,6 +135,17 @@ def fit_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], width: int 
     return caption, headers, cells, True
 
 
+def _pack(parts: Sequence[str], width: int, sep: str = " · ") -> list[str]:
+    """``parts`` joined by ``sep`` into lines of at most ``width`` cells (a longer part gets a line)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and cell_len(lines[-1] + sep + part) <= width:
+            lines[-1] += sep + part
+        else:
+            lines.append(part)
+    return lines
+
+
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,
                 *, out: Console | None = None) -> None:
     """A table that fits ``out``'s width without cutting any value."""
@@ -142,8 +153,8 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: st
     caption, headers, cells, vertical = fit_table(columns, rows, out.width)
     if title and (vertical or caption):
         out.print(Text(title, style="bold"))
-    if caption:  # wrapped between its parts, never cut
-        out.print(Text(" · ".join(c.replace(" ", "\u00a0") for c in caption), style="dim"))
+    for line in _pack(caption, out.width):  # broken between its parts only, never cut
+        out.print(Text(line, style="dim"), soft_wrap=True)
     if vertical:
         pad = max(cell_len(h) for h in headers)
         for n, r in enumerate(cells):
