@@ -52,8 +52,7 @@ SHORT = {
     "sensitivity": "sens", "original_sensitivity": "orig", "original_sensitivity_window": "orig_win",
     "share_below_half": "<0.5", "ci_low": "lo", "ci_high": "hi", "architecture": "arch", "features": "feats",
     "generator": "gen", "generators": "gens", "generate": "gen", "collect": "coll", "sparsity": "spars",
-    "feature_index": "feat", "n_per_feature": "n/feat", "preamble_samples": "preamble", "finished": "finished",
-    "p_value": "p", "parse_fallback": "unparsed",
+    "feature_index": "feat", "preamble_samples": "preamble", "p_value": "p", "fallback_parse": "fallback",
 }
 # Cell values shown in colour in terminal tables (stage statuses in `runs`).
 STYLES = {"done": "green", "stale": "yellow", "missing": "dim"}
