@@ -92,3 +92,4 @@ def test_html_report_in_headless_chromium(tmp_path: Path) -> None:
     assert '"max_length": 128' in dom and '"duckdb": "1.0"' in dom  # the run's config and versions
     assert re.search(r'<a href="#sae-0">smol_576_topk</a>', dom)  # summary row links to its SAE
     assert '<a href="#sae-0-f0">' in dom  # links per feature
+    assert "(n = 1 to 5;" in dom  # the summary's warning about different n

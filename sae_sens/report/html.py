@@ -2,7 +2,7 @@
 
 At the top: a legend, a filter (show only features whose sensitivity is at most a value; also set
 by the address, ``report.html#max=0.3``), the summary table per run × SAE × generator with links to
-each SAE, and the plots embedded as base64 PNGs. Then per run × SAE: the run's stage configs and
+each SAE and the summary's warnings (different n, preamble samples), and the plots embedded as base64 PNGs. Then per run × SAE: the run's stage configs and
 package versions (from the manifest), links to every feature, and its features ordered by generated
 sensitivity (least sensitive first: those are the ones to read), each with its original examples
 and its generated samples.
@@ -32,7 +32,7 @@ from typing import Any
 import duckdb
 
 from ..store import Store, atomic_write_bytes
-from .summary import PREAMBLE_PATTERN, looks_like_preamble, per_feature_sql, summarize
+from .summary import PREAMBLE_PATTERN, looks_like_preamble, per_feature_sql, summarize, summary_warnings
 from .views import query
 
 SMALL_N = 5  # fewer parsed samples than this: the feature's sensitivity is a coarse fraction
@@ -142,9 +142,11 @@ def _rows_by(table: Any, *keys: str) -> dict[tuple, list[dict[str, Any]]]:
 
 def _summary_table(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None,
                    anchors: dict[tuple[str, str], str]) -> str:
-    table = summarize(con, generators=generators).to_pylist()
+    summary = summarize(con, generators=generators)
+    table = summary.to_pylist()
     if not table:
         return ""
+    warnings = "".join(f'<p class="stats">{_flag("warning")}{html.escape(w)}</p>' for w in summary_warnings(summary))
     cols = list(table[0])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = []
@@ -159,7 +161,7 @@ def _summary_table(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | N
     return (f'<h2>Summary</h2><div class="scroll"><table class="summary"><tr>{head}</tr>{"".join(body)}</table></div>'
             "<p class=stats>sensitivity: mean over features of the share of generated samples that activate "
             "the feature, with a 95% bootstrap interval (ci_low, ci_high); n_min / n_max: fewest and most "
-            "parsed samples per feature.</p>")
+            "parsed samples per feature.</p>" + warnings)
 
 
 def _plots(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None) -> str:
