@@ -12,7 +12,8 @@ from .app import app
 from .options import FormatOpt, StoreOpt
 from .output import emit, err_console
 
-_STYLE = {"done": "[green]done[/]", "stale": "[yellow]stale[/]", "missing": "[dim]missing[/]"}
+_STYLE = {"done": "[green]done[/]", "stale": "[yellow]stale[/]", "missing": "[dim]missing[/]",
+          "damaged": "[bold red]damaged[/]"}
 
 
 @app.command("runs")
@@ -20,6 +21,7 @@ def runs_command(
     store: StoreOpt = None,
     run: Annotated[str | None, typer.Option("--run", "-r", help="Only this run.", show_default=False)] = None,
     fmt: FormatOpt = "table",
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every table's content (slower).")] = False,
 ) -> None:
     """List runs and SAEs in the store with each stage's status (done, stale, missing).
 
@@ -28,7 +30,7 @@ def runs_command(
     Example: sae-sens runs --store evals
     """
     st = Store(store)
-    rows = list_runs(st, run)
+    rows = list_runs(st, run, verify=verify)
     if not rows:
         err_console.print(f"no runs in {st.root}; start one with `sae-sens run --sae <name>`")
         raise typer.Exit(0)
@@ -40,3 +42,6 @@ def runs_command(
             states = [_STYLE[s] for s in states]
         table_rows.append([r.run, r.sae, states[0], states[1], ", ".join(r.generators), states[2], r.finished_at])
     emit(cols, table_rows, fmt, title=f"runs in {st.root}")
+    for r in rows:
+        for line in r.repairs():
+            err_console.print(f"[bold red]damaged[/]: {line}", highlight=False, soft_wrap=True)

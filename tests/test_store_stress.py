@@ -1,0 +1,324 @@
+"""The store under stress: concurrent writers (real processes), SAEs with the same folder name,
+damaged tables, a server that rejects everything, a read-only store. Requests are counted at the
+real OpenAI-compatible server in tests/openai_server.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from gen_support import write_examples
+from openai_server import ChatServer
+
+from sae_sens.errors import LockedError, StoreError
+from sae_sens.locking import file_lock
+from sae_sens.runs import list_runs
+from sae_sens.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURES = list(range(0, 60, 3))  # 20 features
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    out["PYTHONPATH"] = str(ROOT)
+    out["HF_HUB_OFFLINE"] = "1"
+    return out
+
+
+def start(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    return subprocess.Popen([*prefix, sys.executable, "-m", "sae_sens", *args], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
+
+
+def generate_args(store: Path, base_url: str, generator: str = "openai:test-model", *extra: str) -> list[str]:
+    return ["generate", "--store", str(store), "--run", "r", "--sae", "sae-a", "--generator", generator,
+            "--base-url", base_url, "--max-workers", "2", *extra]
+
+
+def queries_by_generator(store: Store) -> dict[str, int]:
+    q = store.read_table("r", "sae-a", "queries")
+    return {g: int(pc.sum(pc.equal(q["generator"], g)).as_py()) for g in set(q["generator"].to_pylist())}
+
+
+# ----- two writers at once ---------------------------------------------------------------------------
+def test_generate_twice_at_once_pays_each_request_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", FEATURES)
+    with ChatServer(latency_s=0.03) as srv:
+        procs = [start(*generate_args(store.root, srv.base_url)) for _ in range(2)]
+        results = [finish(p) for p in procs]
+        assert [r[0] for r in results] == [0, 0], results
+        # each distinct prompt answered exactly once, across both processes
+        assert srv.count(200) == len(FEATURES)
+        assert len(set(srv.answered())) == len(FEATURES)
+    assert queries_by_generator(store) == {"openai:test-model": len(FEATURES)}
+    gens = store.read_table("r", "sae-a", "generations")
+    assert gens.num_rows == len(FEATURES) * 10
+    # the second one waited for the first (saying so) and then found the stage done
+    err = "".join(r[2] for r in results)
+    assert "up to date" in err
+
+
+def test_two_generators_at_once_keep_both_generators_rows(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", FEATURES)
+    with ChatServer(models=("model-a", "model-b"), latency_s=0.03) as srv:
+        procs = [start(*generate_args(store.root, srv.base_url, f"openai:{m}")) for m in ("model-a", "model-b")]
+        results = [finish(p) for p in procs]
+        assert [r[0] for r in results] == [0, 0], results
+        assert srv.count(200) == 2 * len(FEATURES)
+    assert queries_by_generator(store) == {"openai:model-a": len(FEATURES), "openai:model-b": len(FEATURES)}
+    gens = store.read_table("r", "sae-a", "generations")
+    for g in ("openai:model-a", "openai:model-b"):
+        assert int(pc.sum(pc.equal(gens["generator"], g)).as_py()) == len(FEATURES) * 10
+    (status,) = list_runs(store, "r")
+    assert status.stages["generate:openai:model-a"] == "done"
+    assert status.stages["generate:openai:model-b"] == "done"
+
+
+def test_no_wait_refuses_with_one_line_and_sends_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", FEATURES)
+    with ChatServer() as srv, store.lock("r", "sae-a", what="a test holding the lock"):
+        code, out, err = finish(start(*generate_args(store.root, srv.base_url), "--no-wait"))
+        assert code == 1
+        assert srv.count() == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"pid {os.getpid()}" in err and "a test holding the lock" in err
+    assert str(store.sae_dir("r", "sae-a")) in err
+
+
+def test_lock_is_reentrant_in_a_thread_and_exclusive_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "x" / ".lock"
+    with file_lock(path, what="outer"), file_lock(path, what="inner"):
+        probe = ("import sys; from sae_sens.locking import file_lock\n"
+                 "from sae_sens.errors import LockedError\n"
+                 "try:\n    with file_lock(sys.argv[1], wait=False): print('got it')\n"
+                 "except LockedError as e: print('refused:', e.one_line())\n")
+        held = subprocess.run([sys.executable, "-c", probe, str(path)], env=env(), capture_output=True, text=True)
+        assert held.stdout.startswith("refused:"), held
+        assert "outer" in held.stdout
+    free = subprocess.run([sys.executable, "-c", probe, str(path)], env=env(), capture_output=True, text=True)
+    assert free.stdout.strip() == "got it", free
+
+
+def test_lock_waits_for_another_thread_of_the_process(tmp_path: Path) -> None:
+    import threading
+
+    path = tmp_path / ".lock"
+    order: list[str] = []
+    entered = threading.Event()
+
+    def other() -> None:
+        entered.wait()
+        with pytest.raises(LockedError):
+            with file_lock(path, wait=False):
+                pass
+        with file_lock(path, on_wait=lambda m: order.append("waited")):
+            order.append("other")
+
+    t = threading.Thread(target=other)
+    t.start()
+    with file_lock(path):
+        entered.set()
+        while "waited" not in order:
+            t.join(0.01)
+        order.append("main")
+    t.join()
+    assert order == ["waited", "main", "other"]
+
+
+# ----- SAEs with the same folder name -----------------------------------------------------------------
+def test_two_local_saes_with_the_same_folder_name_are_both_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    a, b = tmp_path / "a" / "mysae", tmp_path / "b" / "mysae"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    write_examples(store, "r", str(a), [1, 2])
+    write_examples(store, "r", str(b), [7, 8, 9])
+    assert store.sae_dir("r", str(a)) != store.sae_dir("r", str(b))
+    assert store.sae_dir("r", str(a)).name.startswith("mysae-")
+    assert sorted(store.saes("r")) == sorted([str(a), str(b)])
+    ea, eb = (Store(store.root).read_table("r", str(s), "examples") for s in (a, b))
+    assert set(ea["feature_index"].to_pylist()) == {1, 2} and set(ea["sae"].to_pylist()) == {str(a)}
+    assert set(eb["feature_index"].to_pylist()) == {7, 8, 9} and set(eb["sae"].to_pylist()) == {str(b)}
+    # a registry name keeps its plain folder; the same SAE spelled as a relative path finds its folder
+    assert store.sae_dir("r", "py_4k_topk_s0").name == "py_4k_topk_s0"
+    rel = os.path.relpath(a, ROOT)
+    assert Store(store.root).sae_dir("r", rel) == store.sae_dir("r", str(a))
+
+
+def test_a_folder_that_holds_another_sae_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "mysae", [1])
+    # a store written before folder names carried a hash: 'mysae/' holds the local SAE 'x/mysae'
+    manifest = store.sae_dir("r", "mysae") / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["sae"], data["sae_id"] = "x/mysae", "path:/somewhere/x/mysae"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="holds SAE 'x/mysae', not 'mysae'"):
+        Store(store.root).sae_dir("r", "mysae")
+    # and that legacy folder is still found under its own name
+    assert Store(store.root).sae_dir("r", "x/mysae") == manifest.parent
+
+
+# ----- damaged tables ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_a_damaged_table_is_shown_damaged_and_rebuilt_by_a_rerun(tmp_path: Path, damage: str) -> None:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", FEATURES)
+    with ChatServer() as srv:
+        code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
+        assert code == 0, err
+        before = store.read_table("r", "sae-a", "generations")
+        path = store.table_path("r", "sae-a", "generations")
+        if damage == "truncate":
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        else:  # a valid Parquet file with no rows
+            pq.write_table(before.slice(0, 0), path)
+        (status,) = list_runs(store, "r")
+        assert status.stages["generate:openai:test-model"] == "damaged"
+        assert status.family("generate") == "damaged"
+        code, out, err = finish(start("runs", "--store", str(store.root)))
+        assert code == 0 and "damaged" in out + err
+        assert "generations" in out + err and "sae-sens generate" in out + err
+        # a later stage refuses to build on it, naming the file and what to run
+        code, _, err = finish(start("score", "--store", str(store.root), "--run", "r", "--sae", "sae-a"))
+        assert code != 0 and "damaged" in err and "generations.parquet" in err and "Traceback" not in err
+        # the rerun rebuilds it (from the answer cache: nothing is paid twice), never "up to date"
+        sent = srv.count()
+        code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
+        assert code == 0, err
+        assert "up to date" not in err
+        assert srv.count() == sent
+    after = Store(store.root).read_table("r", "sae-a", "generations")
+    assert after.equals(before)
+    (status,) = list_runs(Store(store.root), "r")
+    assert status.stages["generate:openai:test-model"] == "done"
+
+
+def test_verify_catches_a_same_size_edit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", [1, 2])
+    path = store.table_path("r", "sae-a", "examples")
+    table = pq.read_table(path)
+    texts = [t.replace("cat", "dog") for t in table["text"].to_pylist()]
+    import pyarrow as pa
+
+    pq.write_table(table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts)), path,
+                   compression="zstd")
+    info = store.manifest("r", "sae-a").tables["examples"]
+    info_size = path.stat().st_size
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    manifest["tables"]["examples"]["size"] = info_size  # as if the edit kept the size
+    (path.parent / "manifest.json").write_text(json.dumps(manifest))
+    assert info["rows"] == table.num_rows
+    assert store.table_problem("r", "sae-a", "examples") is None
+    assert store.table_problem("r", "sae-a", "examples", verify=True) == "content differs from the recorded hash"
+
+
+# ----- failing servers and read-only stores ----------------------------------------------------------
+def test_a_server_that_rejects_everything_fails_the_stage_and_a_rerun_retries(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", FEATURES)
+
+    def reject(_n: int, _body: dict) -> tuple[int, dict, dict]:
+        return 400, {}, {"error": {"message": "this prompt is not allowed", "type": "invalid_request_error"}}
+
+    with ChatServer(fail=reject) as srv:
+        code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
+        assert code != 0
+        assert "Traceback" not in err and "refused" in err
+        assert srv.count(400) == len(FEATURES)
+        assert "generate:openai:test-model" not in store.manifest("r", "sae-a").stages
+    with ChatServer() as srv:  # the server is fixed: the rerun asks again, for every feature
+        code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
+        assert code == 0, err
+        assert srv.count(200) == len(FEATURES)
+    assert queries_by_generator(Store(store.root)) == {"openai:test-model": len(FEATURES)}
+    q = Store(store.root).read_table("r", "sae-a", "queries")
+    assert set(q["status"].to_pylist()) == {"ok"}
+
+
+def test_partial_rejections_are_recorded_with_counts_and_a_rerun_retries_only_those(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", FEATURES)
+    bad = set()
+
+    def reject_some(n: int, body: dict) -> tuple[int, dict, dict] | None:
+        text = body["messages"][-1]["content"]
+        if any(f"feature {f} " in text for f in FEATURES[:3]):
+            bad.add(text)
+            return 400, {}, {"error": {"message": "not allowed", "type": "invalid_request_error"}}
+        return None
+
+    with ChatServer(fail=reject_some) as srv:
+        code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
+        assert code == 0, err
+        assert "3 prompts were refused" in err
+    rec = store.manifest("r", "sae-a").stage("generate:openai:test-model")
+    assert rec is not None and rec.extra["n_rejected"] == 3 and rec.extra["n_failed_features"] == 3
+    with ChatServer() as srv:
+        code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
+        assert code == 0, err
+        assert "up to date" not in err
+        assert srv.count(200) == 3  # only the refused ones are asked again
+    q = Store(store.root).read_table("r", "sae-a", "queries")
+    assert q.num_rows == len(FEATURES) and set(q["status"].to_pylist()) == {"ok"}
+
+
+def _read_only_prefix(folder: Path) -> tuple[str, ...]:
+    """A command prefix under which ``folder`` is read-only: a private read-only bind mount for root
+    (file modes do not stop root), plain permissions otherwise."""
+    if os.geteuid() != 0:
+        for p in [folder, *folder.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o555)
+        return ()
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "sh", "-c", f"mount --bind -o ro '{folder}' '{folder}'"],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot make a read-only folder here (root without mount namespaces)")
+    # --propagation private: the mount never leaves the child's namespace
+    return ("unshare", "-m", "--propagation", "private", "sh", "-c",
+            f"mount --bind -o ro '{folder}' '{folder}' && exec \"$@\"", "sh")
+
+
+def test_read_only_store_refuses_before_any_request(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", FEATURES)
+    before = {p: p.read_bytes() for p in store.root.rglob("*") if p.is_file()}
+    prefix = _read_only_prefix(store.root)
+    try:
+        with ChatServer() as srv:
+            code, _, err = finish(start(*generate_args(store.root, srv.base_url), prefix=prefix))
+            assert srv.count() == 0
+    finally:
+        for p in [store.root, *store.root.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o755)
+    assert code == 1
+    assert "read-only" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in store.root.rglob("*") if p.is_file()} == before
