@@ -322,3 +322,96 @@ def test_read_only_store_refuses_before_any_request(tmp_path: Path) -> None:
     assert code == 1
     assert "read-only" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in store.root.rglob("*") if p.is_file()} == before
+
+
+# ----- SQL over the store ---------------------------------------------------------------------------
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def sql_store(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", [1, 2, 3])
+    with ChatServer() as srv:
+        code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
+        assert code == 0, err
+    return store
+
+
+def test_sql_writes_are_refused_and_the_store_is_untouched(sql_store: Store, tmp_path: Path) -> None:
+    from sae_sens.cli import main
+
+    root = sql_store.root
+    target = sql_store.table_path("r", "sae-a", "generations")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    attacks = {
+        "copy out": f"COPY (SELECT 1) TO '{elsewhere}/x.csv'",
+        "copy over a table": f"COPY (SELECT * FROM generations LIMIT 0) TO '{target}' (FORMAT parquet)",
+        "copy in place": f"copy (select 1 as a) to '{target}' (format parquet, use_tmp_file false)",
+        "attach": f"ATTACH '{elsewhere}/db.duckdb' AS x",
+        "install": "INSTALL httpfs",
+        "load": "LOAD json",
+        "create": "CREATE TABLE t AS SELECT 1",
+        "drop": "DROP VIEW generations",
+        "set": "SET enable_external_access = true",
+        "hidden after a select": f"SELECT 1; /* sneaky */ COPY generations TO '{elsewhere}/y.parquet'",
+        "read outside": f"SELECT * FROM read_csv('{tmp_path}/outside.csv')",
+    }
+    (tmp_path / "outside.csv").write_text("a\n1\n")
+    before = _snapshot(root)
+    sql_file = tmp_path / "q.sql"
+    for name, sql in attacks.items():
+        for args in (["--sql", sql], ["--sql-file", str(sql_file)]):
+            sql_file.write_text(sql)
+            try:
+                main(["report", "--store", str(root), *args])
+                code = 0
+            except SystemExit as e:
+                code = int(e.code or 0)
+            assert code != 0, (name, args)
+    assert list(elsewhere.iterdir()) == []
+    assert _snapshot(root) == before
+    # reading the store's tables still works, through every entry point
+    code, out, err = finish(start("report", "--store", str(root), "--format", "csv", "--sql",
+                                  "SELECT generator, count(*) AS n FROM generations GROUP BY ALL"))
+    assert code == 0, err
+    assert "openai:test-model,30" in out
+    code, out, err = finish(start("report", "--store", str(root), "--sql", f"COPY generations TO '{elsewhere}/z.csv'"))
+    assert code == 1 and "COPY is not allowed" in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(root) == before and list(elsewhere.iterdir()) == []
+
+
+def test_sql_shell_refuses_writes_statement_by_statement(sql_store: Store, tmp_path: Path) -> None:
+    from sae_sens.report.shell import sql_shell
+    from sae_sens.report.views import connect
+
+    before = _snapshot(sql_store.root)
+    shown, notes = [], []
+    lines = [f"COPY generations TO '{tmp_path}/out.parquet';", "ATTACH 'x.db';", "INSTALL spatial;",
+             "SELECT count(*) AS n FROM generations;"]
+    ok = sql_shell(connect(sql_store), lines, show=shown.append, note=notes.append)
+    assert ok == 1 and shown[0].to_pylist() == [{"n": 30}]
+    assert [n.split(" is not allowed")[0] for n in notes] == ["COPY", "ATTACH", "INSTALL"]
+    assert not (tmp_path / "out.parquet").exists()
+    assert _snapshot(sql_store.root) == before
+
+
+def test_duckdb_cli_init_file_confines_the_cli(sql_store: Store, tmp_path: Path) -> None:
+    duckdb_cli = shutil.which("duckdb") or str(Path(sys.executable).parent / "duckdb")
+    if not Path(duckdb_cli).exists():
+        pytest.skip("no duckdb CLI")
+    from sae_sens.report.views import write_init_sql
+
+    init = write_init_sql(sql_store, tmp_path / "init")
+    before = _snapshot(sql_store.root)
+    target = sql_store.table_path("r", "sae-a", "generations")
+    script = (f"COPY (SELECT 1) TO '{tmp_path}/x.csv';\nATTACH '{tmp_path}/a.db';\nINSTALL spatial;\n"
+              f"COPY (SELECT 1 AS a) TO '{target}' (FORMAT parquet);\nSET enable_external_access = true;\n"
+              "SELECT count(*) AS n FROM generations;\n")
+    res = subprocess.run([duckdb_cli, "-init", str(init), "-csv", ":memory:"], input=script, capture_output=True,
+                         text=True, timeout=120)
+    assert "n\n30" in res.stdout, res
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "a.db").exists()
+    assert _snapshot(sql_store.root) == before
