@@ -31,8 +31,10 @@ class RunStatus:
 
     def repairs(self) -> list[str]:
         """One line per damaged table: what is wrong and the command that rebuilds it."""
+        # a same-size edit is seen only by --verify, and a stage's own freshness check is the cheap one
         return [f"{self.run}/{self.sae}: {table}.parquet is damaged ({problem}); run `sae-sens "
-                f"{PRODUCED_BY.get(table, 'run')} --run {self.run} --sae {self.sae}` to rebuild it"
+                f"{PRODUCED_BY.get(table, 'run')} --run {self.run} --sae {self.sae}"
+                f"{' --force' if 'hash' in problem else ''}` to rebuild it"
                 for table, problem in sorted(self.damaged.items())]
 
 

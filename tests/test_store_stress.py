@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -250,10 +251,12 @@ def test_a_server_that_rejects_everything_fails_the_stage_and_a_rerun_retries(tm
     with ChatServer(fail=reject) as srv:
         code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
         assert code != 0
-        assert "Traceback" not in err and "refused" in err
+        assert "Traceback" not in err and "refused all" in err
         assert srv.count(400) == len(FEATURES)
         assert "generate:openai:test-model" not in store.manifest("r", "sae-a").stages
-    with ChatServer() as srv:  # the server is fixed: the rerun asks again, for every feature
+        code, _, err = finish(start(*generate_args(store.root, srv.base_url)))  # not skipped as fresh
+        assert code != 0 and srv.count(400) == 2 * len(FEATURES)
+        srv.fail = None  # the server is fixed: the rerun asks again, for every feature
         code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
         assert code == 0, err
         assert srv.count(200) == len(FEATURES)
@@ -265,26 +268,26 @@ def test_a_server_that_rejects_everything_fails_the_stage_and_a_rerun_retries(tm
 def test_partial_rejections_are_recorded_with_counts_and_a_rerun_retries_only_those(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     write_examples(store, "r", "sae-a", FEATURES)
-    bad = set()
+    refusing = {"on": True}
 
     def reject_some(n: int, body: dict) -> tuple[int, dict, dict] | None:
         text = body["messages"][-1]["content"]
-        if any(f"feature {f} " in text for f in FEATURES[:3]):
-            bad.add(text)
+        if refusing["on"] and any(f"feature {f} " in text for f in FEATURES[:3]):
             return 400, {}, {"error": {"message": "not allowed", "type": "invalid_request_error"}}
         return None
 
-    with ChatServer(fail=reject_some) as srv:
+    with ChatServer(fail=reject_some) as srv:  # one server: its URL is part of the cache key
         code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
         assert code == 0, err
         assert "3 prompts were refused" in err
-    rec = store.manifest("r", "sae-a").stage("generate:openai:test-model")
-    assert rec is not None and rec.extra["n_rejected"] == 3 and rec.extra["n_failed_features"] == 3
-    with ChatServer() as srv:
+        rec = store.manifest("r", "sae-a").stage("generate:openai:test-model")
+        assert rec is not None and rec.extra["n_rejected"] == 3 and rec.extra["n_failed_features"] == 3
+        refusing["on"] = False
+        srv.reset()
         code, _, err = finish(start(*generate_args(store.root, srv.base_url)))
         assert code == 0, err
         assert "up to date" not in err
-        assert srv.count(200) == 3  # only the refused ones are asked again
+        assert srv.count() == srv.count(200) == 3  # only the refused ones are asked again
     q = Store(store.root).read_table("r", "sae-a", "queries")
     assert q.num_rows == len(FEATURES) and set(q["status"].to_pylist()) == {"ok"}
 
@@ -415,3 +418,59 @@ def test_duckdb_cli_init_file_confines_the_cli(sql_store: Store, tmp_path: Path)
     assert "n\n30" in res.stdout, res
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "a.db").exists()
     assert _snapshot(sql_store.root) == before
+
+
+# ----- collect while scoring, on a tiny real model -----------------------------------------------------
+def test_collect_while_scoring_loses_nothing(tmp_path: Path) -> None:
+    from sae_sens.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
+
+    docs = tiny_corpus(240, seed=11)  # the e2e test's: its detector tokens are separable
+    model = build_tiny_model(tmp_path / "tiny", texts=docs, family="llama", layers=2)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    single = [w for w in dict.fromkeys(WORDS) if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    ids = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in single[1:4]]
+    sae = str(token_detector_sae(tmp_path / "sae", model, ids, layer=1, texts=docs[:80]))
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    root = tmp_path / "store"
+    common = ["--store", str(root), "--run", "r", "--sae", sae, "--model", str(model), "--device", "cpu"]
+    collect = ["collect", *common, "--corpus", str(corpus), "--total-tokens", "2000", "--context-size", "40"]
+    code, _, err = finish(start(*collect, "--feature-ids", "0,1,2"))
+    assert code == 0, err
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"feature_index": f, "text": f"the {single[1 + f]} and more {i}"}) + "\n"
+                             for f in range(3) for i in range(4)))
+    code, _, err = finish(start("generate", *common[:6], "--from-table", str(texts), "--generator", "mine"))
+    assert code == 0, err
+
+    # score and a new selection at once: both start while the test holds the lock, so they contend
+    # for it when it is released; one waits for the other, neither loses the other's writes
+    store = Store(root)
+    logs = [tmp_path / "score.err", tmp_path / "collect.err"]
+    with store.lock("r", sae, what="the test"):
+        procs = []
+        for args, log in zip([["score", *common], [*collect, "--feature-ids", "0,1"]], logs, strict=True):
+            with log.open("w") as f:
+                procs.append(subprocess.Popen([sys.executable, "-m", "sae_sens", *args], cwd=ROOT, env=env(),
+                                              stdout=subprocess.DEVNULL, stderr=f, text=True))
+        while not all("waiting for pid" in log.read_text() for log in logs):
+            assert all(p.poll() is None for p in procs), [log.read_text() for log in logs]
+            time.sleep(0.05)
+    codes = [p.wait(600) for p in procs]
+    assert codes == [0, 0], [log.read_text() for log in logs]
+    assert store.damaged("r", sae, verify=True) == {}
+    status = store.status("r", sae)
+    assert status["collect"] == "done" and status["collect:pass"] == "done"
+    assert status["score"] in ("done", "stale")  # stale when the new selection landed after it
+    manifest = store.manifest("r", sae)
+    for table, info in manifest.tables.items():
+        assert store.read_table("r", sae, table).num_rows == info["rows"], table
+    assert set(store.read_table("r", sae, "examples")["feature_index"].to_pylist()) == {0, 1}
+    # a rerun brings score up to date with the collect that won
+    code, _, err = finish(start("score", *common))
+    assert code == 0, err
+    assert Store(root).status("r", sae)["score"] == "done"
+    scored = Store(root).read_table("r", sae, "scores")
+    assert set(scored["feature_index"].to_pylist()) <= {0, 1, 2}
