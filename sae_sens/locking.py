@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover
 OnWait = Callable[[str], None]
 
 
-def _stderr(message: str) -> None:
+def stderr_line(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -105,7 +105,7 @@ def _open(path: Path) -> int:
 
 
 @contextmanager
-def file_lock(path: str | Path, *, wait: bool = True, what: str = "", on_wait: OnWait | None = _stderr,
+def file_lock(path: str | Path, *, wait: bool = True, what: str = "", on_wait: OnWait | None = stderr_line,
               hint: str = "rerun when it has finished, or pass --wait to queue behind it") -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.
 

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from .errors import MissingTableError, StoreError, StoreWriteError, UsageError
 from .hashing import canonical_json, hash_config
-from .locking import OnWait, file_lock
+from .locking import OnWait, file_lock, stderr_line
 
 TABLES = ("features", "examples", "queries", "generations", "scores", "feature_stats")
 DEFAULT_STORE = "evals"
@@ -100,21 +100,25 @@ def sae_folder(sae: str) -> str:
     return f"{slug}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
 
 
-_UMASK: int | None = None
+def _file_mode() -> int:
+    """0o666 minus the process umask: what ``open()`` would give a new file (mkstemp gives 0600)."""
+    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_GUARD:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 _UMASK_GUARD = threading.Lock()
 
 
-def _file_mode() -> int:
-    """0o666 minus the process umask: what ``open()`` would give a new file (mkstemp gives 0600)."""
-    global _UMASK
-    with _UMASK_GUARD:
-        if _UMASK is None:
-            _UMASK = os.umask(0o022)
-            os.umask(_UMASK)
-    return 0o666 & ~_UMASK
-
-
-def _write_error(path: Path, e: OSError) -> StoreWriteError:
+def write_error(path: Path, e: OSError) -> StoreWriteError:
     """An OSError from writing ``path`` as one line that says what to do."""
     if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
         return StoreWriteError(f"no space left to write {path}", "free some disk space (or pass another --store) and "
@@ -134,7 +138,7 @@ def _mkdir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _write_error(folder, e) from None
+        raise write_error(folder, e) from None
 
 
 def table_digest(table: pa.Table, where: tuple[str, Any] | None = None) -> str:
@@ -158,7 +162,7 @@ def _mkstemp(path: Path) -> tuple[int, str]:
     try:
         return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise write_error(path, e) from None
 
 
 def file_sha256(path: Path) -> str:
@@ -182,7 +186,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise _write_error(path, e) from None
+            raise write_error(path, e) from None
         raise
 
 
@@ -198,7 +202,7 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):  # pyarrow raises OSError for a full disk too
-            raise _write_error(path, e) from None
+            raise write_error(path, e) from None
         raise
 
 
@@ -389,12 +393,12 @@ class Store:
         read-modify-write of its manifest or tables. ``wait`` defaults to the store's."""
         folder = self.sae_dir(run, sae)
         return file_lock(folder / LOCK, wait=self.wait if wait is None else wait, what=what or f"{run}/{sae}",
-                         **({"on_wait": self.on_wait} if self.on_wait else {}))
+                         on_wait=self.on_wait or stderr_line)
 
     def cache_lock(self, name: str, *, wait: bool | None = None) -> AbstractContextManager[None]:
         """The lock of one shared cache under ``<store>/_cache`` (e.g. ``windows``, ``generate``)."""
         return file_lock(self.cache_dir / f".lock-{name}", wait=self.wait if wait is None else wait,
-                         what=f"cache {name}", **({"on_wait": self.on_wait} if self.on_wait else {}))
+                         what=f"cache {name}", on_wait=self.on_wait or stderr_line)
 
     def check_writable(self, *folders: Path) -> None:
         """Raise a one-line ``StoreError`` unless a file can be created in each folder (made if needed):
@@ -406,7 +410,7 @@ class Store:
                 os.close(fd)
                 os.unlink(tmp)
             except OSError as e:
-                raise _write_error(folder, e) from None
+                raise write_error(folder, e) from None
 
     # ----- tables ------------------------------------------------------------------------------
     def has_table(self, run: str, sae: str, table: str) -> bool:

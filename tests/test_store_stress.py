@@ -474,3 +474,113 @@ def test_collect_while_scoring_loses_nothing(tmp_path: Path) -> None:
     assert Store(root).status("r", sae)["score"] == "done"
     scored = Store(root).read_table("r", sae, "scores")
     assert set(scored["feature_index"].to_pylist()) <= {0, 1, 2}
+
+
+# ----- one-line errors and the smaller fixes ---------------------------------------------------------
+def test_store_problems_get_one_line_naming_the_file(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a store")
+    code, _, err = finish(start("runs", "--store", str(afile)))
+    assert code == 1 and "afile is a file, not a folder" in err and "--store" in err
+    assert len(err.strip().splitlines()) == 1
+
+    root = tmp_path / "store"
+    store = Store(root)
+    write_examples(store, "r", "sae-a", [1, 2])
+    code, _, err = finish(start("generate", "--store", str(root), "--run", "x" * 200, "--sae", "sae-a",
+                                "--generator", "openai:m"))
+    assert code == 2 and "--run" in err and len(err.strip().splitlines()) == 1
+
+    examples = store.table_path("r", "sae-a", "examples")
+    examples.write_bytes(examples.read_bytes()[:40])
+    code, _, err = finish(start("generate", "--store", str(root), "--run", "r", "--sae", "sae-a",
+                                "--generator", "openai:m", "--dry-run"))
+    assert code == 1 and str(examples) in err and "damaged" in err and "sae-sens collect" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    manifest = store.sae_dir("r", "sae-a") / "manifest.json"
+    manifest.write_text("{ not json")
+    code, _, err = finish(start("runs", "--store", str(root)))
+    assert code == 1 and str(manifest) in err and "not a valid manifest" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_full_disk_is_one_line_and_keeps_the_old_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    store = Store(tmp_path)
+    write_examples(store, "r", "s", [1])
+    before = store.read_table("r", "s", "examples")
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    with pytest.raises(StoreError) as e:
+        write_examples(store, "r", "s", [1, 2, 3])
+    assert "no space left to write" in e.value.one_line() and "examples.parquet" in e.value.one_line()
+    assert isinstance(e.value, OSError)  # callers that catch OSError still do
+    monkeypatch.undo()
+    assert store.read_table("r", "s", "examples").equals(before)
+
+
+def test_tables_and_manifests_follow_the_umask(tmp_path: Path) -> None:
+    script = ("import os, sys; os.umask(int(sys.argv[2], 8))\n"
+              "sys.path.insert(0, 'tests'); from gen_support import write_examples\n"
+              "from sae_sens.store import Store\n"
+              "s = Store(sys.argv[1]); write_examples(s, 'r', 'a', [1])\n"
+              "print(oct(os.stat(s.table_path('r', 'a', 'examples')).st_mode & 0o777),"
+              " oct(os.stat(s.sae_dir('r', 'a') / 'manifest.json').st_mode & 0o777))\n")
+    for umask, mode in (("022", "0o644"), ("002", "0o664"), ("077", "0o600")):
+        res = subprocess.run([sys.executable, "-c", script, str(tmp_path / umask), umask], cwd=ROOT, env=env(),
+                             capture_output=True, text=True)
+        assert res.stdout.split() == [mode, mode], res
+
+
+def test_a_torn_journal_line_never_costs_a_later_record(tmp_path: Path) -> None:
+    from sae_sens.generate.runner import Checkpoint
+
+    journal = Checkpoint(tmp_path / "answers.jsonl")
+    journal.append({"query_hash": "a", "response": "first"})
+    with journal.path.open("a") as f:
+        f.write('{"query_hash": "b", "resp')  # killed mid-write
+    journal.append({"query_hash": "c", "response": "after the crash"})
+    assert sorted(journal.load()) == ["a", "c"]
+
+
+def test_jsonl_with_a_bom_is_imported(tmp_path: Path) -> None:
+    from sae_sens.generate.imports import TableImport
+
+    path = tmp_path / "texts.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"feature_index": 1, "text": "a text"}\n{"feature_index": 2, "text": "b"}\n')
+    result = TableImport(str(path), "mine").read({1, 2})
+    assert [g["text"] for g in result.generations] == ["a text", "b"]
+
+
+def test_an_unreachable_server_is_retried_only_a_few_times(tmp_path: Path) -> None:
+    import socket
+
+    from sae_sens.generate.backends import Unreachable
+    from sae_sens.generate.runner import UNREACHABLE_RETRIES, Runner
+
+    calls = []
+
+    class Down:
+        label, batch_size = "down", 1
+
+        def complete(self, request: object) -> object:
+            calls.append(request)
+            raise Unreachable("cannot reach http://127.0.0.1:9/v1: Connection error.")
+
+    runner = Runner(Down(), max_workers=1, max_retries=6, retry_base_s=0.01, retry_max_s=60)  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="gave up after 3 attempts: cannot reach"):
+        runner._attempts(lambda: runner.backend.complete(None), 1)
+    assert len(calls) == UNREACHABLE_RETRIES + 1 == 3
+    # through the CLI, with the default --max-retries: the real client's connection error, one line
+    store = Store(tmp_path / "store")
+    write_examples(store, "r", "sae-a", FEATURES)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = finish(start(*generate_args(store.root, f"http://127.0.0.1:{port}/v1")))
+    assert code == 1 and "cannot reach" in err and "--base-url" in err and len(err.strip().splitlines()) == 1
