@@ -17,7 +17,6 @@ no extension installs, no changing settings (``lockdown_settings``).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ..errors import MissingTableError, SqlError, UsageError
 from ..schemas import SCHEMAS
-from ..store import MANIFEST, Store
+from ..store import MANIFEST, Store, read_manifest
 
 TABLE_VIEWS = ("features", "examples", "candidates", "queries", "generations", "scores", "feature_stats")
 META_VIEWS = ("saes", "runs", "stages")
@@ -206,8 +205,9 @@ def read_manifests(sae_dirs: Sequence[Path]) -> Manifests:
     out = []
     for d in sae_dirs:
         path = d / MANIFEST
-        if path.exists():
-            out.append((path, json.loads(path.read_text())))
+        data = read_manifest(path)  # a damaged one is a one-line error naming it
+        if data is not None:
+            out.append((path, data))
     return out
 
 
