@@ -18,8 +18,9 @@ def runs_command(
     store: StoreOpt = None,
     run: Annotated[str | None, typer.Option("--run", "-r", help="Only this run.", show_default=False)] = None,
     fmt: AutoFormatOpt = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every table's content (slower).")] = False,
 ) -> None:
-    """List runs and SAEs in the store with each stage's status (done, stale, missing).
+    """List runs and SAEs in the store with each stage's status (done, stale, missing, damaged).
 
     A stage is stale when an upstream table changed after it ran; rerun it (or `sae-sens run`).
 
@@ -27,7 +28,7 @@ def runs_command(
     """
     fmt = resolve_format(fmt)
     st = Store(store)
-    rows = list_runs(st, run)
+    rows = list_runs(st, run, verify=verify)
     if not rows:
         err_console.print(f"no runs in {st.root}; start one with `sae-sens run --sae <name>`")
         raise typer.Exit(0)
@@ -37,3 +38,6 @@ def runs_command(
         states = [r.family("collect"), r.family("generate"), r.family("score")]
         table_rows.append([r.run, r.sae, states[0], states[1], ", ".join(r.generators), states[2], r.finished_at])
     emit(cols, table_rows, fmt, title=f"runs in {st.root}")
+    for r in rows:
+        for line in r.repairs():
+            err_console.print(f"[bold red]damaged[/]: {line}", highlight=False, soft_wrap=True)
