@@ -29,6 +29,7 @@ from .options import (
     StoreOpt,
     TextColumnOpt,
     TotalTokensOpt,
+    WaitOpt,
 )
 
 
@@ -79,6 +80,7 @@ def collect_command(
     dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = 32,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 1.0,
@@ -111,7 +113,7 @@ def collect_command(
         **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, dead_min_firings=dead_min_firings, seed=seed,
     )
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
-    st = Store(store)
+    st = Store(store, wait=wait)
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     if (from_saebench or saebench_file) and runner.name != "local":
         raise UsageError("--from-saebench imports files and runs no model", "drop --executor")

@@ -33,6 +33,7 @@ from .options import (
     TextColumnOpt,
     ThresholdOpt,
     TotalTokensOpt,
+    WaitOpt,
 )
 
 SUMMARY_COLUMNS = ("sae", "generator", "features", "sensitivity", "ci_low", "ci_high", "original_sensitivity",
@@ -69,6 +70,7 @@ def run_command(
     threshold: ThresholdOpt = 1e-6,
     max_length: MaxLengthOpt = 128,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 1.0,
@@ -114,7 +116,7 @@ def run_command(
     )
     score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
-    st = Store(store)
+    st = Store(store, wait=wait)
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     with RichProgress() as progress:
         results = run_pipeline(st, run, list(sae), collect_cfg, generate_cfg, score_cfg, opts, force=force,

@@ -17,6 +17,7 @@ from .options import (
     SaeOpt,
     StoreOpt,
     ThresholdOpt,
+    WaitOpt,
 )
 
 # summary key -> column header
@@ -39,6 +40,7 @@ def score_command(
     max_length: MaxLengthOpt = 128,
     generator: GeneratorOpt = None,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 1.0,
@@ -58,7 +60,7 @@ def score_command(
     from .executor_options import make_executor
     from .output import emit
 
-    st = Store(store)
+    st = Store(store, wait=wait)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator)
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)

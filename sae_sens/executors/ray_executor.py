@@ -120,37 +120,13 @@ class GenerationFailed(Exception):
 
 
 @contextlib.contextmanager
-def sae_locks(store: Store, run: str, saes: list[str], progress: ProgressSink) -> Iterator[None]:
-    """Hold the per run × SAE lock of each SAE (sorted, so two tasks never wait on each other in a cycle)."""
+def sae_locks(store: Store, run: str, saes: list[str]) -> Iterator[None]:
+    """Hold the store's per run × SAE lock of each SAE (sorted, so two tasks never wait on each other
+    in a cycle): another task or a terminal working on one of them is waited for, then its work is fresh."""
     with contextlib.ExitStack() as stack:
         for sae in sorted(saes):
-            stack.enter_context(_lock(store, run, sae, progress))
+            stack.enter_context(store.lock(run, sae, what="ray task"))
         yield
-
-
-def _lock(store: Store, run: str, sae: str, progress: ProgressSink) -> contextlib.AbstractContextManager[None]:
-    lock = getattr(store, "lock", None)
-    if lock is not None:  # the store's own lock (sae_sens/locking.py)
-        return lock(run, sae)
-    return _flock(store.sae_dir(run, sae) / ".lock", progress)
-
-
-@contextlib.contextmanager
-def _flock(path: Path, progress: ProgressSink) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (the file the store's lock uses), waiting with one log line."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress.log(f"waiting for another process to finish with {path.parent}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
 
 
 def run_group(root: str, work: Work, group: int, label: str, hub: Any, wait: bool = True) -> list[SaeResult]:
@@ -158,10 +134,8 @@ def run_group(root: str, work: Work, group: int, label: str, hub: Any, wait: boo
     store setting, wait for (True) or refuse (False) an SAE another process holds the lock of."""
     sink = HubSink(hub, group)
     sink.log(f"{label}: started on {socket.gethostname()} (pid {os.getpid()})")
-    store = Store(root)
-    if hasattr(store, "wait"):  # the store's own lock (sae_sens/locking.py): same policy, messages to the driver
-        store.wait = wait
-        setattr(store, "on_wait", sink.log)  # noqa: B010  (not an attribute of every Store version)
+    # the driver's lock policy (--wait / --no-wait); "waiting for ..." lines go to the driver's view
+    store = Store(root, wait=wait, on_wait=sink.log)
     saes = list(work.saes)
     results = {s: SaeResult(s) for s in saes}
     try:
@@ -170,7 +144,7 @@ def run_group(root: str, work: Work, group: int, label: str, hub: Any, wait: boo
                 _wait_for_generation(hub, group)
             if stage not in work.stages:
                 continue
-            with sae_locks(store, work.run, saes, sink):
+            with sae_locks(store, work.run, saes):
                 for r in run_stages_here(store, replace(work, stages=(stage,)), sink):
                     results[r.sae].outcomes.update(r.outcomes)
             sink.advance(f"group:{label}", len(saes))
@@ -296,7 +270,7 @@ class RayExecutor:
             opts = {"num_cpus": self.cpus_per_task, "num_gpus": gpus, "max_retries": self.max_retries,
                     "name": f"sae-sens {g.label}"}
             refs[_run_group_remote.options(**opts).remote(root, task_work.only(list(g.saes)), i, labels[i], hub,
-                                                           getattr(store, "wait", True))] = i
+                                                           store.wait)] = i
         gen_lock = threading.Lock()  # one generation at a time: one --max-workers / --max-cost budget
         spent = [0.0]
         generations: dict[int, _Generation] = {}
