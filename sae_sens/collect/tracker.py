@@ -117,10 +117,10 @@ class PeakTracker:
     without replacement with p ~ act^2.
 
     On a GPU, an operation whose output size the host must learn (``nonzero``) or whose value it
-    reads (``item``) stalls the queue until everything before it has run. ``update`` issues four
+    reads (``item``) stalls the queue until everything before it has run. ``update`` issues five
     such synchronisations, whatever k, the batch or the number of positive entries: the positive
-    entries, the candidate (context, latent) pairs, the reservoir's candidates and the uncertain
-    entries kept. Everything else has shapes the host knows: merges sort entries by latent, rank
+    entries, the top-peak candidates, those still alive after the first greedy round, the
+    reservoir's candidates and the uncertain entries kept. Everything else has shapes the host knows: merges sort entries by latent, rank
     them with ``searchsorted`` and scatter the first ``r`` of each latent into a dense ``[r, latents]``
     block (the rest, and invalid entries, into a spare column) that ``topk`` merges with the state.
     tests/test_collect_sync.py pins this count.
@@ -263,9 +263,7 @@ class PeakTracker:
             kth = first.view(b, fc).topk(k, dim=0).values[-1]
             above &= first[pair] >= kth[fi]
         idx = above.nonzero().squeeze(1)  # sync 2
-        n = int(idx.numel())
-        if n == 0:
-            return
+        n = int(idx.numel())  # (no early return at 0: the sync count stays the same)
         pair, fi, val = pair[idx], fi[idx], val[idx]
         pos = row[idx] % t
         # compact pair ids (0 .. n-1), so each round's per-pair arrays have the size of the entries
@@ -274,21 +272,33 @@ class PeakTracker:
         step[1:] = pair[order[1:]] != pair[order[:-1]]
         gid = torch.empty_like(pair)
         gid[order] = step.cumsum(0) - 1
-        ent = torch.arange(n, device=dev)
-        alive = torch.ones(n, dtype=torch.bool, device=dev)
-        picked = torch.zeros(n, dtype=torch.bool, device=dev)
-        # picks of one context are more than `buffer` apart: at most this many rounds find any
-        for _ in range(min(k, -(-(t - 2 * buf) // (buf + 1)))):
-            # round r picks each pair's r-th greedy peak: its largest alive entry (lowest index on a tie)
-            live = torch.where(alive, val, 0.0)
-            best = torch.zeros(n, device=dev).scatter_reduce_(0, gid, live, "amax")
-            at_best = alive & (live == best[gid])
-            first_ent = torch.full((n,), n, device=dev).scatter_reduce_(0, gid, torch.where(at_best, ent, n), "amin")
-            pick = at_best & (first_ent[gid] == ent)
-            picked |= pick
+
+        def greedy_round(v: torch.Tensor, p: torch.Tensor, g: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+            """Each pair's next greedy peak among entries ``v, p, g`` (value, position, pair id):
+            its largest alive entry, the lowest index on a tie. Entries within ``buffer`` of it die."""
+            ent = torch.arange(v.numel(), device=dev)
+            live = torch.where(alive, v, 0.0)
+            best = torch.zeros(n, device=dev).scatter_reduce_(0, g, live, "amax")
+            at_best = alive & (live == best[g])
+            first_ent = torch.full((n,), n, device=dev).scatter_reduce_(0, g, torch.where(at_best, ent, n), "amin")
+            pick = at_best & (first_ent[g] == ent)
             pick_pos = torch.full((n,), -t - buf - 1, device=dev).scatter_reduce_(
-                0, gid, torch.where(pick, pos, -t - buf - 1), "amax")
-            alive &= (pos - pick_pos[gid]).abs() > buf
+                0, g, torch.where(pick, p, -t - buf - 1), "amax")
+            alive &= (p - pick_pos[g]).abs() > buf
+            return pick
+
+        # Round 1 over every candidate entry; the entries still alive after it (usually few: most
+        # pairs have one or two entries above theta) go on alone, found with one more sync.
+        alive = torch.ones(n, dtype=torch.bool, device=dev)
+        picked = greedy_round(val, pos, gid, alive)
+        rest = alive.nonzero().squeeze(1)  # sync 3
+        r_val, r_pos, r_gid = val[rest], pos[rest], gid[rest]
+        r_alive = torch.ones(rest.numel(), dtype=torch.bool, device=dev)
+        r_picked = torch.zeros(rest.numel(), dtype=torch.bool, device=dev)
+        # picks of one context are more than `buffer` apart: at most this many rounds find any
+        for _ in range(min(k, -(-(t - 2 * buf) // (buf + 1))) - 1):
+            r_picked |= greedy_round(r_val, r_pos, r_gid, r_alive)
+        picked[rest] = r_picked
         ctx = torch.div(pair, fc, rounding_mode="floor")
         with record_function("collect.merge"):
             self._merge(k, latent_offset, fc, fi + latent_offset, picked, [
@@ -303,7 +313,7 @@ class PeakTracker:
         u = torch.rand(val.shape, generator=self.gen, device=val.device)
         key = torch.log(u) / (val * val)
         # A key below the reservoir's n_iw-th can never be sampled, certain or not.
-        si = (peak_entry & (key > self.iw_key[self.n_iw - 1, lo:lo + fc][fi])).nonzero().squeeze(1)  # sync 3
+        si = (peak_entry & (key > self.iw_key[self.n_iw - 1, lo:lo + fc][fi])).nonzero().squeeze(1)  # sync 4
         n_old, n_new = int(old[0].numel()), int(si.numel())
         if n_old + n_new == 0:
             return
@@ -338,7 +348,7 @@ class PeakTracker:
             self._merge(self.n_iw, lo, n, f, sure, [(self.iw_key, key, NEG_INF), (self.iw_val, val, 0.0),
                                                      (self.iw_win, win, -1), (self.iw_pos, pos, -1),
                                                      (self.iw_snip, snip, 0.0)])
-        keep = (~sure & (key > self.iw_key[self.n_iw - 1, lo:lo + n][f - lo])).nonzero().squeeze(1)  # sync 4
+        keep = (~sure & (key > self.iw_key[self.n_iw - 1, lo:lo + n][f - lo])).nonzero().squeeze(1)  # sync 5
         if keep.numel():
             self._u[(lo, n)] = (f[keep], key[keep], val[keep], win[keep], pos[keep],
                                 snip(keep) if callable(snip) else snip[keep])
