@@ -19,7 +19,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from sae_sens.collect import CollectConfig, alive_latents, features_table, mark_text, select_features, token_strings
+from sae_sens.collect import (
+    CollectConfig,
+    alive_latents,
+    features_table,
+    mark_text,
+    select_features,
+    token_strings,
+)
 from sae_sens.errors import ConfigError
 from sae_sens.model import HookedLM, load_model
 from sae_sens.sae import Sae, load_sae
