@@ -83,6 +83,10 @@ def parse_generation_examples(logs: str) -> list[tuple[float, str]]:
     return rows
 
 
+def _latent(key: str, record: Any) -> int:
+    return int(str(record.get("latent", key) if isinstance(record, dict) else key))
+
+
 def parse_autointerp_results(data: dict[str, Any], n_top: int) -> list[dict[str, Any]]:
     """Example rows (feature_index, example_index, kind, max_activation, text) from a results JSON."""
     per_latent = data.get("eval_result_unstructured")
@@ -91,7 +95,7 @@ def parse_autointerp_results(data: dict[str, Any], n_top: int) -> list[dict[str,
                                "pass an autointerp eval_results.json from SAEBench")
     rows: list[dict[str, Any]] = []
     for key, record in per_latent.items():
-        feature = int(str(record.get("latent", key) if isinstance(record, dict) else key))
+        feature = _latent(key, record)
         logs = record.get("logs", "") if isinstance(record, dict) else ""
         for i, (act, seq) in enumerate(parse_generation_examples(logs)):
             rows.append({"feature_index": feature, "example_index": i, "kind": "top" if i < n_top else "iw",
@@ -131,7 +135,10 @@ def saebench_tables(data: dict[str, Any], cfg: CollectConfig) -> tuple[pa.Table,
                               f"it has {len(available)} features, e.g. {available[:5]}; use --features N instead")
         selected = sorted(set(cfg.feature_ids))
     elif cfg.features is not None and cfg.features < len(available):
-        selected = sorted(random.Random(cfg.seed).sample(available, cfg.features))
+        # the original samples over the features in the file's order (pandas' unique()), not sorted
+        order = {f: i for i, f in enumerate(dict.fromkeys(_latent(k, r) for k, r in data["eval_result_unstructured"].items()))}
+        in_file = sorted(available, key=order.__getitem__)
+        selected = sorted(random.Random(cfg.seed).sample(in_file, cfg.features))
     else:
         selected = available
     chosen = set(selected)

@@ -295,3 +295,25 @@ def test_imported_texts_with_marks_score_as_without(tmp_path: Path, model_dir: P
     assert rec is not None and rec.extra["n_marks_stripped"] == 5
     # scored with the marks, the texts would be other token sequences: the stripping is what makes them equal
     assert [i for i, _ in lm.encode_texts(MARKED, 128)] != [i for i, _ in lm.encode_texts(plain, 128)]
+
+
+def test_saebench_import_samples_in_the_files_order() -> None:
+    """The original's ``bootstrap_saebench_examples``: ``random.seed(42); random.sample(list(unique), n)``
+    over the features in the order the file lists them (SAEBench writes them in its own sample's
+    order, not sorted)."""
+    from tabulate import tabulate
+
+    from sae_sens.saebench_examples import saebench_tables
+
+    latents = [412, 7, 3050, 96, 1201, 55, 2999, 18, 640, 333]
+    logs = {lat: "Generation phase\n" + tabulate([[2.0, f"a<< word{lat}>> here"]], headers=["Top act", "Sequence"],
+                                                   tablefmt="simple_outline", floatfmt=".3f") for lat in latents}
+    data = {"eval_result_unstructured": {str(lat): {"logs": logs[lat]} for lat in latents}}
+    features, examples = saebench_tables(data, CollectConfig(features=4, seed=42))
+    random.seed(42)
+    expected = sorted(int(f) for f in random.sample([str(lat) for lat in latents], 4))
+    assert sorted(set(examples["feature_index"].to_pylist())) == expected
+    assert [f for f, s in zip(features["feature_index"].to_pylist(), features["selected"].to_pylist(),
+                              strict=True) if s] == expected
+    random.seed(42)
+    assert sorted(random.sample(sorted(latents), 4)) != expected  # sampling the sorted list picks others
