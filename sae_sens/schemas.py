@@ -97,8 +97,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("max_position", pa.int32()),       # index into activations (window rows: into token_ids)
         ("active", pa.bool_()),             # max_activation > threshold; NULL when empty
         ("frac_of_top", pa.float64()),      # max_activation / the feature's top_activation
+        ("marks_stripped", pa.bool_()),     # generated text had {{ }} marks, removed before scoring; NULL for originals
         ("activations", pa.list_(pa.float32())),  # per token after the BOS; non-counted tokens are 0
-        ("marks_stripped", pa.bool_()),     # generated rows: the text had {{ }} marks, removed before scoring
     ]),
     "feature_stats": pa.schema([
         ("feature_index", pa.int64()),      # SAE latent index
