@@ -19,7 +19,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("n_firings", pa.int64()),          # counted tokens with activation > 0
         ("max_activation", pa.float64()),   # over every counted token of the pass
         ("top_activation", pa.float64()),   # strongest top-window peak (marks use 1% of this)
-        ("alive", pa.bool_()),              # n_firings / counted_tokens * total_tokens > 15 (SAEBench's rule)
+        ("alive", pa.bool_()),              # n_firings / counted_tokens * total_tokens > 15 (--alive-rule original)
         ("selected", pa.bool_()),           # chosen for this run's examples
     ]),
     # per-latent statistics of the collect pass (every latent; `features` adds the selection)
