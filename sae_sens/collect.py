@@ -526,20 +526,21 @@ def _save_checkpoint(path: Path, key: str, next_window: int, tracker: PeakTracke
 
 
 # ----- selection and examples ---------------------------------------------------------------------
-def alive_latents(n_firings: np.ndarray, counted_tokens: int, cfg: CollectConfig) -> np.ndarray:
+def alive_latents(n_firings: np.ndarray, n_top: np.ndarray, counted_tokens: int, cfg: CollectConfig) -> np.ndarray:
     """Which latents are alive, as a bool mask.
 
     ``original`` (the default) is SAEBench's rule, which the original tool copies: the firing
     frequency over counted tokens, rescaled to the token budget, must exceed ``dead_min_firings``
     (``firings / counted_tokens * total_tokens > 15``). The arithmetic is float32, as SAEBench's
-    torch tensors, so a latent on the boundary falls on the same side. ``count`` (``firings > 15``)
-    is the rule earlier sae_sens versions used, kept to reproduce selections made with them; the
-    two differ only for latents with about ``dead_min_firings`` firings, but a different alive
-    list makes the seeded sample pick different features.
+    torch tensors, so a latent on the boundary falls on the same side. ``count`` is the rule
+    earlier sae_sens versions used (``firings > 15`` and at least one top window), kept to
+    reproduce selections made with them. The two differ only for latents with about
+    ``dead_min_firings`` firings or without a top window, but a different alive list makes the
+    seeded sample pick different features.
     """
     n = np.asarray(n_firings)
     if cfg.alive_rule == "count":
-        return np.asarray(n > cfg.dead_min_firings)
+        return np.asarray((n > cfg.dead_min_firings) & (np.asarray(n_top) > 0))
     freq = n.astype(np.float32) / np.float32(max(int(counted_tokens), 1))
     return np.asarray(freq * np.float32(cfg.total_tokens) > cfg.dead_min_firings)
 
@@ -557,7 +558,7 @@ def select_features(latents: pa.Table, cfg: CollectConfig, progress: ProgressSin
     """
     n_firings = np.asarray(latents["n_firings"].to_numpy(zero_copy_only=False))
     n_top = np.asarray(latents["n_top"].to_numpy(zero_copy_only=False))
-    alive = alive_latents(n_firings, _counted_tokens(latents), cfg)
+    alive = alive_latents(n_firings, n_top, _counted_tokens(latents), cfg)
     rule = f"{cfg.alive_rule} alive rule, more than {cfg.dead_min_firings} firings"
     if cfg.feature_ids is not None:
         bad = [i for i in cfg.feature_ids if not 0 <= i < len(alive)]
@@ -777,7 +778,7 @@ def features_table(latents: pa.Table, selected: Sequence[int], cfg: CollectConfi
         "n_firings": pa.array(n_firings),
         "max_activation": pa.array(col("max_activation")),
         "top_activation": latents["top_activation"].combine_chunks(),
-        "alive": pa.array(alive_latents(n_firings, _counted_tokens(latents), cfg)),
+        "alive": pa.array(alive_latents(n_firings, col("n_top"), _counted_tokens(latents), cfg)),
         "selected": pa.array(chosen),
     })
 

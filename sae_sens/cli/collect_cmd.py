@@ -65,7 +65,8 @@ def collect_command(
     alive_rule: Annotated[str, typer.Option(
         "--alive-rule", metavar="original|count",
         help="original: firings / counted tokens x --total-tokens > --dead-min-firings (SAEBench's rule, which "
-             "the original tool uses); count: firings > --dead-min-firings (earlier sae-sens versions).")] = "original",
+             "the original tool uses); count: firings > --dead-min-firings and a top window (earlier sae-sens "
+             "versions).")] = "original",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the feature sample and example draws.")] = 42,
     from_saebench: Annotated[bool, typer.Option(
         "--from-saebench",
