@@ -554,7 +554,8 @@ def select_features(latents: pa.Table, cfg: CollectConfig, progress: ProgressSin
 
     The sample is the original's: ``random.seed(seed); sorted(random.sample(alive, n))`` over the
     alive latents in index order. A chosen latent that fired only within ``buffer`` tokens of its
-    contexts' ends has no top window and gets no examples, as in the original (which drops it).
+    contexts' ends has no top window and gets no examples (the original would fill its top list
+    with windows where it does not fire, see the README).
     """
     n_firings = np.asarray(latents["n_firings"].to_numpy(zero_copy_only=False))
     n_top = np.asarray(latents["n_top"].to_numpy(zero_copy_only=False))
