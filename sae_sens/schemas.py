@@ -98,6 +98,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("active", pa.bool_()),             # max_activation > threshold; NULL when empty
         ("frac_of_top", pa.float64()),      # max_activation / the feature's top_activation
         ("marks_stripped", pa.bool_()),     # generated text had {{ }} marks, removed before scoring; NULL for originals
+        ("tokens", pa.list_(pa.string())),  # the scored tokens after the BOS, decoded one by one
         ("activations", pa.list_(pa.float32())),  # per token after the BOS; non-counted tokens are 0
     ]),
     "feature_stats": pa.schema([

@@ -28,6 +28,7 @@ from .options import (
     StoreOpt,
     TextColumnOpt,
     TotalTokensOpt,
+    WaitOpt,
 )
 
 
@@ -83,6 +84,7 @@ def collect_command(
     dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = 32,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
 ) -> None:
     """Find each feature's top activating windows and importance-weighted samples.
 
@@ -111,7 +113,7 @@ def collect_command(
         alive_rule=alive_rule, seed=seed,
     )
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
-    st = Store(store)
+    st = Store(store, wait=wait)
     rows = []
     with RichProgress() as progress:
         if from_saebench or saebench_file:
