@@ -113,6 +113,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("median_max_activation", pa.float64()),  # over non-empty generated samples
         ("top_activation", pa.float64()),   # the feature's strongest top peak from collect
         ("threshold", pa.float64()),        # the --threshold used
+        ("mean_frac_of_top", pa.float64()), # mean over non-empty generated samples of max_activation / top_activation
+        ("relative_thresholds", pa.list_(pa.float64())),  # --relative-thresholds: fractions r of top_activation
+        ("sensitivity_relative", pa.list_(pa.float64())),  # per r: share of non-empty generated samples with max_activation > r * top_activation
+        ("original_sensitivity_relative", pa.list_(pa.float64())),  # per r: the same for the originals (text variant)
     ]),
 }
 

@@ -1,0 +1,184 @@
+"""Validity summaries: is a low sensitivity the feature's doing, or the generator's, or the threshold's?
+
+* ``threshold_summary``: per run × SAE × generator, mean sensitivity at the absolute threshold and at
+  each threshold relative to the feature's top activation (``feature_stats.sensitivity_relative``),
+  with bootstrap intervals over features, and the mean ``frac_of_top``;
+* ``apply_min_original``: the paper's feature filter (keep features whose own examples still fire at
+  least ``min_original`` of the time) applied to the connection's ``feature_stats`` view, so every
+  summary after it sees only the kept features; returns what each SAE lost;
+* ``write_threshold_plot``: sensitivity against the threshold, one line per SAE × generator.
+
+Kept apart from ``summary.py`` so the main summary's columns do not change with these options.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ..errors import UsageError
+from .summary import N_RESAMPLES, bootstrap_mean_ci
+from .views import query
+
+
+def _generator_where(generators: Sequence[str] | None, prefix: str = "WHERE") -> tuple[str, list[str]]:
+    if not generators:
+        return "", []
+    return f"{prefix} generator IN ({', '.join('?' for _ in generators)})", list(generators)
+
+
+def level_label(r: float | None, absolute: float | None = None) -> str:
+    """``1%`` for a relative threshold r = 0.01; the absolute threshold as ``> 1e-06``."""
+    if r is None:
+        return f"> {absolute:g}" if absolute is not None else "absolute"
+    return f"{r * 100:g}%"
+
+
+def with_intervals(table: pa.Table, values: str, mean_at: str, *, n_resamples: int, seed: int) -> pa.Table:
+    """Replace the list column ``values`` (per-feature values of each row's group) by ``ci_low`` and
+    ``ci_high`` placed after ``mean_at``: 95% bootstrap intervals of the mean, as in the main summary."""
+    col = table.column(values).combine_chunks()
+    lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    codes = np.repeat(np.arange(table.num_rows), lengths)
+    low, high = bootstrap_mean_ci(codes, flat, table.num_rows, n_resamples=n_resamples, seed=seed)
+    table = table.drop_columns([values])
+    at = table.column_names.index(mean_at) + 1
+    return (table.add_column(at, f"{mean_at}_low", pa.array(low, from_pandas=True))
+            .add_column(at + 1, f"{mean_at}_high", pa.array(high, from_pandas=True)))
+
+
+def threshold_levels(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                     n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
+    """Long form: per run × SAE × generator × level (the absolute threshold, then each relative one),
+    features, mean sensitivity and its 95% interval over features."""
+    where, params = _generator_where(generators)
+    sql = f"""
+        WITH fs AS (SELECT * FROM feature_stats {where}),
+        rel AS (
+            SELECT run, sae, generator, feature_index,
+                unnest(relative_thresholds) AS r, unnest(sensitivity_relative) AS s
+            FROM fs
+        ),
+        levels AS (
+            SELECT run, sae, generator, feature_index, CAST(NULL AS DOUBLE) AS r, threshold AS absolute,
+                generated_sensitivity AS s FROM fs
+            UNION ALL
+            SELECT run, sae, generator, feature_index, r, NULL, s FROM rel
+        )
+        SELECT run, sae, generator, r AS relative, any_value(absolute) AS absolute,
+            count(s) AS features, avg(s) AS sensitivity, list(s) FILTER (WHERE s IS NOT NULL) AS _values
+        FROM levels GROUP BY run, sae, generator, r
+        ORDER BY run, sae, generator, r NULLS FIRST
+    """
+    table = query(con, sql, params)
+    labels = [level_label(r, a) for r, a in zip(table.column("relative").to_pylist(),
+                                                 table.column("absolute").to_pylist(), strict=True)]
+    table = table.add_column(3, "level", pa.array(labels, pa.string()))
+    return with_intervals(table, "_values", "sensitivity", n_resamples=n_resamples, seed=seed)
+
+
+def threshold_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                      n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
+    """Wide form, one row per run × SAE × generator: mean frac_of_top, then the mean sensitivity at
+    each level with its interval as ``[low, high]`` (columns ``sens > 1e-06``, ``sens 1%``, ...)."""
+    long = threshold_levels(con, generators, n_resamples=n_resamples, seed=seed).to_pylist()
+    where, params = _generator_where(generators)
+    frac = {(r["run"], r["sae"], r["generator"]): (r["features"], r["mean_frac_of_top"]) for r in query(con, f"""
+        SELECT run, sae, generator, count(generated_sensitivity) AS features, avg(mean_frac_of_top) AS mean_frac_of_top
+        FROM feature_stats {where} GROUP BY ALL""", params).to_pylist()}
+    rows: dict[tuple[str, str, str], dict[str, object]] = {}
+    for r in long:
+        key = (r["run"], r["sae"], r["generator"])
+        n, mean_frac = frac.get(key, (0, None))
+        row = rows.setdefault(key, {"run": key[0], "sae": key[1], "generator": key[2], "features": n,
+                                    "mean_frac_of_top": mean_frac})
+        name = "sens " + r["level"]
+        row[name] = r["sensitivity"]
+        row[name + " ci"] = (None if r["sensitivity_low"] is None
+                             else f"[{r['sensitivity_low']:.3g}, {r['sensitivity_high']:.3g}]")
+    columns: list[str] = []
+    for row in rows.values():
+        columns += [c for c in row if c not in columns]
+    return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows.values()])
+
+
+def apply_min_original(con: duckdb.DuckDBPyConnection, min_original: float) -> pa.Table:
+    """Keep only features with ``original_sensitivity >= min_original`` in the ``feature_stats`` view
+    (features whose originals were not scored are dropped too: they cannot pass). Returns per run ×
+    SAE: features before, kept, lost, and the share lost."""
+    if not 0 <= min_original <= 1:
+        raise UsageError(f"--min-original-sensitivity must be in [0, 1], got {min_original:g}", "e.g. 0.9")
+    (view_sql,) = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'feature_stats'").fetchone() or (None,)
+    if view_sql is None:
+        raise UsageError("no feature_stats view to filter")
+    renamed, n = re.subn(r"^\s*CREATE\s+(OR\s+REPLACE\s+)?VIEW\s+\"?feature_stats\"?\s",
+                         "CREATE OR REPLACE VIEW _feature_stats_all ", view_sql, count=1, flags=re.I)
+    if not n:
+        raise RuntimeError(f"unexpected view definition: {view_sql[:80]}")
+    con.execute(renamed)
+    con.execute(f"""CREATE OR REPLACE VIEW feature_stats AS
+        SELECT * FROM _feature_stats_all WHERE original_sensitivity >= {float(min_original)!r}""")
+    return query(con, f"""
+        WITH per_feature AS (
+            SELECT run, sae, feature_index, bool_and(coalesce(original_sensitivity >= {float(min_original)!r}, false)) AS kept
+            FROM _feature_stats_all GROUP BY ALL
+        )
+        SELECT run, sae, count(*) AS features, count(*) FILTER (WHERE kept) AS kept,
+            count(*) FILTER (WHERE NOT kept) AS lost, avg((NOT kept)::DOUBLE) AS share_lost
+        FROM per_feature GROUP BY ALL ORDER BY run, sae
+    """)
+
+
+def write_threshold_plot(con: duckdb.DuckDBPyConnection, path: str | Path, *,
+                         generators: Sequence[str] | None = None, n_resamples: int = N_RESAMPLES,
+                         seed: int = 0) -> Path:
+    """Mean sensitivity against the threshold (absolute, then relative levels in increasing order),
+    one line per SAE × generator with 95% interval bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    long = threshold_levels(con, generators, n_resamples=n_resamples, seed=seed).to_pylist()
+    levels: list[tuple[float, str]] = sorted({(-1.0 if r["relative"] is None else r["relative"], r["level"])
+                                              for r in long})
+    x_of = {label: i for i, (_, label) in enumerate(levels)}
+    lines: dict[str, list[dict[str, object]]] = {}
+    for r in long:
+        name = r["sae"] if not r["generator"] else f"{r['sae']} · {r['generator']}"
+        if r["run"] and len({x["run"] for x in long}) > 1:
+            name = f"{r['run']}/{name}"
+        lines.setdefault(name, []).append(r)
+    fig, ax = plt.subplots(figsize=(7.0, 4.5), dpi=150)
+    for name, rows in sorted(lines.items()):
+        rows = [r for r in rows if r["sensitivity"] is not None]
+        rows.sort(key=lambda r: x_of[str(r["level"])])
+        xs = [x_of[str(r["level"])] for r in rows]
+        ys = np.array([r["sensitivity"] for r in rows], dtype=float)
+        lo = np.array([r["sensitivity_low"] for r in rows], dtype=float)
+        hi = np.array([r["sensitivity_high"] for r in rows], dtype=float)
+        ax.errorbar(xs, ys, yerr=[np.clip(np.nan_to_num(ys - lo), 0, None), np.clip(np.nan_to_num(hi - ys), 0, None)], marker="o", capsize=3,
+                    label=name)
+    ax.set_xticks(range(len(levels)), [label for _, label in levels])
+    ax.set_xlabel("threshold (absolute, then fraction of the feature's top activation)")
+    ax.set_ylabel("mean generated sensitivity")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def threshold_plot_path(path: Path) -> Path:
+    """Where ``report --plot F.png`` puts the threshold curve: ``F_thresholds.png``."""
+    return path.with_name(f"{path.stem}_thresholds{path.suffix}")
