@@ -105,30 +105,23 @@ def import_generations(examples: pa.Table, source: TableImport, progress: Progre
                           stats, warnings)
 
 
-def generate(
-    examples: pa.Table,
+def fetch_answers(
+    requests: list[Request],
     cfg: GenerateConfig,
-    backend: Backend | TableImport | None = None,
+    price: Price | None,
+    backend: Backend | None = None,
     *,
     checkpoint: Checkpoint | None = None,
     cache: QueryCache | None = None,
     progress: ProgressSink = NULL_PROGRESS,
     task: str = "generate",
-) -> GenerateResult:
-    """Generate ``cfg.samples_per_feature`` texts per feature of ``examples``.
-
-    Answers already in ``checkpoint`` (this stage, interrupted) or ``cache`` (any run) are reused;
-    only the rest is sent. Each new answer is journaled before the next request is handed out.
+    what: str = "features",
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Answers to ``requests`` by query hash, and counts for the stage record. Answers already in
+    ``checkpoint`` (this stage, interrupted) or ``cache`` (any run) are reused; only the rest is sent,
+    through ``cfg``'s backend (or ``backend``) with its concurrency, retries and ``--max-cost``. Each
+    new answer is journaled before the next request is handed out. Shared by generate and judge.
     """
-    spec = cfg.spec
-    if spec.kind == "table":
-        source = backend if isinstance(backend, TableImport) else TableImport(spec.target, spec.label)
-        return import_generations(examples, source, progress)
-    requests = make_requests(examples, cfg)
-    price = price_of(cfg)
-    if cfg.max_cost is not None and price is None:
-        raise ConfigError(f"--max-cost needs the price of {spec.target!r}, which is not in the price table",
-                          "pass --price-in and --price-out (USD per 1M tokens)")
     journal = checkpoint.load() if checkpoint else {}
     answers: dict[str, dict[str, Any]] = {}
     todo = []
@@ -145,7 +138,7 @@ def generate(
     progress.start(task, total=len(requests))
     if len(requests) > len(todo):
         progress.advance(task, len(requests) - len(todo), f"{n_resumed} resumed, {n_cached} cached")
-    stats: dict[str, Any] = {"n_features": len(requests), "n_resumed": n_resumed, "n_cached": n_cached,
+    stats: dict[str, Any] = {"n_requests_total": len(requests), "n_resumed": n_resumed, "n_cached": n_cached,
                              "n_requests": len(todo), "n_sent": 0, "n_retries": 0, "n_rejected": 0,
                              "spent_usd": 0.0 if price else None}
     if todo:
@@ -171,11 +164,41 @@ def generate(
                      spent_usd=run.spent_usd if price else None)
         if run.failed:
             raise GenerationError(
-                f"{run.failed} of {len(requests)} features got no answer after {cfg.max_retries + 1} attempts "
+                f"{run.failed} of {len(requests)} {what} got no answer after {cfg.max_retries + 1} attempts "
                 f"(last: {run.errors[-1]})",
                 "rerun the same command to retry only those; finished features are kept",
             )
     progress.finish(task)
+    return answers, stats
+
+
+def generate(
+    examples: pa.Table,
+    cfg: GenerateConfig,
+    backend: Backend | TableImport | None = None,
+    *,
+    checkpoint: Checkpoint | None = None,
+    cache: QueryCache | None = None,
+    progress: ProgressSink = NULL_PROGRESS,
+    task: str = "generate",
+) -> GenerateResult:
+    """Generate ``cfg.samples_per_feature`` texts per feature of ``examples``.
+
+    Answers already in ``checkpoint`` (this stage, interrupted) or ``cache`` (any run) are reused;
+    only the rest is sent. Each new answer is journaled before the next request is handed out.
+    """
+    spec = cfg.spec
+    if spec.kind == "table":
+        source = backend if isinstance(backend, TableImport) else TableImport(spec.target, spec.label)
+        return import_generations(examples, source, progress)
+    requests = make_requests(examples, cfg)
+    price = price_of(cfg)
+    if cfg.max_cost is not None and price is None:
+        raise ConfigError(f"--max-cost needs the price of {spec.target!r}, which is not in the price table",
+                          "pass --price-in and --price-out (USD per 1M tokens)")
+    answers, stats = fetch_answers(requests, cfg, price, backend, checkpoint=checkpoint, cache=cache,
+                                   progress=progress, task=task, what="features")
+    stats = {"n_features": stats.pop("n_requests_total"), **stats}
     queries, generations = _rows(spec, cfg, requests, answers, price)
     stats["cost_usd"] = sum(q["cost_usd"] or 0.0 for q in queries) if price else None
     stats["prompt_tokens"] = sum(q["prompt_tokens"] or 0 for q in queries)
@@ -194,18 +217,20 @@ def generate(
     return GenerateResult(make_table("queries", queries), make_table("generations", generations), stats, warnings)
 
 
-def merge_generator_rows(store: Store, run: str, sae: str, table: str, new: pa.Table, label: str) -> pa.Table:
-    """``new`` plus the rows of other generators already in ``table`` (this generator's old rows go)."""
+def merge_generator_rows(store: Store, run: str, sae: str, table: str, new: pa.Table, label: str,
+                         column: str = "generator") -> pa.Table:
+    """``new`` plus the rows of other generators (or other values of ``column``) already in ``table``
+    (this generator's old rows go)."""
     if not store.has_table(run, sae, table):
         return new
     old = store.read_table(run, sae, table)
     old = old.drop_columns([c for c in ("run", "sae") if c in old.column_names])
-    keep = old.filter(pc.not_equal(old["generator"], pa.scalar(label)))
+    keep = old.filter(pc.not_equal(old[column], pa.scalar(label)))
     if set(keep.column_names) == set(new.column_names):
         merged = pa.concat_tables([keep.select(new.column_names).cast(new.schema), new])
     else:
         merged = pa.concat_tables([keep, new], promote_options="permissive")
-    keys = [("generator", "ascending"), ("feature_index", "ascending")]
+    keys = [(column, "ascending"), ("feature_index", "ascending")]
     if "sample_index" in merged.column_names:
         keys.append(("sample_index", "ascending"))
     return merged.sort_by(keys)
