@@ -118,6 +118,31 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("sensitivity_relative", pa.list_(pa.float64())),  # per r: share of non-empty generated samples with max_activation > r * top_activation
         ("original_sensitivity_relative", pa.list_(pa.float64())),  # per r: the same for the originals (text variant)
     ]),
+    # sae-sens judge: an LLM's verdicts on generated texts (blind pairwise test and direct check)
+    "judgments": pa.schema([
+        ("feature_index", pa.int64()),      # SAE latent index
+        ("generator", pa.string()),         # generator of the judged text
+        ("judge", pa.string()),             # the judging LLM, e.g. openai:gpt-4.1-mini
+        ("task", pa.string()),              # pair (blind pairwise test) \| direct (does it show the pattern?)
+        ("sample_index", pa.int32()),       # the judged text's sample_index in generations
+        ("text", pa.string()),              # the generated text as shown (marks stripped)
+        ("real_text", pa.string()),         # pair: the held-out real example it was paired with
+        ("real_example", pa.string()),      # pair: that example's candidate, <pool>:<rank> in candidates
+        ("real_position", pa.string()),     # pair: A \| B, where the real example was shown (seeded)
+        ("answer", pa.string()),            # A \| B (pair), yes \| no (direct); NULL when unparsed
+        ("correct", pa.bool_()),            # pair: the judge picked the real example
+        ("valid", pa.bool_()),              # direct: the judge says the text shows the pattern
+        ("reason", pa.string()),            # direct: the judge's one-line reason
+        ("response", pa.string()),          # raw answer
+        ("status", pa.string()),            # ok \| unparsed \| error
+        ("attempts", pa.int32()),           # requests made (retries included)
+        ("prompt_tokens", pa.int64()),      # usage reported by the server
+        ("completion_tokens", pa.int64()),  # usage reported by the server
+        ("latency_s", pa.float64()),        # seconds for the successful request
+        ("cost_usd", pa.float64()),         # from the price table (NULL when the price is unknown)
+        ("query_hash", pa.string()),        # cache key: judge, model, server, prompts, sampling settings, seed
+        ("error", pa.string()),             # last error, when status = error
+    ]),
 }
 
 
@@ -166,7 +191,7 @@ def markdown_reference() -> str:
     for name, schema in SCHEMAS.items():
         rows = ["| column | type | meaning |", "|---|---|---|", "| run, sae | string | where the row came from (added by the store) |"]
         for f in schema:
-            meaning = comments.get((name, f.name), "").replace("|", "\\|")
+            meaning = comments.get((name, f.name), "").replace("|", "|")
             rows.append(f"| {f.name} | {str(f.type).replace('item: ', '')} | {meaning} |")
         parts.append(f"#### `{name}`\n\n" + "\n".join(rows))
     return "\n\n".join(parts) + "\n"

@@ -117,6 +117,9 @@ def report_command(
     thresholds: Annotated[bool, typer.Option(
         "--thresholds", help="Also show sensitivity at the thresholds relative to each feature's top activation "
         "(score --relative-thresholds) and the mean frac_of_top.")] = False,
+    validity: Annotated[bool, typer.Option(
+        "--validity", help="Also show the thresholds table and the LLM judge's verdicts (sae-sens judge) next "
+        "to sensitivity.")] = False,
 ) -> None:
     """Summarise sensitivity per run × SAE × generator, regroup, compare, or query with SQL.
 
@@ -161,11 +164,16 @@ def report_command(
             table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
             _output(table, fmt, output, title)
-            if thresholds:
+            if thresholds or validity:
                 from ..report.validity import threshold_summary
 
                 _output(threshold_summary(con, generator, n_resamples=resamples, seed=seed), fmt, None,
                         "sensitivity at thresholds relative to the top activation")
+            if validity:
+                from ..report.validity import validity_tables
+
+                for title_, table_ in validity_tables(con, generator, n_resamples=resamples, seed=seed):
+                    _output(table_, fmt, None, title_)
     if plot is not None:
         require_results(con, st)
         paths = write_plots(con, plot, generators=generator, n_resamples=resamples, seed=seed)

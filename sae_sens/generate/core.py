@@ -196,7 +196,8 @@ def generate(
     if cfg.max_cost is not None and price is None:
         raise ConfigError(f"--max-cost needs the price of {spec.target!r}, which is not in the price table",
                           "pass --price-in and --price-out (USD per 1M tokens)")
-    answers, stats = fetch_answers(requests, cfg, price, backend, checkpoint=checkpoint, cache=cache,
+    llm = backend if not isinstance(backend, TableImport) else None
+    answers, stats = fetch_answers(requests, cfg, price, llm, checkpoint=checkpoint, cache=cache,
                                    progress=progress, task=task, what="features")
     stats = {"n_features": stats.pop("n_requests_total"), **stats}
     queries, generations = _rows(spec, cfg, requests, answers, price)

@@ -182,3 +182,72 @@ def write_threshold_plot(con: duckdb.DuckDBPyConnection, path: str | Path, *,
 def threshold_plot_path(path: Path) -> Path:
     """Where ``report --plot F.png`` puts the threshold curve: ``F_thresholds.png``."""
     return path.with_name(f"{path.stem}_thresholds{path.suffix}")
+
+
+def _has_rows(con: duckdb.DuckDBPyConnection, view: str) -> bool:
+    try:
+        return bool(con.execute(f"SELECT count(*) FROM {view}").fetchall()[0][0])
+    except duckdb.Error:  # a view this store's connection does not define
+        return False
+
+
+def judge_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                  n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
+    """Per run × SAE × generator × judge, means over features with 95% intervals: sensitivity over
+    every judged text, sensitivity over the texts the judge called valid (direct check), the share
+    called valid, and the indistinguishable rate (share of blind pairs where the judge took the
+    generated text for the real one; 0.5 = it cannot tell). Unparsed answers count nowhere."""
+    where, params = _generator_where(generators, "AND")
+    sql = f"""
+        WITH texts AS (
+            SELECT DISTINCT run, sae, generator, judge, feature_index, sample_index FROM judgments
+            WHERE true {where}
+        ),
+        direct AS (
+            SELECT run, sae, generator, judge, feature_index, sample_index, any_value(valid) AS valid
+            FROM judgments WHERE task = 'direct' AND status = 'ok' GROUP BY ALL
+        ),
+        gen AS (
+            SELECT run, sae, generator, feature_index, sample_index, any_value(active) AS active
+            FROM scores WHERE source = 'generated' AND NOT empty GROUP BY ALL
+        ),
+        per_feature AS (
+            SELECT t.run, t.sae, t.generator, t.judge, t.feature_index,
+                avg(g.active::DOUBLE) AS sens_all,
+                avg(g.active::DOUBLE) FILTER (WHERE d.valid) AS sens_valid,
+                avg(d.valid::DOUBLE) AS valid_share
+            FROM texts t
+            LEFT JOIN gen g USING (run, sae, generator, feature_index, sample_index)
+            LEFT JOIN direct d USING (run, sae, generator, judge, feature_index, sample_index)
+            GROUP BY ALL
+        ),
+        pairs AS (
+            SELECT run, sae, generator, judge, feature_index, avg((NOT correct)::DOUBLE) AS indistinguishable,
+                count(*) AS n_pairs
+            FROM judgments WHERE task = 'pair' AND status = 'ok' GROUP BY ALL
+        )
+        SELECT run, sae, generator, judge, count(*) AS features,
+            avg(sens_all) AS sensitivity, list(sens_all) FILTER (WHERE sens_all IS NOT NULL) AS _v1,
+            avg(sens_valid) AS sensitivity_valid, list(sens_valid) FILTER (WHERE sens_valid IS NOT NULL) AS _v2,
+            avg(valid_share) AS valid_share, list(valid_share) FILTER (WHERE valid_share IS NOT NULL) AS _v3,
+            avg(indistinguishable) AS indistinguishable,
+            list(indistinguishable) FILTER (WHERE indistinguishable IS NOT NULL) AS _v4,
+            coalesce(sum(n_pairs), 0)::BIGINT AS pairs
+        FROM per_feature LEFT JOIN pairs USING (run, sae, generator, judge, feature_index)
+        GROUP BY ALL ORDER BY run, sae, generator, judge
+    """
+    table = query(con, sql, params)
+    for values, mean in (("_v1", "sensitivity"), ("_v2", "sensitivity_valid"), ("_v3", "valid_share"),
+                         ("_v4", "indistinguishable")):
+        table = with_intervals(table, values, mean, n_resamples=n_resamples, seed=seed)
+    return table
+
+
+def validity_tables(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                    n_resamples: int = N_RESAMPLES, seed: int = 0) -> list[tuple[str, pa.Table]]:
+    """The validity tables that have data, titled: the judge's summary, then the human labels'."""
+    out = []
+    if _has_rows(con, "judgments"):
+        out.append(("LLM judge: sensitivity over valid texts, valid share, indistinguishable rate (0.5 = cannot tell)",
+                    judge_summary(con, generators, n_resamples=n_resamples, seed=seed)))
+    return out

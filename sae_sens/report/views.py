@@ -28,7 +28,8 @@ from ..errors import MissingTableError, SqlError, UsageError
 from ..schemas import SCHEMAS
 from ..store import MANIFEST, Store, sae_slug
 
-TABLE_VIEWS = ("features", "examples", "candidates", "queries", "generations", "scores", "feature_stats")
+TABLE_VIEWS = ("features", "examples", "candidates", "queries", "generations", "scores", "feature_stats",
+               "judgments")
 META_VIEWS = ("saes", "runs", "stages")
 STAGE_FAMILIES = ("collect", "generate", "score")
 
