@@ -191,6 +191,9 @@ def generate(
     if spec.kind == "table":
         source = backend if isinstance(backend, TableImport) else TableImport(spec.target, spec.label)
         return import_generations(examples, source, progress)
+    if spec.kind == "corpus":
+        raise ConfigError(f"{spec.label} retrieves passages from the store's collect pass",
+                          "use run_generate (or `sae-sens generate`) with a store")
     requests = make_requests(examples, cfg)
     price = price_of(cfg)
     if cfg.max_cost is not None and price is None:
@@ -242,7 +245,13 @@ def _stage_setup(store: Store, run: str, sae: str, cfg: GenerateConfig) -> tuple
     if spec.kind == "openai" and not cfg.base_url and os.environ.get("OPENAI_BASE_URL"):
         cfg = replace(cfg, base_url=os.environ["OPENAI_BASE_URL"])  # recorded, so a new server means new work
     inputs = table_inputs(store, run, sae, ["examples"])
-    if spec.kind == "table":
+    if spec.kind == "corpus":  # real passages: they depend on the collect pass and the corpus read
+        from ..corpus import resolve_corpus
+
+        inputs.update(table_inputs(store, run, sae, ["candidates"]))
+        inputs["corpus"] = resolve_corpus(spec.target).fingerprint
+        config = cfg.manifest_config("")
+    elif spec.kind == "table":
         path = Path(spec.target).expanduser()
         if not path.is_file():
             raise ImportTableError(f"import table {path} does not exist", "pass an existing file to --from-table")
@@ -275,8 +284,14 @@ def run_generate(
     started = now_iso()
     examples = store.read_table(run, sae, "examples")
     checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl")
-    result = generate(examples, cfg, checkpoint=checkpoint, cache=QueryCache(store.cache_dir / "generate"),
-                      progress=progress, task=f"generate {sae} · {label}")
+    if cfg.spec.kind == "corpus":
+        from .corpus_control import corpus_generations
+
+        result = GenerateResult(*corpus_generations(store, run, sae, cfg.spec.target, label, cfg.samples_per_feature,
+                                                    device=cfg.device, progress=progress))
+    else:
+        result = generate(examples, cfg, checkpoint=checkpoint, cache=QueryCache(store.cache_dir / "generate"),
+                          progress=progress, task=f"generate {sae} · {label}")
     for name, table in result.tables().items():
         store.write_table(run, sae, name, merge_generator_rows(store, run, sae, name, table, label))
     extra = {**result.stats, "warnings": result.warnings}
@@ -296,6 +311,9 @@ def plan_generate(store: Store, run: str, sae: str, cfg: GenerateConfig) -> dict
         return {"sae": sae, "generator": spec.label, "features": len(res.queries), "rows": res.n_rows,
                 "imported": len(res.generations), "dropped": res.n_rows - len(res.generations),
                 "warnings": res.warnings}
+    if spec.kind == "corpus":
+        return {"sae": sae, "generator": spec.label, "features": len(set(examples["feature_index"].to_pylist())),
+                "done": 0, "requests": 0, "est_prompt_tokens": 0, "est_completion_tokens": 0, "est_cost_usd": 0.0}
     requests = make_requests(examples, cfg)
     journal = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl").load()
     cache = QueryCache(store.cache_dir / "generate")

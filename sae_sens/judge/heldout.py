@@ -15,6 +15,7 @@ latent), or when its examples were imported (``--from-saebench``: no ``candidate
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -64,6 +65,9 @@ def held_out_examples(store: Store, run: str, sae_name: str, opts: ModelOptions,
     config = {k: v for k, v in {**(pass_rec.config if pass_rec else {}), **(select_rec.config if select_rec else {})}.items()
               if k in known and k not in ("feature_ids", "features")}
     cfg = CollectConfig(**config)
+    if opts.model is None and pass_rec is not None and pass_rec.inputs.get("model"):
+        # the model collect ran (it may have been a --model override): its tokenizer made the windows
+        opts = replace(opts, model=str(pass_rec.inputs["model"]).rsplit("@", 1)[0])
     sae = open_sae(sae_name, opts, progress)
     lm = open_model(sae, opts)
     source = resolve_corpus(cfg.corpus, split=cfg.split, text_column=cfg.text_column)
