@@ -143,6 +143,22 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("query_hash", pa.string()),        # cache key: judge, model, server, prompts, sampling settings, seed
         ("error", pa.string()),             # last error, when status = error
     ]),
+    # sae-sens label: human answers to the same blind pairs, one row per rater and pair, written at once
+    "labels": pa.schema([
+        ("feature_index", pa.int64()),      # SAE latent index
+        ("generator", pa.string()),         # generator of the generated text in the pair
+        ("sample_index", pa.int32()),       # its sample_index in generations
+        ("rater", pa.string()),             # who answered (--rater, or ?rater= in the page's address)
+        ("pair_id", pa.string()),           # the pair (same pairs as the judge's for the same --seed)
+        ("real_example", pa.string()),      # the held-out example, <pool>:<rank> in candidates
+        ("real_position", pa.string()),     # A | B, where the real example was shown
+        ("answer", pa.string()),            # A | B | skip
+        ("correct", pa.bool_()),            # the rater picked the real example; NULL for skip
+        ("text", pa.string()),              # the generated text as shown
+        ("real_text", pa.string()),         # the real example as shown
+        ("seed", pa.int64()),               # the --seed that made the pairs
+        ("answered_at", pa.string()),       # UTC time of the answer
+    ]),
 }
 
 

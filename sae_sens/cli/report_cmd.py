@@ -118,8 +118,8 @@ def report_command(
         "--thresholds", help="Also show sensitivity at the thresholds relative to each feature's top activation "
         "(score --relative-thresholds) and the mean frac_of_top.")] = False,
     validity: Annotated[bool, typer.Option(
-        "--validity", help="Also show the thresholds table and the LLM judge's verdicts (sae-sens judge) next "
-        "to sensitivity.")] = False,
+        "--validity", help="Also show the thresholds table, the LLM judge's verdicts (sae-sens judge) and the "
+        "human labels (sae-sens label: accuracy, agreement with the judge).")] = False,
 ) -> None:
     """Summarise sensitivity per run × SAE × generator, regroup, compare, or query with SQL.
 

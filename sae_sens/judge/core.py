@@ -72,6 +72,26 @@ def _seed(*parts: Any) -> int:
     return int(hash_config(list(parts))[:15], 16)
 
 
+def held_out_by_feature(held_out: pa.Table) -> dict[int, list[tuple[str, str]]]:
+    """Feature -> [(``<pool>:<rank>``, unmarked text)] of its held-out real examples."""
+    held: dict[int, list[tuple[str, str]]] = {}
+    for f, pool, rank, text in zip(*(held_out[c].to_pylist() for c in ("feature_index", "pool", "rank", "text")),
+                                   strict=True):
+        held.setdefault(int(f), []).append((f"{pool}:{rank}", unmarked(text or "")))
+    return held
+
+
+def assign_pair(pool: list[tuple[str, str]], seed: int, generator: str, feature: int,
+                sample: int) -> tuple[str, str, str]:
+    """(held-out id, its text, where the real one goes: A | B) for one generated text. A seeded
+    permutation spreads the held-out examples over the feature's texts; the side is a seeded coin.
+    The LLM judge and the human labelling page use the same pairs for the same seed."""
+    order = list(range(len(pool)))
+    random.Random(_seed(seed, "held-out", generator, feature)).shuffle(order)
+    real_id, real = pool[order[sample % len(pool)]]
+    return real_id, real, "A" if random.Random(_seed(seed, "order", generator, feature, sample)).random() < 0.5 else "B"
+
+
 def shown_settings(store: Store, run: str, sae: str, generator: str) -> tuple[int, int, int]:
     """(n_top, n_iw, seed) of the prompt ``generator`` was sent, from its manifest record (generate's
     defaults for imported tables and older records)."""
@@ -90,10 +110,7 @@ def build_items(
     """Every judgement to make, in a stable order, and what could not be set up (counts)."""
     spec = cfg.spec
     server = public_url(_base_url(cfg.generate_config())) if spec.kind == "openai" else None
-    held: dict[int, list[tuple[str, str]]] = {}
-    for f, pool, rank, text in zip(*(held_out[c].to_pylist() for c in ("feature_index", "pool", "rank", "text")),
-                                   strict=True):
-        held.setdefault(int(f), []).append((f"{pool}:{rank}", unmarked(text or "")))
+    held = held_out_by_feature(held_out)
     gens = sorted(generations.select(["generator", "feature_index", "sample_index", "text"]).to_pylist(),
                   key=lambda r: (r["generator"], r["feature_index"], r["sample_index"]))
     items: list[JudgeItem] = []
@@ -121,10 +138,7 @@ def build_items(
         if "pair" in cfg.tasks:
             pool = held.get(f, [])
             if pool:
-                order = list(range(len(pool)))
-                random.Random(_seed(cfg.seed, "held-out", g, f)).shuffle(order)
-                real_id, real = pool[order[s % len(pool)]]
-                real_pos = "A" if random.Random(_seed(cfg.seed, "order", g, f, s)).random() < 0.5 else "B"
+                real_id, real, real_pos = assign_pair(pool, cfg.seed, g, f, s)
                 a, b = (real, text) if real_pos == "A" else (text, real)
                 items.append(JudgeItem(f, g, "pair", s, text, request(*pair_prompt(exs, a, b)), real, real_id, real_pos))
             else:

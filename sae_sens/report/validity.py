@@ -243,6 +243,65 @@ def judge_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | No
     return table
 
 
+def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
+    """Cohen's kappa of two raters' labels on the same items (None without items, or when chance
+    agreement is already 1: both always gave the one same label)."""
+    if not a or len(a) != len(b):
+        return None
+    labels = sorted(set(a) | set(b))
+    n = len(a)
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    expected = sum((a.count(k) / n) * (b.count(k) / n) for k in labels)
+    return None if expected >= 1 else (observed - expected) / (1 - expected)
+
+
+def label_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                  n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
+    """Per run × SAE × generator (× judge, where the judge answered the same pairs): raters, answered
+    pairs (skips left out), human accuracy and human indistinguishable rate (means over features,
+    95% intervals), and the human vs judge agreement and Cohen's kappa on the pairs both answered."""
+    where, params = _generator_where(generators, "AND")
+    sql = f"""
+        WITH l AS (SELECT * FROM labels WHERE answer IN ('A', 'B') {where}),
+        per_feature AS (
+            SELECT run, sae, generator, feature_index, avg(correct::DOUBLE) AS accuracy,
+                avg((NOT correct)::DOUBLE) AS indistinguishable
+            FROM l GROUP BY ALL
+        )
+        SELECT run, sae, generator,
+            (SELECT count(DISTINCT rater) FROM l WHERE l.run = p.run AND l.sae = p.sae AND l.generator = p.generator)
+                AS raters,
+            (SELECT count(*) FROM l WHERE l.run = p.run AND l.sae = p.sae AND l.generator = p.generator) AS labels,
+            count(*) AS features,
+            avg(accuracy) AS accuracy, list(accuracy) AS _v1,
+            avg(indistinguishable) AS indistinguishable, list(indistinguishable) AS _v2
+        FROM per_feature p GROUP BY ALL ORDER BY run, sae, generator
+    """
+    table = query(con, sql, params)
+    for values, mean in (("_v1", "accuracy"), ("_v2", "indistinguishable")):
+        table = with_intervals(table, values, mean, n_resamples=n_resamples, seed=seed)
+    matched = query(con, f"""
+        SELECT l.run, l.sae, l.generator, j.judge, l.answer AS human, j.answer AS judge_answer
+        FROM labels l JOIN judgments j ON j.task = 'pair' AND j.status = 'ok' AND l.run = j.run AND l.sae = j.sae
+            AND l.generator = j.generator AND l.feature_index = j.feature_index AND l.sample_index = j.sample_index
+            AND l.real_example = j.real_example AND l.real_position = j.real_position
+        WHERE l.answer IN ('A', 'B') {where.replace('generator', 'l.generator')}
+    """, params).to_pylist() if _has_rows(con, "judgments") else []
+    pairs: dict[tuple[str, str, str], dict[str | None, tuple[list[str], list[str]]]] = {}
+    for m in matched:
+        h, j = pairs.setdefault((m["run"], m["sae"], m["generator"]), {}).setdefault(m["judge"], ([], []))
+        h.append(m["human"])
+        j.append(m["judge_answer"])
+    rows = []
+    for r in table.to_pylist():
+        judges = pairs.get((r["run"], r["sae"], r["generator"])) or {None: ([], [])}
+        for judge, (h, j) in sorted(judges.items(), key=lambda kv: kv[0] or ""):
+            rows.append({**r, "judge": judge, "matched": len(h),
+                         "agreement": sum(x == y for x, y in zip(h, j, strict=True)) / len(h) if h else None,
+                         "kappa": cohen_kappa(h, j)})
+    return pa.Table.from_pylist(rows) if rows else table
+
+
 def validity_tables(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
                     n_resamples: int = N_RESAMPLES, seed: int = 0) -> list[tuple[str, pa.Table]]:
     """The validity tables that have data, titled: the judge's summary, then the human labels'."""
@@ -250,4 +309,7 @@ def validity_tables(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | 
     if _has_rows(con, "judgments"):
         out.append(("LLM judge: sensitivity over valid texts, valid share, indistinguishable rate (0.5 = cannot tell)",
                     judge_summary(con, generators, n_resamples=n_resamples, seed=seed)))
+    if _has_rows(con, "labels"):
+        out.append(("human labels: accuracy, indistinguishable rate, agreement with the judge (Cohen's kappa)",
+                    label_summary(con, generators, n_resamples=n_resamples, seed=seed)))
     return out

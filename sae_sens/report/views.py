@@ -29,7 +29,7 @@ from ..schemas import SCHEMAS
 from ..store import MANIFEST, Store, sae_slug
 
 TABLE_VIEWS = ("features", "examples", "candidates", "queries", "generations", "scores", "feature_stats",
-               "judgments")
+               "judgments", "labels")
 META_VIEWS = ("saes", "runs", "stages")
 STAGE_FAMILIES = ("collect", "generate", "score")
 
