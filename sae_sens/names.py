@@ -11,11 +11,45 @@ import fnmatch
 import functools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import UnknownSaeError
-from .sae import TRAINER_ARCH, SaeSpec
+
+# dictionary_learning trainer_class -> our architecture code
+TRAINER_ARCH = {
+    "StandardTrainer": "relu",
+    "StandardTrainerAprilUpdate": "relu",
+    "PAnnealTrainer": "pan",
+    "TopKTrainer": "topk",
+    "BatchTopKTrainer": "btopk",
+    "MatryoshkaBatchTopKTrainer": "matbtopk",
+    "JumpReluTrainer": "jumprelu",
+    "GatedSAETrainer": "gated",
+}
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    """Where an SAE lives and what it reads. ``path`` is a file inside ``repo_id``, or a local path."""
+
+    name: str
+    source: str  # saebench | gemmascope | saelens | packaged | local
+    format: str  # key of LOADERS: dictionary_learning | gemmascope_npz | saelens
+    architecture: str | None = None
+    model_id: str | None = None
+    layer: int | None = None
+    hook: str | None = None
+    width: int | None = None
+    sparsity: str | None = None
+    repo_id: str | None = None
+    path: str | None = None
+    default_dtype: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 # ----- SAEBench ---------------------------------------------------------------------------------

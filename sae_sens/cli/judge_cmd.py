@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .app import app
+from .base import app
 from .options import (
     BaseUrlOpt,
     BatchSizeOpt,
@@ -72,7 +72,7 @@ def judge_command(
     from ..judge import JudgeConfig, plan_judge, run_judge
     from ..stages import ModelOptions
     from ..store import Store
-    from .app import RichProgress
+    from .base import RichProgress
     from .output import console, emit
 
     cfg = JudgeConfig(

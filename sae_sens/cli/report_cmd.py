@@ -31,7 +31,7 @@ from ..report.html import write_user_file
 from ..report.summary import GROUP_KEYS, N_RESAMPLES
 from ..report.views import has_results
 from ..store import Store
-from .app import app
+from .base import app
 from .options import FormatOpt, OptionalSaeOpt, StoreOpt
 from .output import FORMATS, console, err_console, render, rich_table
 

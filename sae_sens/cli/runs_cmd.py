@@ -8,7 +8,7 @@ import typer
 
 from ..runs import list_runs
 from ..store import Store
-from .app import app
+from .base import app
 from .options import FormatOpt, StoreOpt
 from .output import emit, err_console
 

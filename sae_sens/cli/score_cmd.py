@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .app import RichProgress, app
+from .base import RichProgress, app
 from .options import (
     BatchSizeOpt,
     DeviceOpt,
