@@ -154,6 +154,21 @@ def test_judge_rates_order_and_prompts(world: dict[str, Any]) -> None:
     assert summary["indistinguishable_low"] <= summary["indistinguishable"] <= summary["indistinguishable_high"]
 
 
+
+def test_report_validity_cli(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    store = world["store"]
+    with ChatServer(models=("judge-model",), respond=scripted_judge) as server:
+        _judge(world, server)
+    out = _cli(capsys, "report", "--store", str(store.root), "--validity", "--format", "csv")
+    (summary,) = judge_summary(connect(store)).to_pylist()
+    header = next(line for line in out.splitlines() if line.startswith("run,sae,generator,judge,"))
+    row = next(line for line in out.splitlines() if line.startswith(f"{RUN},") and JUDGE in line)
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    assert float(values["indistinguishable"]) == pytest.approx(summary["indistinguishable"])
+    assert float(values["valid_share"]) == pytest.approx(summary["valid_share"])
+    assert "sens 10%" in out  # the thresholds table comes with --validity
+
+
 def test_pair_order_is_seeded(world: dict[str, Any]) -> None:
     store, sae = world["store"], world["sae"]
     orders = []
