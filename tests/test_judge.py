@@ -238,3 +238,17 @@ def test_answer_parsing() -> None:
     assert parse_direct("Yes, the year is marked") == (True, "the year is marked")
     assert parse_direct("no\nno digits at all") == (False, "no digits at all")
     assert parse_direct("unsure") == (None, None)
+
+
+def test_label_page_gets_the_judges_pairs(world: dict[str, Any]) -> None:
+    from sae_sens.label import label_pairs
+
+    store, sae = world["store"], world["sae"]
+    with ChatServer(models=("judge-model",), respond=scripted_judge) as server:
+        _judge(world, server, tasks=("pair",), seed=5)
+    judged = {(r["generator"], r["feature_index"], r["sample_index"], r["real_example"], r["real_position"],
+               r["text"], r["real_text"]) for r in store.read_table(RUN, sae, "judgments").to_pylist()}
+    pairs = label_pairs(store, RUN, sae, seed=5, opts=world["opts"])
+    assert {(p.generator, p.feature_index, p.sample_index, p.real_example, p.real_position, p.text, p.real_text)
+            for p in pairs} == judged
+    assert {p.text_a if p.real_position == "A" else p.text_b for p in pairs} == {p.real_text for p in pairs}
