@@ -252,3 +252,14 @@ def test_label_page_gets_the_judges_pairs(world: dict[str, Any]) -> None:
     assert {(p.generator, p.feature_index, p.sample_index, p.real_example, p.real_position, p.text, p.real_text)
             for p in pairs} == judged
     assert {p.text_a if p.real_position == "A" else p.text_b for p in pairs} == {p.real_text for p in pairs}
+
+
+def test_max_cost_stops_before_sending(world: dict[str, Any]) -> None:
+    from sae_sens.errors import BudgetExceededError
+
+    with ChatServer(models=("judge-model",), respond=scripted_judge) as server:
+        with pytest.raises(BudgetExceededError, match="--max-cost"):
+            _judge(world, server, tasks=("direct",), price_in=1000.0, price_out=1000.0, max_cost=0.05, seed=11)
+        sent = server.count()
+    # 1000 USD per 1M tokens: each answer may cost up to 128 completion tokens = $0.128 > $0.05
+    assert sent == 0
