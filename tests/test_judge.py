@@ -234,7 +234,8 @@ def test_no_held_out_examples_means_no_pairs() -> None:
 
 def test_answer_parsing() -> None:
     assert [parse_pair(t) for t in ("A", "b.", "(B)", "Answer: a", "Text B is real", "A real example is text B",
-                                    "neither")] == ["A", "B", "B", "A", "B", "B", None]
+                                    "The text is the real example, A.", "It is B", "A or B?", "neither")] == [
+        "A", "B", "B", "A", "B", "B", "A", "B", None, None]
     assert parse_direct("Yes, the year is marked") == (True, "the year is marked")
     assert parse_direct("no\nno digits at all") == (False, "no digits at all")
     assert parse_direct("unsure") == (None, None)

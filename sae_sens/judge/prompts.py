@@ -42,6 +42,8 @@ _MARKS = re.compile(r"\{\{|\}\}")
 # a bare letter ("B", "B.", "(A)", "Answer: b"), not the article in "A real example is ..."
 _LETTER = re.compile(r"^\W*(?:text\s+|answer\s*:?\s*)?\(?([AB])(?=\W*$|[.):,;]|\s*\n)", re.IGNORECASE)
 _LETTER_ANYWHERE = re.compile(r"\b(?:text|answer(?: is)?)\s*:?\s*\(?([AB])\b", re.IGNORECASE)
+# ... or a letter closing the first line: "The text is the real example, A."
+_LETTER_END = re.compile(r"(?:^|[\s,:(])([AB])[.)!]*\s*$")
 _YES_NO = re.compile(r"^\W*(yes|no)\b\W*(.*)$", re.IGNORECASE | re.DOTALL)
 
 
@@ -65,7 +67,8 @@ def direct_prompt(examples: Sequence[str], text: str) -> tuple[str, str]:
 def parse_pair(response: str) -> str | None:
     """``A`` or ``B`` from an answer like "B", "Text A.", "Answer: b"; None when it names neither."""
     text = (response or "").strip()
-    m = _LETTER.match(text) or _LETTER_ANYWHERE.search(text)
+    first = text.splitlines()[0] if text else ""
+    m = _LETTER.match(text) or _LETTER_ANYWHERE.search(text) or _LETTER_END.search(first)
     return m.group(1).upper() if m else None
 
 
