@@ -97,6 +97,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("max_position", pa.int32()),       # index into activations (window rows: into token_ids)
         ("active", pa.bool_()),             # max_activation > threshold; NULL when empty
         ("frac_of_top", pa.float64()),      # max_activation / the feature's top_activation
+        ("tokens", pa.list_(pa.string())),  # the scored tokens after the BOS, decoded one by one
         ("activations", pa.list_(pa.float32())),  # per token after the BOS; non-counted tokens are 0
     ]),
     "feature_stats": pa.schema([
@@ -123,18 +124,18 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("feature_index", pa.int64()),      # SAE latent index
         ("generator", pa.string()),         # generator of the judged text
         ("judge", pa.string()),             # the judging LLM, e.g. openai:gpt-4.1-mini
-        ("task", pa.string()),              # pair (blind pairwise test) \| direct (does it show the pattern?)
+        ("task", pa.string()),              # pair (blind pairwise test) | direct (does it show the pattern?)
         ("sample_index", pa.int32()),       # the judged text's sample_index in generations
         ("text", pa.string()),              # the generated text as shown (marks stripped)
         ("real_text", pa.string()),         # pair: the held-out real example it was paired with
         ("real_example", pa.string()),      # pair: that example's candidate, <pool>:<rank> in candidates
-        ("real_position", pa.string()),     # pair: A \| B, where the real example was shown (seeded)
-        ("answer", pa.string()),            # A \| B (pair), yes \| no (direct); NULL when unparsed
+        ("real_position", pa.string()),     # pair: A | B, where the real example was shown (seeded)
+        ("answer", pa.string()),            # A | B (pair), yes | no (direct); NULL when unparsed
         ("correct", pa.bool_()),            # pair: the judge picked the real example
         ("valid", pa.bool_()),              # direct: the judge says the text shows the pattern
         ("reason", pa.string()),            # direct: the judge's one-line reason
         ("response", pa.string()),          # raw answer
-        ("status", pa.string()),            # ok \| unparsed \| error
+        ("status", pa.string()),            # ok | unparsed | error
         ("attempts", pa.int32()),           # requests made (retries included)
         ("prompt_tokens", pa.int64()),      # usage reported by the server
         ("completion_tokens", pa.int64()),  # usage reported by the server
@@ -207,7 +208,7 @@ def markdown_reference() -> str:
     for name, schema in SCHEMAS.items():
         rows = ["| column | type | meaning |", "|---|---|---|", "| run, sae | string | where the row came from (added by the store) |"]
         for f in schema:
-            meaning = comments.get((name, f.name), "").replace("|", "|")
+            meaning = comments.get((name, f.name), "").replace("|", "\\|")
             rows.append(f"| {f.name} | {str(f.type).replace('item: ', '')} | {meaning} |")
         parts.append(f"#### `{name}`\n\n" + "\n".join(rows))
     return "\n\n".join(parts) + "\n"

@@ -51,9 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     except SaeSensError as e:
         if debug:
             raise
+        from rich.markup import escape  # messages may hold brackets: pip install 'sae-sens[ray]'
+
         from .output import err_console
 
-        err_console.print(f"[bold red]error:[/] {e.one_line()}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(e.one_line())}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -25,6 +25,7 @@ from .options import (
     SaeOpt,
     SamplesPerFeatureOpt,
     StoreOpt,
+    WaitOpt,
 )
 
 
@@ -76,6 +77,7 @@ def generate_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
 ) -> None:
     """Ask an LLM for new texts like each feature's examples (or import them), per SAE.
 
@@ -99,7 +101,7 @@ def generate_command(
         prompt_template=prompt_template, price_in=price_in, price_out=price_out, max_cost=max_cost, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype,
     )
-    st = Store(store)
+    st = Store(store, wait=wait)
     if dry_run:
         plans = [plan_generate(st, run, s, cfg) for s in sae]
         if cfg.spec.kind == "table":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from typing import Annotated
 
 import pyarrow as pa
 import typer
-from rich.console import Console
 
 from ..errors import UsageError
 from ..report import (
@@ -28,12 +26,12 @@ from ..report import (
     write_plots,
 )
 from ..report.html import write_user_file
-from ..report.summary import GROUP_KEYS, N_RESAMPLES
+from ..report.summary import GROUP_KEYS, N_RESAMPLES, summary_warnings
 from ..report.views import has_results
 from ..store import Store
 from .base import app
-from .options import FormatOpt, OptionalSaeOpt, StoreOpt
-from .output import FORMATS, console, err_console, render, rich_table
+from .options import OptionalSaeOpt, StoreOpt
+from .output import AutoFormatOpt, console, err_console, render, resolve_format, rich_table, table_text, warn
 
 RunsFilterOpt = Annotated[
     list[str] | None,
@@ -52,20 +50,13 @@ def _columns_rows(table: pa.Table) -> tuple[list[str], list[tuple]]:
 
 def _output(table: pa.Table, fmt: str, output: Path | None, title: str | None = None) -> None:
     """Print ``table`` in ``fmt``, or write it to ``output`` (a table format is written as plain text)."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
     columns, rows = _columns_rows(table)
     if output is None:
         text = render(columns, rows, fmt, title)
         if text is not None:
             sys.stdout.write(text)
         return
-    if fmt == "table":
-        buf = io.StringIO()
-        Console(file=buf, width=10_000, no_color=True, highlight=False).print(rich_table(columns, rows, title))
-        text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
-    else:
-        text = render(columns, rows, fmt) or ""
+    text = table_text(columns, rows, title) if fmt == "table" else render(columns, rows, fmt) or ""
     write_user_file(output, text)
     err_console.print(f"wrote {output}")
 
@@ -79,11 +70,14 @@ def report_command(
     by: Annotated[
         list[str] | None,
         typer.Option("--by", help=f"Regroup the summary: {', '.join(GROUP_KEYS)}; repeat or comma-separate "
-                                  "to combine (features of all SAEs in a group are pooled).", show_default=False),
+                                  "to combine (features of all SAEs in a group are pooled, each feature "
+                                  "counted once: several generators' sensitivities for it are averaged).",
+                     show_default=False),
     ] = None,
     compare_: Annotated[
         tuple[str, str] | None,
-        typer.Option("--compare", help="Two SAEs, generators or runs side by side, per shared feature.",
+        typer.Option("--compare", help="Two generators or runs side by side per shared feature; two SAEs "
+                                       "as distributions (means, intervals, permutation test of the difference).",
                      metavar="A B", show_default=False),
     ] = None,
     sql: Annotated[str | None, typer.Option("--sql", help="Run a SQL query over the views.",
@@ -92,9 +86,10 @@ def report_command(
         Path | None,
         typer.Option("--sql-file", help="Run the SQL in this file.", exists=True, dir_okay=False, show_default=False),
     ] = None,
-    fmt: FormatOpt = "table",
+    fmt: AutoFormatOpt = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the output to this file.", show_default=False)
+        Path | None, typer.Option("--output", "-o", help="Write the output to this file (format from its "
+                                                         "extension: .csv, .tsv, .json, .md, .txt).", show_default=False)
     ] = None,
     plot: Annotated[
         Path | None,
@@ -141,6 +136,7 @@ def report_command(
         raise UsageError("--sql and --sql-file are alternatives", "pass one of them")
     if compare_ is not None and by:
         raise UsageError("--compare and --by are alternatives", "pass one of them")
+    fmt = resolve_format(fmt, output)
     st = Store(store)
     as_sql = sql is not None or sql_file is not None
     con = connect(st, run, sae, status=as_sql)
@@ -159,11 +155,13 @@ def report_command(
             _output(result.rows, fmt, output, title=f"{result.dimension}: a={result.a}, b={result.b}")
             (console if fmt == "table" and output is None else err_console).print(
                 result.summary, highlight=False, soft_wrap=True)
+            warn(result.warnings)
         else:
             keys = [k.strip() for b in by or () for k in b.split(",") if k.strip()]  # --by width,architecture
             table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
             _output(table, fmt, output, title)
+            warn(summary_warnings(table))
             if thresholds or validity:
                 from ..report.validity import threshold_summary
 
@@ -184,7 +182,7 @@ def report_command(
         err_console.print("wrote " + ", ".join(map(str, paths)))
     if html is not None:
         require_results(con, st)
-        err_console.print(f"wrote {write_html(con, html, generator)}")
+        err_console.print(f"wrote {write_html(con, html, generator, store=st)}")
 
 
 def _stdin_lines() -> Iterator[str]:

@@ -8,6 +8,7 @@ import typer
 
 from ..errors import UsageError
 from .base import RichProgress, app
+from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BatchSizeOpt,
     DeviceOpt,
@@ -21,6 +22,7 @@ from .options import (
     SaeOpt,
     StoreOpt,
     ThresholdOpt,
+    WaitOpt,
 )
 
 # summary key -> column header
@@ -53,6 +55,11 @@ def score_command(
     max_length: MaxLengthOpt = 128,
     generator: GeneratorOpt = None,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    gpus_per_task: GpusPerTaskOpt = 1.0,
+    saes_per_task: SaesPerTaskOpt = 0,
     relative_thresholds: Annotated[str, typer.Option(
         "--relative-thresholds", help="Fractions of each feature's top activation at which sensitivity is "
         "also computed (feature_stats.sensitivity_relative), comma-separated.")] = "0.01,0.1,0.5",
@@ -68,14 +75,23 @@ def score_command(
     from ..score import ScoreConfig, run_score, summarize
     from ..stages import ModelOptions
     from ..store import Store
+    from .executor_options import make_executor
     from .output import emit
 
-    st = Store(store)
+    st = Store(store, wait=wait)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator,
                       relative_thresholds=parse_fractions(relative_thresholds))
-    for name in sae:
+    runner = make_executor(executor, address, gpus_per_task, saes_per_task)
+    if runner.name != "local":  # every SAE first (one task per model and hook), then the tables
+        from ..executors import Work
+        from ..pipeline import run_work
+
         with RichProgress() as progress:
-            run_score(st, run, name, cfg, opts, force=force, progress=progress)
+            run_work(st, Work(run, tuple(sae), ("score",), opts, score_cfg=cfg, force=force), runner, progress)
+    for name in sae:
+        if runner.name == "local":
+            with RichProgress() as progress:
+                run_score(st, run, name, cfg, opts, force=force, progress=progress)
         summary = summarize(st.read_table(run, name, "scores"), st.read_table(run, name, "feature_stats"))
         emit(list(COLUMNS.values()), [[row[c] for c in COLUMNS] for row in summary], "table", title=f"{run} / {name}")

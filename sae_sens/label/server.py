@@ -62,7 +62,8 @@ class LabelBook:
                "rater": rater, "pair_id": pair_id, "real_example": p.real_example, "real_position": p.real_position,
                "answer": answer, "correct": None if answer == "skip" else answer == p.real_position,
                "text": p.text, "real_text": p.real_text, "seed": self.seed, "answered_at": now_iso()}
-        with self._lock:
+        # the store's run x SAE lock too: a judge or score run may be rewriting this SAE's manifest
+        with self._lock, self.store.lock(p.run, p.sae, what="label"):
             old = self._rows(p.run, p.sae)
             if old is not None and any(pid == pair_id and r == rater for pid, r in zip(
                     old["pair_id"].to_pylist(), old["rater"].to_pylist(), strict=True)):
