@@ -264,3 +264,21 @@ def test_max_cost_stops_before_sending(world: dict[str, Any]) -> None:
         sent = server.count()
     # 1000 USD per 1M tokens: each answer may cost up to 128 completion tokens = $0.128 > $0.05
     assert sent == 0
+
+
+def test_judging_one_generator_keeps_the_others(world: dict[str, Any]) -> None:
+    store, sae = world["store"], world["sae"]
+    gens = store.read_table(RUN, sae, "generations")
+    other = gens.filter(pa.compute.equal(gens["generator"], GEN)).to_pylist()
+    for r in other:
+        r.update(generator="table:other", text="other " + r["text"])
+    store.write_table(RUN, sae, "generations", make_table("generations", gens.to_pylist() + other))
+    try:
+        with ChatServer(models=("judge-model",), respond=scripted_judge) as server:
+            _judge(world, server, tasks=("direct",))
+            _judge(world, server, tasks=("direct",), generator="table:other")
+        rows = store.read_table(RUN, sae, "judgments").to_pylist()
+        assert {r["generator"] for r in rows} == {GEN, "table:other"}
+        assert len(rows) == 2 * len(other)
+    finally:
+        store.write_table(RUN, sae, "generations", gens.drop_columns(["run", "sae"]))

@@ -275,7 +275,15 @@ def run_judge(
                        checkpoint=checkpoint, cache=QueryCache(store.cache_dir / "judge"), progress=progress,
                        task=f"judge {sae} · {label}")
         extra.update(result.stats, warnings=result.warnings, n_held_out=held.num_rows)
-        return {"judgments": merge_generator_rows(store, run, sae, "judgments", result.judgments, label, column="judge")}
+        merged = merge_generator_rows(store, run, sae, "judgments", result.judgments, label, column="judge")
+        if cfg.generator is not None and store.has_table(run, sae, "judgments"):
+            # judging one generator keeps this judge's verdicts on the others
+            old = store.read_table(run, sae, "judgments")
+            old = old.drop_columns([c for c in ("run", "sae") if c in old.column_names])
+            keep = old.filter(pc.and_(pc.equal(old["judge"], label), pc.not_equal(old["generator"], cfg.generator)))
+            if keep.num_rows:
+                merged = pa.concat_tables([merged, keep.select(merged.column_names).cast(merged.schema)])
+        return {"judgments": merged}
 
     outcome = run_stage(store, run, sae, stage, config=config, inputs=inputs, compute=compute,
                         outputs={"judgments": ("judge", label)}, force=force, extra=lambda: dict(extra),
