@@ -78,15 +78,12 @@ def held_out_examples(store: Store, run: str, sae_name: str, opts: ModelOptions,
     wanted = []
     for r in rows:
         snippet = r.get("activations")
-        if snippet is not None and (len(snippet) != 2 * cfg.buffer + 1 or any(x != x for x in snippet)):
-            snippet = None  # incomplete (NaN-padded) snippet: recompute, as collect does
+        if snippet is None or len(snippet) != 2 * cfg.buffer + 1 or any(x != x for x in snippet):
+            continue  # no complete activation snippet (candidates from before snippets were kept): left out
         wanted.append(WantedExample(int(r["feature_index"]), r["pool"], int(r["rank"]), int(r["window_index"]),
-                                    int(r["position"]), list(snippet) if snippet is not None else None))
-    missing = [w for w in wanted if w.snippet is None]
-    if missing:  # candidates written before snippets were kept: recompute them as collect does
-        from ..collect import _rerun_snippets
-
-        _rerun_snippets(lm, sae, windows, missing, cfg.buffer, opts.batch_size)
+                                    int(r["position"]), list(snippet)))
+    if not wanted:
+        return empty
     thresholds = [cfg.act_threshold_frac * float(top.get(w.feature) or 0.0) for w in wanted]
     built = example_rows(lm.tokenizer, windows, wanted, thresholds, cfg.buffer)
     return pa.table({
