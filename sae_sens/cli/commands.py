@@ -3,6 +3,8 @@
 from . import (  # noqa: F401
     collect_cmd,
     generate_cmd,
+    judge_cmd,
+    label_cmd,
     report_cmd,
     run_cmd,
     runs_cmd,
