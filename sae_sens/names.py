@@ -1,7 +1,9 @@
 """SAE names -> specs: the SAEBench grid, GemmaScope, sae_lens releases, packaged SAEs, local paths.
 
 A spec says where the weights live (hub repo + file, or a local path), which loader reads them and
-which model and hook they read. Nothing here downloads or loads weights.
+which model and hook they read. Nothing here downloads or loads weights or imports torch: the CLI
+validates names with this module before any heavy import (``sae.py`` imports from here, never the
+other way round).
 """
 
 from __future__ import annotations
@@ -11,11 +13,45 @@ import fnmatch
 import functools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import UnknownSaeError
-from .sae import TRAINER_ARCH, SaeSpec
+
+# dictionary_learning trainer_class -> our architecture code
+TRAINER_ARCH = {
+    "StandardTrainer": "relu",
+    "StandardTrainerAprilUpdate": "relu",
+    "PAnnealTrainer": "pan",
+    "TopKTrainer": "topk",
+    "BatchTopKTrainer": "btopk",
+    "MatryoshkaBatchTopKTrainer": "matbtopk",
+    "JumpReluTrainer": "jumprelu",
+    "GatedSAETrainer": "gated",
+}
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    """Where an SAE lives and what it reads. ``path`` is a file inside ``repo_id``, or a local path."""
+
+    name: str
+    source: str  # saebench | gemmascope | saelens | packaged | local
+    format: str  # key of LOADERS: dictionary_learning | gemmascope_npz | saelens
+    architecture: str | None = None
+    model_id: str | None = None
+    layer: int | None = None
+    hook: str | None = None
+    width: int | None = None
+    sparsity: str | None = None
+    repo_id: str | None = None
+    path: str | None = None
+    default_dtype: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 # ----- SAEBench ---------------------------------------------------------------------------------

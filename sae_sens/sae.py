@@ -13,48 +13,16 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import names
 from .errors import SaeLoadError, UnknownSaeError
 from .hashing import hash_file
-
-# dictionary_learning trainer_class -> our architecture code
-TRAINER_ARCH = {
-    "StandardTrainer": "relu",
-    "StandardTrainerAprilUpdate": "relu",
-    "PAnnealTrainer": "pan",
-    "TopKTrainer": "topk",
-    "BatchTopKTrainer": "btopk",
-    "MatryoshkaBatchTopKTrainer": "matbtopk",
-    "JumpReluTrainer": "jumprelu",
-    "GatedSAETrainer": "gated",
-}
-
-
-@dataclass(frozen=True)
-class SaeSpec:
-    """Where an SAE lives and what it reads. ``path`` is a file inside ``repo_id``, or a local path."""
-
-    name: str
-    source: str  # saebench | gemmascope | saelens | packaged | local
-    format: str  # key of LOADERS: dictionary_learning | gemmascope_npz | saelens
-    architecture: str | None = None
-    model_id: str | None = None
-    layer: int | None = None
-    hook: str | None = None
-    width: int | None = None
-    sparsity: str | None = None
-    repo_id: str | None = None
-    path: str | None = None
-    default_dtype: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+from .names import TRAINER_ARCH, SaeSpec  # noqa: F401  (re-exported: specs live with the names, torch-free)
 
 
 class Sae:
@@ -414,8 +382,6 @@ def _unknown_saelens(release: str, sae_id: str) -> UnknownSaeError:
 
 def resolve_sae(name: str) -> SaeSpec:
     """Turn a user-given SAE name (or path) into a spec. Unknown names list what is valid."""
-    from . import names
-
     return names.resolve(name)
 
 

@@ -1,64 +1,50 @@
-"""The ``sae-sens`` Typer app. Each command is a thin layer over one library call."""
+"""The ``sae-sens`` Typer app and its entry point: errors become one line, startup stays light.
+
+Only typer and rich are imported here; every command imports what it needs (torch, duckdb, ...)
+inside its body, so ``--help``, ``--version`` and validation errors answer at once.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import SaeSensError
+from .progress import RichProgress
+
+__all__ = ["RichProgress", "app", "main"]
+
+PROG = "sae-sens"
 
 app = typer.Typer(
-    name="sae-sens",
+    name=PROG,
     help="Measure how sensitive SAE features are: collect -> generate -> score -> report.\n\n"
     "Example: sae-sens run --sae py_4k_topk_s0 --features 50",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-class RichProgress:
-    """A ``ProgressSink`` drawing rich progress bars on stderr."""
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
 
-    def __init__(self) -> None:
-        from .output import progress
+        print(f"{PROG} {__version__}")
+        raise typer.Exit(0)
 
-        self._progress = progress()
-        self._tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> RichProgress:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is not None:  # the error line alone should tell the story: drop the bars
-            self._progress.live.transient = True
-        self._progress.__exit__(*exc)
-
-    def start(self, task: str, total: int | None = None) -> None:
-        if task in self._tasks:
-            self._progress.reset(self._tasks[task], total=total)
-        else:
-            self._tasks[task] = self._progress.add_task(task, total=total, info="")
-
-    def advance(self, task: str, n: int = 1, info: str = "") -> None:
-        if task not in self._tasks:
-            self.start(task)
-        self._progress.update(self._tasks[task], advance=n, info=info)
-
-    def finish(self, task: str) -> None:
-        if task in self._tasks:
-            t = self._tasks[task]
-            total = self._progress.tasks[t].total
-            if total is not None:
-                self._progress.update(t, completed=total)
-
-    def log(self, message: str) -> None:
-        self._progress.console.print(message)
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    pass  # the app's help is Typer(help=...); this callback only carries --version
 
 
 def _load_dotenv() -> None:
@@ -70,16 +56,37 @@ def _load_dotenv() -> None:
 
 
 def _quiet_libraries() -> None:
+    # read by the libraries when (and only if) a command imports them; importing transformers here
+    # would cost a second on every command
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        import transformers
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
+
+def _click_exceptions() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """(ClickException, UsageError, NoArgsIsHelpError) of the click that typer uses (vendored in recent typer)."""
+    try:
+        from typer._click import exceptions as ce
+    except ImportError:  # pragma: no cover  (older typer: the real click)
+        from click import exceptions as ce  # type: ignore[no-redef]
+    return ce.ClickException, ce.UsageError, ce.NoArgsIsHelpError
+
+
+def _err(message: str) -> None:
+    from .output import err_console
+
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
+def _usage_line(e: Any) -> str:
+    """A click usage error as one line: what is wrong (which option, what it expects) and where the help is."""
+    from rich.markup import escape
+
+    message = escape(" ".join(str(e.format_message()).split()).rstrip("."))
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else PROG
+    return f"{message}; see '{escape(where)} --help'"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,9 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     _load_dotenv()
     _quiet_libraries()
     debug = os.environ.get("SAE_SENS_DEBUG") == "1"
+    click_error, usage_error, no_args_help = _click_exceptions()
     try:
         # without standalone mode, typer *returns* the code of a typer.Exit, and turns Ctrl-C into Exit(130)
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name=PROG, standalone_mode=False)
         if isinstance(code, int) and code == 130:
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
@@ -99,9 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     except SaeSensError as e:
         if debug:
             raise
-        from .output import err_console
+        from rich.markup import escape
 
-        err_console.print(f"[bold red]error:[/] {e.one_line()}", highlight=False, soft_wrap=True)
+        _err(escape(e.one_line()))
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -110,22 +118,22 @@ def main(argv: list[str] | None = None) -> None:
 
         err_console.print("[yellow]interrupted[/]: finished work is saved; rerun the same command to resume")
         sys.exit(130)
-    except Exception as e:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
+    except no_args_help as e:  # bare `sae-sens`: the help is the answer
+        sys.stdout.write(str(e.format_message()).rstrip("\n") + "\n")  # type: ignore[attr-defined]
+        sys.exit(0)
+    except usage_error as e:
+        _err(_usage_line(e))
+        sys.exit(2)
+    except click_error as e:
+        _err(_usage_line(e))
+        sys.exit(int(getattr(e, "exit_code", 1)))
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # anything unexpected: one line, the traceback on request
         if debug:
             raise
-        from .output import err_console
+        from rich.markup import escape
 
         first = str(e).splitlines()[0] if str(e) else ""
-        err_console.print(
-            f"[bold red]error:[/] {type(e).__name__}: {first}. Rerun with SAE_SENS_DEBUG=1 for the traceback.",
-            highlight=False,
-            soft_wrap=True,
-        )
+        _err(escape(f"{type(e).__name__}: {first}. Rerun with SAE_SENS_DEBUG=1 for the traceback."))
         sys.exit(1)

@@ -8,4 +8,5 @@ from . import (  # noqa: F401
     runs_cmd,
     saes_cmd,
     score_cmd,
+    sql_cmd,
 )

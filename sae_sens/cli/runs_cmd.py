@@ -6,8 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ..runs import list_runs
-from ..store import Store
 from .app import app
 from .options import FormatOpt, StoreOpt
 from .output import emit, err_console
@@ -27,6 +25,9 @@ def runs_command(
 
     Example: sae-sens runs --store evals
     """
+    from ..runs import list_runs
+    from ..store import Store
+
     st = Store(store)
     rows = list_runs(st, run)
     if not rows:

@@ -28,7 +28,7 @@ from ..errors import MissingTableError, SqlError, UsageError
 from ..schemas import SCHEMAS
 from ..store import MANIFEST, Store, sae_slug
 
-TABLE_VIEWS = ("features", "examples", "candidates", "queries", "generations", "scores", "feature_stats")
+TABLE_VIEWS = ("features", "latents", "examples", "candidates", "queries", "generations", "scores", "feature_stats")
 META_VIEWS = ("saes", "runs", "stages")
 STAGE_FAMILIES = ("collect", "generate", "score")
 
