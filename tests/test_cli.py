@@ -1,0 +1,197 @@
+"""The CLI as a user meets it: startup without heavy imports (counted through ``sys.modules`` in a
+real subprocess), usage errors as one line with exit 2, bare help, -h, --version, completion,
+device checks before loading, "did you mean --run", and progress lines off a terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sae_sens import __version__
+from sae_sens.cli.progress import LineProgress, RichProgress
+from sae_sens.devices import _torch_build_has_cuda
+from sae_sens.schemas import make_table
+from sae_sens.store import Store
+
+HEAVY = ("torch", "transformers", "sae_bench", "sae_lens", "duckdb", "datasets")
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the real entry point, then reports its exit code and which heavy modules it imported.
+PROBE = """
+import json, sys
+from sae_sens.cli import main
+try:
+    main(sys.argv[1:])
+    code = 0
+except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+heavy = sorted(m for m in HEAVY if m in sys.modules)
+sys.stderr.write("\\nPROBE " + json.dumps({"code": code, "heavy": heavy}) + "\\n")
+""".replace("HEAVY", repr(HEAVY))
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e["HF_HUB_OFFLINE"] = "1"
+    e.pop("SAE_SENS_DEBUG", None)
+    e.update(extra)
+    return e
+
+
+def probe(*args: str, **extra_env: str) -> tuple[int, list[str], str, str]:
+    """(exit code, heavy modules imported, stdout, stderr without the probe line)."""
+    p = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env(**extra_env),
+                       cwd=ROOT, stdin=subprocess.DEVNULL)
+    err, _, tail = p.stderr.rpartition("\nPROBE ")
+    assert tail, p.stderr
+    info = json.loads(tail)
+    return info["code"], info["heavy"], p.stdout, err
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip()]
+
+
+# ----- answers at once ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["collect", "--help"], ["report", "-h"], []])
+def test_help_imports_nothing_heavy_and_exits_0(args: list[str]) -> None:
+    code, heavy, out, err = probe(*args)
+    assert code == 0 and heavy == []
+    assert "Usage: sae-sens" in out and "Error" not in out + err
+    if not args:  # bare `sae-sens`: the command list, not an error
+        assert "collect" in out and "report" in out and err.strip() == ""
+
+
+def test_version() -> None:
+    code, heavy, out, _ = probe("--version")
+    assert (code, heavy, out.strip()) == (0, [], f"sae-sens {__version__}")
+
+
+@pytest.mark.parametrize(("args", "must"), [
+    (["collect", "--sae", "py_4k_topq_s0"], ["unknown SAEBench SAE 'py_4k_topq_s0'", "py_4k_topk_s0"]),
+    (["score", "--sae", "no_such_sae"], ["unknown SAE 'no_such_sae'", "sae-sens saes"]),
+    (["run", "--sae", "gscope_16k_l0_83"], ["GemmaScope has no SAE with L0 83", "gscope_16k_l0_82"]),
+    (["collect"], ["Missing option '--sae'", "sae-sens collect --help"]),
+    (["collect", "--sae", "py_4k_topk_s0", "--features", "abc"], ["'--features'", "integer"]),
+    (["generate", "--sae", "py_4k_topk_s0", "--max-workers", "0"], ["'--max-workers'", "greater than or equal to 1"]),
+    (["collect", "--sae", "py_4k_topk_s0", "--dtype", "f8"], ["--dtype 'f8'", "bfloat16"]),
+    (["collect", "--sae", "py_4k_topk_s0", "--device", "tpu"], ["unknown device 'tpu'", "cuda:N"]),
+    (["colect"], ["No such command 'colect'"]),
+])
+def test_usage_errors_are_one_line_exit_2_without_heavy_imports(args: list[str], must: list[str]) -> None:
+    code, heavy, out, err = probe(*args)
+    lines = error_lines(err)
+    assert code == 2 and heavy == [] and out == ""
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(m in lines[0] for m in must), lines[0]
+    for leak in ("Traceback", "MissingParameter", "BadParameter", "NoSuchOption", "UsageError", "Exception"):
+        assert leak not in err
+
+
+def test_unknown_generator_in_dry_run_fails_before_torch(tmp_path: Path) -> None:
+    code, heavy, _, err = probe("generate", "--sae", "py_4k_topk_s0", "--generator", "foo:bar", "--dry-run",
+                                "--store", str(tmp_path))
+    assert code == 2 and "torch" not in heavy and "transformers" not in heavy
+    assert error_lines(err) == [error_lines(err)[0]] and "unknown generator 'foo:bar'" in err
+
+
+@pytest.mark.skipif(_torch_build_has_cuda() is not False, reason="needs a CPU-only build of torch")
+def test_device_cuda_on_a_cpu_build_is_one_line_before_loading_anything() -> None:
+    code, heavy, _, err = probe("collect", "--sae", "smol_576_topk", "--device", "cuda", "--corpus", "demo:wiki")
+    assert code == 2 and heavy == []  # not even torch: the build is read from torch/version.py
+    lines = error_lines(err)
+    assert len(lines) == 1 and "--device cuda" in lines[0] and "CPU-only" in lines[0] and "--device cpu" in lines[0]
+
+
+def test_device_check_reads_the_torch_build_like_torch_does() -> None:
+    import torch
+
+    assert _torch_build_has_cuda() is (torch.version.cuda is not None)
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    def complete(words: str) -> list[str]:
+        p = subprocess.run([sys.executable, "-m", "sae_sens"], capture_output=True, text=True, cwd=ROOT,
+                           env=env(_SAE_SENS_COMPLETE="complete_bash", COMP_WORDS=words,
+                                   COMP_CWORD=str(len(words.split()) - 1)))
+        assert p.returncode == 0, p.stderr
+        return p.stdout.split()
+
+    assert complete("sae-sens col") == ["collect"]
+    assert "--device" in complete("sae-sens collect --dev")
+    # completing after an unknown SAE must not fail (validation is skipped while completing)
+    assert "--dtype" in complete("sae-sens collect --sae nope --dt")
+
+
+# ----- did you mean --run ---------------------------------------------------------------------
+
+
+def test_missing_table_in_this_run_suggests_the_run_that_has_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "evals")
+    rows = [{"feature_index": 0, "example_index": 0, "kind": "top", "max_activation": 1.0, "text": "a {{b}} c"}]
+    store.write_table("demo", "smol_576_topk", "examples", make_table("examples", rows))
+    code, heavy, _, err = probe("generate", "--sae", "smol_576_topk", "--store", str(store.root), "--dry-run")
+    lines = error_lines(err)
+    assert code == 1 and len(lines) == 1 and "torch" not in heavy
+    assert "no examples table for run 'default'" in lines[0] and "did you mean --run demo?" in lines[0]
+    # nowhere in the store: the hint says which command makes it
+    code, _, _, err = probe("generate", "--sae", "smol_1152_topk", "--store", str(store.root), "--dry-run")
+    assert code == 1 and "sae-sens collect --run default --sae smol_1152_topk" in err and "did you mean" not in err
+
+
+# ----- progress off a terminal ----------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_line_progress_prints_a_line_per_interval_with_rate_and_eta() -> None:
+    out, clock = io.StringIO(), Clock()
+    p = LineProgress(out, interval=10, clock=clock)
+    p.start("collect pass", total=100)
+    for _ in range(4):  # 4 batches of 5 over 4 s: under the interval, so no line
+        clock.t += 1
+        p.advance("collect pass", 5)
+    assert out.getvalue().splitlines() == ["collect pass: started, 100 to do"]
+    clock.t += 6  # 10 s in, 25 done: 2.5/s, 75 left -> 30 s
+    p.advance("collect pass", 5, info="[bold]batch[/] 5")
+    p.log("[yellow]warning[/]: something")
+    clock.t += 20
+    p.finish("collect pass")
+    assert out.getvalue().splitlines()[1:] == [
+        "collect pass: 25/100 (25%), 2.5/s, ETA 30s, elapsed 10s · batch 5",
+        "warning: something",
+        "collect pass: finished 100 in 30s",
+    ]
+
+
+def test_line_progress_without_total_and_slow_items() -> None:
+    out, clock = io.StringIO(), Clock()
+    p = LineProgress(out, interval=10, clock=clock)
+    p.start("generate")
+    clock.t += 40
+    p.advance("generate", 2)
+    assert out.getvalue().splitlines()[-1] == "generate: 2, 20s each, elapsed 40s"
+
+
+def test_cli_sink_off_a_terminal_writes_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    with RichProgress() as p:  # pytest's captured stderr is not a terminal
+        p.start("score", total=3)
+        p.log("loading model m …")
+        p.finish("score")
+    assert capsys.readouterr().err.splitlines() == ["score: started, 3 to do", "loading model m …",
+                                                    "score: finished 3 in 0s"]
