@@ -8,5 +8,6 @@ from . import (  # noqa: F401
     runs_cmd,
     saes_cmd,
     score_cmd,
+    show_cmd,
     sql_cmd,
 )
