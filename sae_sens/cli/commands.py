@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     collect_cmd,
+    export_cmd,
     generate_cmd,
     report_cmd,
     run_cmd,
