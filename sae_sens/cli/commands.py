@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     collect_cmd,
+    demo_cmd,
     export_cmd,
     generate_cmd,
     report_cmd,
