@@ -231,3 +231,29 @@ def test_demo_command_without_assets_says_how_to_get_them(monkeypatch: pytest.Mo
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert "pip install --no-deps no-such-asset-wheel==1.0" in err
+
+
+def test_collect_off_a_terminal_prints_loading_and_stage_lines(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from sae_sens.cli import main
+    from sae_sens.testing import build_tiny_model, save_dictionary_learning_sae, tiny_corpus
+
+    docs = tiny_corpus(60, seed=3)
+    model = build_tiny_model(tmp_path / "model", texts=docs, hidden=32, layers=1)
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    g = torch.Generator().manual_seed(0)
+    sae = save_dictionary_learning_sae(tmp_path / "sae", W_enc=torch.randn(32, 40, generator=g), b_enc=torch.zeros(40),
+                                       layer=0, lm_name=str(model))
+    capsys.readouterr()
+    main(["collect", "--sae", str(sae), "--store", str(tmp_path / "evals"), "--corpus", str(corpus),
+          "--total-tokens", "1500", "--context-size", "48", "--features", "2", "--device", "cpu"])
+    err = capsys.readouterr().err.splitlines()
+    assert f"loading SAE {sae} …" in err
+    assert any(line.startswith(f"loading model {model} (up to blocks.0.hook_resid_post)") for line in err)
+    started = [line for line in err if line.endswith(" to do") and ": started, " in line]
+    finished = [line for line in err if ": finished " in line]
+    assert len(started) >= 2 and len(finished) >= 2  # tokenize, the pass, the examples: each starts and ends
+    assert not any("\x1b[" in line or "━" in line for line in err)  # plain lines, no bars or colour codes
