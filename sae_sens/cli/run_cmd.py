@@ -79,7 +79,7 @@ def run_command(
 
     Example (offline, the demo model as generator):
 
-        sae-sens run --sae smol_1k_topk --corpus demo:wiki --total-tokens 100000 --features 5 --generator hf:demo:smollm2
+        sae-sens run --sae smol_1152_topk --corpus demo:wiki --total-tokens 100000 --features 5 --generator hf:demo:smollm2
     """
     from ..collect import CollectConfig
     from ..generate import GenerateConfig
