@@ -22,8 +22,8 @@ from .options import (
     MaxTokensOpt,
     MaxWorkersOpt,
     RunOpt,
-    SaeOpt,
     SamplesPerFeatureOpt,
+    StoredSaeOpt,
     StoreOpt,
 )
 
@@ -47,7 +47,7 @@ def resolve_generator(generator: str | None, llm_model: str | None, from_table: 
 
 @app.command("generate")
 def generate_command(
-    sae: SaeOpt,
+    sae: StoredSaeOpt,
     store: StoreOpt = None,
     run: RunOpt = "default",
     generator: GeneratorOpt = None,

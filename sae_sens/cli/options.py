@@ -48,6 +48,11 @@ SaeOpt = Annotated[
     typer.Option("--sae", "-s", help="SAE name or folder; repeat for several (e.g. py_4k_topk_s0).", show_default=False,
                  callback=check_sae_names),
 ]
+# generate never loads the SAE: any name that has examples in the store will do
+StoredSaeOpt = Annotated[
+    list[str],
+    typer.Option("--sae", "-s", help="SAE name (as collected into the store); repeat for several.", show_default=False),
+]
 OptionalSaeOpt = Annotated[
     list[str] | None,
     typer.Option("--sae", "-s", help="Limit to these SAEs (default: all in the run).", show_default=False),
