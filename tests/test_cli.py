@@ -86,6 +86,8 @@ def test_version() -> None:
     (["collect", "--sae", "py_4k_topk_s0", "--dtype", "f8"], ["--dtype 'f8'", "bfloat16"]),
     (["collect", "--sae", "py_4k_topk_s0", "--device", "tpu"], ["unknown device 'tpu'", "cuda:N"]),
     (["colect"], ["No such command 'colect'"]),
+    (["report", "--compare", "a"], ["'--compare' requires 2 arguments", "see 'sae-sens report --help'"]),
+    (["show", "--sae", "x", "nine"], ["'feature'", "integer", "see 'sae-sens show --help'"]),
 ])
 def test_usage_errors_are_one_line_exit_2_without_heavy_imports(args: list[str], must: list[str]) -> None:
     code, heavy, out, err = probe(*args)
@@ -128,6 +130,8 @@ def test_shell_completion_completes_commands_and_options() -> None:
 
     assert complete("sae-sens col") == ["collect"]
     assert "--device" in complete("sae-sens collect --dev")
+    assert complete("sae-sens score --sae py_16k_gat") == [f"py_16k_gated_s{i}" for i in range(6)]
+    assert complete("sae-sens run --sae smol_576") == ["smol_576_topk"]
     # completing after an unknown SAE must not fail (validation is skipped while completing)
     assert "--dtype" in complete("sae-sens collect --sae nope --dt")
 

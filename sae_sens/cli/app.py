@@ -79,13 +79,17 @@ def _err(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
 
 
-def _usage_line(e: Any) -> str:
+def _usage_line(e: Any, argv: list[str]) -> str:
     """A click usage error as one line: what is wrong (which option, what it expects) and where the help is."""
     from rich.markup import escape
 
     message = escape(" ".join(str(e.format_message()).split()).rstrip("."))
     ctx = getattr(e, "ctx", None)
-    where = ctx.command_path if ctx is not None else PROG
+    if ctx is not None:
+        where = ctx.command_path
+    else:  # some parser errors carry no context: the command is the first word that names one
+        names = {c.name for c in app.registered_commands}
+        where = " ".join([PROG, *[a for a in argv if a in names][:1]])
     return f"{message}; see '{escape(where)} --help'"
 
 
@@ -122,10 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(str(e.format_message()).rstrip("\n") + "\n")  # type: ignore[attr-defined]
         sys.exit(0)
     except usage_error as e:
-        _err(_usage_line(e))
+        _err(_usage_line(e, argv if argv is not None else sys.argv[1:]))
         sys.exit(2)
     except click_error as e:
-        _err(_usage_line(e))
+        _err(_usage_line(e, argv if argv is not None else sys.argv[1:]))
         sys.exit(int(getattr(e, "exit_code", 1)))
     except typer.Abort:
         sys.exit(1)

@@ -25,6 +25,13 @@ def check_sae_names(ctx: typer.Context, names: list[str] | None) -> list[str] | 
     return names
 
 
+def complete_sae_names(incomplete: str) -> list[str]:
+    """Shell completion of ``--sae``: the SAEBench grid and packaged SAEs (GemmaScope names need an L0)."""
+    from ..names import packaged_names, saebench_names
+
+    return [n for n in saebench_names() + packaged_names() if n.startswith(incomplete)]
+
+
 def check_device_option(ctx: typer.Context, device: str) -> str:
     from ..devices import check_device
 
@@ -46,7 +53,7 @@ RunOpt = Annotated[str, typer.Option("--run", "-r", envvar="SAE_SENS_RUN", help=
 SaeOpt = Annotated[
     list[str],
     typer.Option("--sae", "-s", help="SAE name or folder; repeat for several (e.g. py_4k_topk_s0).", show_default=False,
-                 callback=check_sae_names),
+                 callback=check_sae_names, autocompletion=complete_sae_names),
 ]
 # generate never loads the SAE: any name that has examples in the store will do
 StoredSaeOpt = Annotated[
