@@ -99,9 +99,10 @@ def test_usage_errors_are_one_line_exit_2_without_heavy_imports(args: list[str],
         assert leak not in err
 
 
-def test_unknown_generator_in_dry_run_fails_before_torch(tmp_path: Path) -> None:
-    code, heavy, _, err = probe("generate", "--sae", "py_4k_topk_s0", "--generator", "foo:bar", "--dry-run",
-                                "--store", str(tmp_path))
+@pytest.mark.parametrize("command", [["generate", "--dry-run"], ["generate"], ["run"]])
+def test_unknown_generator_fails_before_torch(command: list[str], tmp_path: Path) -> None:
+    # `run` checks it before its collect stage, which would otherwise pass over a corpus first
+    code, heavy, _, err = probe(*command, "--sae", "py_4k_topk_s0", "--generator", "foo:bar", "--store", str(tmp_path))
     assert code == 2 and "torch" not in heavy and "transformers" not in heavy
     assert error_lines(err) == [error_lines(err)[0]] and "unknown generator 'foo:bar'" in err
 

@@ -99,6 +99,7 @@ def generate_command(
         prompt_template=prompt_template, price_in=price_in, price_out=price_out, max_cost=max_cost, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype,
     )
+    cfg.spec  # noqa: B018  (an unknown generator is a usage error before anything is read or loaded)
     st = Store(store)
     if dry_run:
         plans = [plan_generate(st, run, s, cfg) for s in sae]
