@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import assets
 from .errors import CorpusError
 from .hashing import hash_bytes, hash_config, hash_file
 from .progress import NULL_PROGRESS, ProgressSink
@@ -41,14 +42,9 @@ TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 _DOC_BATCH = 256  # documents tokenized per tokenizer call
 
 
-def _demo_corpus(corpus_id: str) -> Path:
-    from . import demo
-
-    return Path(demo.resolve_corpus(corpus_id))
-
-
-# Corpus ids with a prefix resolve to a local file first (e.g. "demo:wiki" -> a .jsonl of summaries).
-CORPUS_RESOLVERS: dict[str, Callable[[str], Path]] = {"demo:": _demo_corpus}
+# Corpus ids with a prefix resolve to a local file first (e.g. "demo:wiki" -> a .jsonl of summaries);
+# the prefixes are registered in ``assets``.
+CORPUS_RESOLVERS = assets.CORPUS_RESOLVERS
 
 
 @dataclass(frozen=True)
@@ -327,3 +323,12 @@ def load_windows(
     if path is not None:
         atomic_write_parquet(path, windows.to_table())
     return windows
+
+
+def pack_windows(lm: Any, docs: list[str], n_tokens: int, context: int = 128) -> list[list[int]]:
+    """Windows exactly as collect reads a corpus (``window_documents``), enough for ``n_tokens``
+    counted tokens of ``lm`` (a ``HookedLM``; BOS/EOS positions do not count, hence the margin)."""
+    n_windows = -(-int(n_tokens * 1.2) // (context - 1))
+    windows = window_documents(iter(docs), lm.tokenizer, bos_id=lm.bos_id, total_tokens=n_windows * context,
+                               context_size=context)
+    return [[int(t) for t in row] for row in windows.token_ids]

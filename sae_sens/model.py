@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import assets
 from .errors import ConfigError, ModelError
 
 HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|resid_pre|mlp_out|attn_out)$")
@@ -259,14 +260,9 @@ class HookedLM:
         return captured[0]
 
 
-def _demo_model(model_id: str) -> str:
-    from . import demo
-
-    return str(demo.resolve_model(model_id))
-
-
-# Model ids with a prefix resolve to a local folder first (e.g. "demo:smollm2" -> converted GGUF cache).
-MODEL_RESOLVERS: dict[str, Callable[[str], str]] = {"demo:": _demo_model}
+# Model ids with a prefix resolve to a local folder first (e.g. "demo:smollm2" -> converted GGUF cache);
+# the prefixes are registered in ``assets``.
+MODEL_RESOLVERS = assets.MODEL_RESOLVERS
 
 
 def resolve_model_id(model_id: str) -> str:

@@ -22,7 +22,7 @@ import torch
 from . import names
 from .errors import SaeLoadError, UnknownSaeError
 from .hashing import hash_file
-from .names import TRAINER_ARCH, SaeSpec  # noqa: F401  (re-exported: specs live with the names, torch-free)
+from .names import TRAINER_ARCH, SaeSpec  # noqa: F401  (re-exported: the catalogue's data types)
 
 
 class Sae:

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sae_sens import demo  # noqa: E402
+from sae_sens import assets  # noqa: E402
+from sae_sens.corpus import pack_windows  # noqa: E402
 from sae_sens.model import HookedLM, load_model  # noqa: E402
 
 SEED = 0
@@ -51,8 +52,8 @@ TRAIN_TOKENS = 300_000
 HELDOUT_TOKENS = 40_000
 BATCH = 512
 K = 32
-MASSIVE_NORM = demo.MASSIVE_NORM
-MODEL_ID = demo.DEMO_MODEL
+MASSIVE_NORM = assets.MASSIVE_NORM
+MODEL_ID = assets.DEMO_MODEL
 
 
 @dataclass(frozen=True)
@@ -96,17 +97,17 @@ def extract(lm: HookedLM, windows: list[list[int]], n_tokens: int, label: str) -
 
 
 def activations(split: str, n_tokens: int, lm_box: list[HookedLM]) -> torch.Tensor:
-    model_dir = demo.resolve_model(MODEL_ID)
-    key = hashlib.sha256(f"{model_dir.name}|{demo.DEMO_HOOK}|{split}|{n_tokens}|{CONTEXT}|{SEED}".encode())
-    path = demo.cache_root() / "demo_acts" / f"{split}-{key.hexdigest()[:16]}.pt"
+    model_dir = assets.resolve_model(MODEL_ID)
+    key = hashlib.sha256(f"{model_dir.name}|{assets.DEMO_HOOK}|{split}|{n_tokens}|{CONTEXT}|{SEED}".encode())
+    path = assets.cache_root() / "demo_acts" / f"{split}-{key.hexdigest()[:16]}.pt"
     if path.exists():
         return torch.load(path)
     if not lm_box:
-        lm_box.append(load_model(MODEL_ID, demo.DEMO_HOOK, device="cpu", dtype="float32"))
+        lm_box.append(load_model(MODEL_ID, assets.DEMO_HOOK, device="cpu", dtype="float32"))
     lm = lm_box[0]
-    docs = demo.demo_documents(split)
+    docs = assets.demo_documents(split)
     random.Random(SEED).shuffle(docs)
-    acts = extract(lm, demo.pack_windows(lm, docs, n_tokens, CONTEXT), n_tokens, split)
+    acts = extract(lm, pack_windows(lm, docs, n_tokens, CONTEXT), n_tokens, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(acts, tmp)
@@ -328,7 +329,7 @@ def main() -> None:
         sae = train(recipe, x_train, scale)
         state = export_state(sae, scale)
         results = {**evaluate(state, recipe.arch, x_held), "heldout_tokens": int(x_held.shape[0]),
-                   "train_tokens": int(x_train.shape[0]), "hook": demo.DEMO_HOOK, "model": MODEL_ID,
+                   "train_tokens": int(x_train.shape[0]), "hook": assets.DEMO_HOOK, "model": MODEL_ID,
                    "corpus": "demo:wiki-heldout", "dtype": "bfloat16"}
         save(args.out / recipe.name, recipe, state, results)
         rows.append((recipe.name, results, time.time() - t0))

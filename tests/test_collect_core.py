@@ -170,9 +170,9 @@ def test_token_strings_many_equals_decoding_each_prefix(which: str) -> None:
     else:
         from transformers import AutoTokenizer
 
-        from sae_sens import demo
+        from sae_sens import assets
 
-        tok = AutoTokenizer.from_pretrained(demo.resolve_model("demo:smollm2"))
+        tok = AutoTokenizer.from_pretrained(assets.resolve_model("demo:smollm2"))
     text = "naïve café 日本語 done. Ünïcödé → ✓ emoji 🙂 and tabs\tnew\nlines " * 3
     ids = tok(text, add_special_tokens=False)["input_ids"]
     special = tok.convert_tokens_to_ids(tok.eos_token)

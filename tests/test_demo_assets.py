@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_sens import demo
+from sae_sens import assets
 from sae_sens.errors import ConfigError
 
 
@@ -18,14 +18,14 @@ from sae_sens.errors import ConfigError
 def test_converted_cache_gives_the_gguf_models_logits() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = demo.resolve_model("demo:smollm2")
-    assert demo.resolve_model("demo:smollm2") == folder  # converted once, then reused
+    folder = assets.resolve_model("demo:smollm2")
+    assert assets.resolve_model("demo:smollm2") == folder  # converted once, then reused
     cached = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder)
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     assert tok.chat_template and tok.bos_token == "<|im_start|>"
 
-    gguf = demo.gguf_path()
+    gguf = assets.gguf_path()
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     ref_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     text = "The Eiffel Tower is a wrought-iron lattice tower in Paris, France."
@@ -40,29 +40,29 @@ def test_converted_cache_gives_the_gguf_models_logits() -> None:
 
 
 def test_corpus_has_every_summary_and_a_disjoint_heldout_split() -> None:
-    everything = demo.demo_documents("all")
-    train, heldout = demo.demo_documents("train"), demo.demo_documents("heldout")
+    everything = assets.demo_documents("all")
+    train, heldout = assets.demo_documents("train"), assets.demo_documents("heldout")
     assert len(everything) == 10_033
     assert len(train) + len(heldout) == len(everything)
     assert not set(train) & set(heldout)
     assert 0.08 < len(heldout) / len(everything) < 0.12
-    assert demo.demo_documents("heldout") == heldout  # deterministic
+    assert assets.demo_documents("heldout") == heldout  # deterministic
 
-    path = demo.resolve_corpus("demo:wiki-heldout")
+    path = assets.resolve_corpus("demo:wiki-heldout")
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in records] == heldout
     assert all(r["title"] for r in records)
-    assert demo.resolve_corpus("demo:wiki").name == "corpus.jsonl"
+    assert assets.resolve_corpus("demo:wiki").name == "corpus.jsonl"
 
 
 def test_missing_asset_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(demo, "GGUF_DIST", "no-such-sae-sens-asset")
-    with pytest.raises(demo.MissingAssetError) as err:
-        demo.resolve_model("demo:smollm2")
+    monkeypatch.setattr(assets, "GGUF_DIST", "no-such-sae-sens-asset")
+    with pytest.raises(assets.MissingAssetError) as err:
+        assets.resolve_model("demo:smollm2")
     assert "no-such-sae-sens-asset" in err.value.message and "make install" in err.value.one_line()
 
-    with pytest.raises(demo.MissingAssetError, match="missing from the installed"):
-        demo.asset_file(demo.CORPUS_DIST, "data/no_such_file.json")
+    with pytest.raises(assets.MissingAssetError, match="missing from the installed"):
+        assets.asset_file(assets.CORPUS_DIST, "data/no_such_file.json")
 
 
 def test_unknown_demo_ids_list_the_valid_ones() -> None:
@@ -72,10 +72,10 @@ def test_unknown_demo_ids_list_the_valid_ones() -> None:
         load_model("demo:gpt5", "blocks.15.hook_resid_post")
     assert "demo:smollm2" in err.value.one_line()
     with pytest.raises(ConfigError) as err:
-        demo.resolve_corpus("demo:books")
+        assets.resolve_corpus("demo:books")
     assert "demo:wiki, demo:wiki-train, demo:wiki-heldout" in err.value.one_line()
     with pytest.raises(ConfigError) as err:
-        demo.demo_documents("test")
+        assets.demo_documents("test")
     assert "train, heldout or all" in err.value.one_line()
 
 
@@ -87,22 +87,22 @@ def test_cache_is_published_whole_or_not_at_all(tmp_path: Path) -> None:
         raise RuntimeError("killed mid-conversion")
 
     with pytest.raises(RuntimeError):
-        demo._publish(final, crash)
+        assets._publish(final, crash)
     assert not final.exists() and os.listdir(final.parent) == []
 
     calls = []
-    demo._publish(final, lambda tmp: calls.append((tmp / "model.safetensors").write_bytes(b"whole")))
-    demo._publish(final, lambda tmp: calls.append("rebuilt"))
+    assets._publish(final, lambda tmp: calls.append((tmp / "model.safetensors").write_bytes(b"whole")))
+    assets._publish(final, lambda tmp: calls.append("rebuilt"))
     assert (final / "model.safetensors").read_bytes() == b"whole" and len(calls) == 1
 
 
 def test_cache_key_follows_the_asset_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"v1")
-    first = demo._file_key(gguf)
-    assert demo._file_key(gguf) == first
+    first = assets._file_key(gguf)
+    assert assets._file_key(gguf) == first
     gguf.write_bytes(b"v22")
-    assert demo._file_key(gguf) != first
+    assert assets._file_key(gguf) != first
 
     monkeypatch.setenv("SAE_SENS_CACHE", str(tmp_path / "cache"))
-    assert demo.cache_root() == tmp_path / "cache"
+    assert assets.cache_root() == tmp_path / "cache"

@@ -1,50 +1,20 @@
-"""The ``sae-sens`` Typer app and its entry point: errors become one line, startup stays light.
+"""The ``sae-sens`` entry point: registers the commands, maps typed errors to one line and an exit code.
 
-Only typer and rich are imported here; every command imports what it needs (torch, duckdb, ...)
-inside its body, so ``--help``, ``--version`` and validation errors answer at once.
+Each command is a thin layer over one library call (``cli/*_cmd.py``, on the app in ``cli/base.py``).
+Click's usage errors become one line too (which option, what it expects, exit 2); bare ``sae-sens``
+prints the help and exits 0.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from ..errors import SaeSensError
-from .progress import RichProgress
-
-__all__ = ["RichProgress", "app", "main"]
-
-PROG = "sae-sens"
-
-app = typer.Typer(
-    name=PROG,
-    help="Measure how sensitive SAE features are: collect -> generate -> score -> report.\n\n"
-    "Example: sae-sens run --sae py_4k_topk_s0 --features 50",
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from .. import __version__
-
-        print(f"{PROG} {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", "-V", help="Print the version and exit.", is_eager=True,
-                                          callback=_print_version)] = False,
-) -> None:
-    pass  # the app's help is Typer(help=...); this callback only carries --version
+from .base import PROG, RichProgress, app  # noqa: F401  (re-exported)
 
 
 def _load_dotenv() -> None:

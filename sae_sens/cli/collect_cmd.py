@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from .app import app
+from .base import app
 from .options import (
     BatchSizeOpt,
     ContextSizeOpt,
@@ -95,7 +95,7 @@ def collect_command(
     from ..saebench_examples import HUB, run_saebench_import
     from ..stages import ModelOptions
     from ..store import Store
-    from .app import RichProgress
+    from .base import RichProgress
     from .output import emit
 
     if not sae:

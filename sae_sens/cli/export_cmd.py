@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .app import app
+from .base import app
 from .options import OptionalSaeOpt, StoreOpt
 
 EXPORT_FORMATS = ("saebench",)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from .app import app
+from .base import app
 from .options import (
     BaseUrlOpt,
     BatchSizeOpt,
@@ -89,7 +89,7 @@ def generate_command(
     """
     from ..generate import GenerateConfig, plan_generate, run_generate_many
     from ..store import Store
-    from .app import RichProgress
+    from .base import RichProgress
     from .output import console, emit
 
     cfg = GenerateConfig(

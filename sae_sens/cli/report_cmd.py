@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ..errors import UsageError
 from ..report.keys import GROUP_KEYS, N_RESAMPLES
-from .app import app
+from .base import app
 from .options import FormatOpt, OptionalSaeOpt, StoreOpt
 from .output import FORMATS, err_console, render, rich_table
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .app import app
+from .base import app
 from .options import (
     BaseUrlOpt,
     BatchSizeOpt,
@@ -98,7 +98,7 @@ def run_command(
     from ..score import ScoreConfig
     from ..stages import ModelOptions
     from ..store import Store
-    from .app import RichProgress
+    from .base import RichProgress
     from .collect_cmd import selection
     from .output import emit
 

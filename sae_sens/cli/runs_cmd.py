@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .app import app
+from .base import app
 from .options import FormatOpt, StoreOpt
 from .output import emit, err_console
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UnknownSaeError
-from .app import app
+from .base import app
 from .options import FormatOpt
 
 FilterOpt = Annotated[

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .app import RichProgress, app
+from .base import RichProgress, app
 from .options import (
     BatchSizeOpt,
     DeviceOpt,

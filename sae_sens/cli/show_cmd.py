@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import MissingTableError, UsageError
-from .app import app
+from .base import app
 from .options import RunOpt, StoreOpt
 
 if TYPE_CHECKING:

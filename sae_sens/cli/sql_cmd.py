@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .app import app
+from .base import app
 from .options import OptionalSaeOpt, StoreOpt
 from .output import console, err_console, rich_table
 
