@@ -262,3 +262,21 @@ def test_collect_off_a_terminal_prints_loading_and_stage_lines(tmp_path: Path,
     finished = [line for line in err if ": finished " in line]
     assert len(started) >= 2 and len(finished) >= 2  # tokenize, the pass, the examples: each starts and ends
     assert not any("\x1b[" in line or "━" in line for line in err)  # plain lines, no bars or colour codes
+
+
+def test_device_check_asks_torch_when_the_build_has_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from sae_sens import devices
+    from sae_sens.errors import UsageError
+
+    monkeypatch.setattr(devices, "_torch_build_has_cuda", lambda: True)  # as on a CUDA build of torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="torch sees no CUDA device"):
+        devices.check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert devices.check_device("cuda:1") == "cuda:1"
+    with pytest.raises(UsageError, match="has 2 CUDA device"):
+        devices.check_device("cuda:2")
+    assert devices.check_device(None) == "auto" and devices.check_device("CPU") == "cpu"
