@@ -193,6 +193,26 @@ def test_line_progress_without_total_and_slow_items() -> None:
     assert out.getvalue().splitlines()[-1] == "generate: 2, 20s each, elapsed 40s"
 
 
+def test_line_progress_heartbeat_covers_a_task_that_does_not_advance() -> None:
+    out, clock = io.StringIO(), Clock()
+    p = LineProgress(out, interval=10, clock=clock)
+    p.start("score", total=8)
+    p.advance("score", 2)
+    clock.t += 9
+    p.heartbeat()  # not yet 10 s since the last line
+    clock.t += 3
+    p.heartbeat()  # one slow batch: the log still hears from the task
+    p.finish("score")
+    clock.t += 30
+    p.heartbeat()  # finished tasks stay quiet
+    assert out.getvalue().splitlines() == [
+        "score: started, 8 to do", "score: 2/8 (25%), 0.167/s, ETA 36s, elapsed 12s", "score: finished 8 in 12s"]
+    with LineProgress(io.StringIO(), interval=10) as q:  # as a context manager a thread calls heartbeat()
+        ticker = q._ticker
+        assert ticker is not None and ticker.is_alive()
+    assert not ticker.is_alive()
+
+
 def test_cli_sink_off_a_terminal_writes_lines(capsys: pytest.CaptureFixture[str]) -> None:
     with RichProgress() as p:  # pytest's captured stderr is not a terminal
         p.start("score", total=3)

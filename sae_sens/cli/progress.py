@@ -6,6 +6,7 @@ Both are ``sae_sens.progress.ProgressSink``s; the library reports, only the CLI 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +48,9 @@ class LineProgress:
     """A ``ProgressSink`` that writes a line per task every ``interval`` seconds: done/total, rate, ETA.
 
     Also a line when a task starts and when it ends, and every ``log`` message as it comes, so a log
-    file shows at any moment what the run is doing and how long it has left.
+    file shows at any moment what the run is doing and how long it has left. Used as a context
+    manager, a background thread also writes the line of a running task that has not advanced for
+    ``interval`` seconds (one slow batch, a long generation), so the log never goes quiet.
     """
 
     def __init__(self, stream: TextIO | None = None, *, interval: float = LINE_INTERVAL_S,
@@ -56,17 +59,40 @@ class LineProgress:
         self._interval = interval
         self._clock = clock
         self._tasks: dict[str, _Task] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __enter__(self) -> LineProgress:
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._tick, name="sae-sens-progress", daemon=True)
+        self._ticker.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        pass
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1.0)
+            self._ticker = None
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self._interval / 2):
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """The line of every running task whose last line is ``interval`` seconds old."""
+        with self._lock:
+            now = self._clock()
+            for name, t in self._tasks.items():
+                if not t.finished and now - t.last_line >= self._interval:
+                    t.last_line = now
+                    self._write(self._status(name, t, now))
 
     def _write(self, line: str) -> None:
         stream = self._stream or sys.stderr
-        stream.write(line + "\n")
-        stream.flush()
+        with self._lock:
+            stream.write(line + "\n")
+            stream.flush()
 
     def _status(self, name: str, t: _Task, now: float) -> str:
         elapsed = max(now - t.started, 1e-9)
@@ -80,30 +106,33 @@ class LineProgress:
         return line + (f" · {_plain(t.info)}" if t.info else "")
 
     def start(self, task: str, total: int | None = None) -> None:
-        now = self._clock()
-        self._tasks[task] = _Task(total=total, started=now, last_line=now)
-        self._write(f"{task}: started" + (f", {total:,} to do" if total is not None else ""))
+        with self._lock:
+            now = self._clock()
+            self._tasks[task] = _Task(total=total, started=now, last_line=now)
+            self._write(f"{task}: started" + (f", {total:,} to do" if total is not None else ""))
 
     def advance(self, task: str, n: int = 1, info: str = "") -> None:
-        if task not in self._tasks:
-            self.start(task)
-        t = self._tasks[task]
-        t.done += n
-        if info:
-            t.info = info
-        now = self._clock()
-        if now - t.last_line >= self._interval:
-            t.last_line = now
-            self._write(self._status(task, t, now))
+        with self._lock:
+            if task not in self._tasks:
+                self.start(task)
+            t = self._tasks[task]
+            t.done += n
+            if info:
+                t.info = info
+            now = self._clock()
+            if now - t.last_line >= self._interval:
+                t.last_line = now
+                self._write(self._status(task, t, now))
 
     def finish(self, task: str) -> None:
-        t = self._tasks.get(task)
-        if t is None or t.finished:
-            return
-        t.finished = True
-        if t.total is not None:
-            t.done = max(t.done, t.total)
-        self._write(f"{task}: finished {t.done:,} in {_duration(self._clock() - t.started)}")
+        with self._lock:
+            t = self._tasks.get(task)
+            if t is None or t.finished:
+                return
+            t.finished = True
+            if t.total is not None:
+                t.done = max(t.done, t.total)
+            self._write(f"{task}: finished {t.done:,} in {_duration(self._clock() - t.started)}")
 
     def log(self, message: str) -> None:
         self._write(_plain(message))
