@@ -84,7 +84,8 @@ class LineProgress:
         with self._lock:
             now = self._clock()
             for name, t in self._tasks.items():
-                if not t.finished and now - t.last_line >= self._interval:
+                complete = t.total is not None and t.done >= t.total
+                if not t.finished and not complete and now - t.last_line >= self._interval:
                     t.last_line = now
                     self._write(self._status(name, t, now))
 
