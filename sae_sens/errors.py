@@ -74,3 +74,17 @@ class BudgetExceededError(GenerationError):
 
 class SqlError(SaeSensError):
     pass
+
+
+class StoreError(SaeSensError):
+    """The store cannot be read or written: a path that is a file, a damaged manifest or table, a
+    read-only folder, a full disk. The message names the file."""
+
+
+class LockedError(SaeSensError):
+    """Another process holds the run × SAE (or cache) lock and ``--no-wait`` was given."""
+
+
+class StoreWriteError(StoreError, OSError):
+    """Writing the store failed (read-only, full disk, a file in the way): still an ``OSError`` for
+    callers that catch those."""

@@ -1,37 +1,51 @@
-"""What is in a store: every run × SAE with each stage's status (done, stale, missing)."""
+"""What is in a store: every run × SAE with each stage's status (done, stale, damaged, missing)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .store import Store
+from .store import PRODUCED_BY, Store
 
 
 @dataclass
 class RunStatus:
     run: str
     sae: str
-    stages: dict[str, str]  # stage key -> done | stale | missing
+    stages: dict[str, str]  # stage key -> done | stale | damaged | missing
     finished_at: str  # latest stage finish time, '' if none
+    damaged: dict[str, str] = field(default_factory=dict)  # table -> what is wrong with it on disk
 
     def family(self, name: str) -> str:
         """One status for a stage family: generate has one record per generator."""
         states = [s for k, s in self.stages.items() if k == name or k.startswith(name + ":")]
         if not states or all(s == "missing" for s in states):
             return "missing"
-        return "stale" if "stale" in states else "done"
+        for worst in ("damaged", "stale"):
+            if worst in states:
+                return worst
+        return "done"
 
     @property
     def generators(self) -> list[str]:
         return sorted(k.split(":", 1)[1] for k in self.stages if k.startswith("generate:"))
 
+    def repairs(self) -> list[str]:
+        """One line per damaged table: what is wrong and the command that rebuilds it."""
+        # a same-size edit is seen only by --verify, and a stage's own freshness check is the cheap one
+        return [f"{self.run}/{self.sae}: {table}.parquet is damaged ({problem}); run `sae-sens "
+                f"{PRODUCED_BY.get(table, 'run')} --run {self.run} --sae {self.sae}"
+                f"{' --force' if 'hash' in problem else ''}` to rebuild it"
+                for table, problem in sorted(self.damaged.items())]
 
-def list_runs(store: Store, run: str | None = None) -> list[RunStatus]:
+
+def list_runs(store: Store, run: str | None = None, *, verify: bool = False) -> list[RunStatus]:
+    """Every run × SAE (or those of ``run``); ``verify`` also hashes each table's content."""
     out = []
     for r, sae in store.iter_run_saes():
         if run is not None and r != run:
             continue
         manifest = store.manifest(r, sae)
         finished = max((rec.finished_at for rec in manifest.stages.values()), default="")
-        out.append(RunStatus(r, sae, store.status(r, sae), finished))
+        out.append(RunStatus(r, sae, store.status(r, sae, verify=verify), finished,
+                             store.damaged(r, sae, verify=verify)))
     return out

@@ -97,6 +97,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("max_position", pa.int32()),       # index into activations (window rows: into token_ids)
         ("active", pa.bool_()),             # max_activation > threshold; NULL when empty
         ("frac_of_top", pa.float64()),      # max_activation / the feature's top_activation
+        ("tokens", pa.list_(pa.string())),  # the scored tokens after the BOS, decoded one by one
         ("activations", pa.list_(pa.float32())),  # per token after the BOS; non-counted tokens are 0
     ]),
     "feature_stats": pa.schema([

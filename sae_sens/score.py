@@ -315,7 +315,11 @@ def score_tables(
         checkpoint=checkpoint,
     )
     top = dict(zip(_column(features, "feature_index"), _column(features, "top_activation"), strict=True))
-    scores = _scores_table(rows, traces, top, cfg.threshold)
+    from .collect import token_strings_many  # the same per-token decoding as the examples' tokens
+
+    # the tokens after the BOS, so a report can highlight each one by its activation
+    seq_tokens = token_strings_many(lm.tokenizer, [s[1:] for s in sequences])
+    scores = _scores_table(rows, traces, top, cfg.threshold, seq_tokens)
     stats = feature_stats(scores, generators, top, cfg.threshold)
     counts = {
         "n_rows": len(rows),
@@ -326,10 +330,11 @@ def score_tables(
     return {"scores": scores, "feature_stats": stats}, counts
 
 
-def _scores_table(rows: list[_Row], traces: list[dict[int, Trace]], top: dict[int, Any], threshold: float) -> pa.Table:
+def _scores_table(rows: list[_Row], traces: list[dict[int, Trace]], top: dict[int, Any], threshold: float,
+                  seq_tokens: Sequence[list[str]]) -> pa.Table:
     cols: dict[str, list[Any]] = {k: [] for k in (
         "feature_index", "source", "variant", "generator", "sample_index", "kind", "text", "n_tokens", "truncated",
-        "empty", "max_activation", "max_position", "active", "frac_of_top", "activations")}
+        "empty", "max_activation", "max_position", "active", "frac_of_top", "activations", "tokens")}
     for r in rows:
         tr = traces[r.seq].get(r.feature_index) if r.seq >= 0 else None
         m = tr.max_activation if tr is not None else None
@@ -343,6 +348,7 @@ def _scores_table(rows: list[_Row], traces: list[dict[int, Trace]], top: dict[in
         cols["active"].append(None if m is None else m > threshold)
         cols["frac_of_top"].append(m / t if m is not None and t is not None and t > 0 else None)
         cols["activations"].append(tr.activations if tr is not None else None)
+        cols["tokens"].append(seq_tokens[r.seq] if r.seq >= 0 else None)
     return make_table("scores", cols)
 
 

@@ -7,15 +7,16 @@ write its tables atomically and record what it did. The CLI calls only the wrapp
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .progress import NULL_PROGRESS, ProgressSink
-from .store import Store, now_iso
+from .store import PRODUCED_BY, Store, now_iso
 
 if TYPE_CHECKING:  # torch is imported only by the stages that run a model
     from .model import HookedLM
@@ -90,14 +91,23 @@ def model_inputs(sae: Sae, lm: HookedLM) -> dict[str, str]:
 
 
 def record_sae_info(store: Store, run: str, sae_name: str, sae: Sae) -> None:
-    manifest = store.manifest(run, sae_name)
     info = {k: v for k, v in sae.spec.to_json().items() if k != "extra"}
     info.update({"d_in": sae.d_in, "d_sae": sae.d_sae})
     ev = sae.info.get("eval_results")
     if isinstance(ev, dict):
         info["eval_results"] = ev
-    manifest.data["sae_info"] = info
-    manifest.save()
+    with store.lock(run, sae_name):
+        manifest = store.manifest(run, sae_name)
+        if manifest.data.get("sae_info") != json.loads(json.dumps(info, default=str)):
+            manifest.data["sae_info"] = info
+            manifest.save()
+
+
+def refresh_table_inputs(store: Store, run: str, sae: str, inputs: dict[str, str]) -> dict[str, str]:
+    """``inputs`` with each ``table:<name>`` hash re-read: called once the stage holds the run × SAE
+    lock, since an upstream table may have been rewritten by another process while it waited."""
+    tables = [k[len("table:"):] for k in inputs if k.startswith("table:")]
+    return {**inputs, **table_inputs(store, run, sae, tables)} if tables else dict(inputs)
 
 
 def table_inputs(store: Store, run: str, sae: str, tables: list[str]) -> dict[str, str]:
@@ -108,6 +118,11 @@ def table_inputs(store: Store, run: str, sae: str, tables: list[str]) -> dict[st
         h = store.table_hash(run, sae, t)
         if h is None:
             store.read_table(run, sae, t)  # raises MissingTableError with the fix
+        problem = store.table_problem(run, sae, t)
+        if problem is not None:  # truncated or replaced behind the manifest's back: do not build on it
+            producer = PRODUCED_BY.get(t, "the stage that writes it")
+            raise StoreError(f"{store.table_path(run, sae, t)} is damaged ({problem})",
+                             f"rerun `sae-sens {producer} --run {run} --sae {sae}` to rebuild it, then this stage")
         out[f"table:{t}"] = str(h)
     return out
 
@@ -141,17 +156,24 @@ def run_stage(
     (``{"generations": ("generator", g)}``); tables not named are owned whole. ``started_at`` is for
     a ``compute`` that hands over tables made earlier (a pass shared by several SAEs), so the record
     says when that work began.
+
+    The whole stage runs under the run × SAE lock: a second process waits (or is refused, with
+    ``Store(wait=False)``), then finds the stage fresh instead of redoing it. ``compute`` must read
+    its upstream tables itself (inside the lock), not before.
     """
-    if not force and store.is_fresh(run, sae, stage, config, inputs):
-        rec = store.manifest(run, sae).stage(stage)
-        rows = {t: int(o.get("rows", 0)) for t, o in (rec.outputs if rec else {}).items()}
-        progress.log(f"{stage}: {sae} is up to date (use --force to rerun)")
-        return StageOutcome(stage, True, rows, rec.extra if rec else {})
-    started = started_at or now_iso()
-    tables = compute()
-    for name, table in tables.items():
-        store.write_table(run, sae, name, table)
-    owned = {name: (outputs or {}).get(name) for name in tables}
-    ex = extra() if extra else {}
-    rec = store.record_stage(run, sae, stage, config=config, inputs=inputs, outputs=owned, started_at=started, extra=ex)
+    with store.lock(run, sae, what=stage):
+        inputs = refresh_table_inputs(store, run, sae, inputs)
+        if not force and store.is_fresh(run, sae, stage, config, inputs):
+            rec = store.manifest(run, sae).stage(stage)
+            rows = {t: int(o.get("rows", 0)) for t, o in (rec.outputs if rec else {}).items()}
+            progress.log(f"{stage}: {sae} is up to date (use --force to rerun)")
+            return StageOutcome(stage, True, rows, rec.extra if rec else {})
+        started = started_at or now_iso()
+        tables = compute()
+        for name, table in tables.items():
+            store.write_table(run, sae, name, table)
+        owned = {name: (outputs or {}).get(name) for name in tables}
+        ex = extra() if extra else {}
+        rec = store.record_stage(run, sae, stage, config=config, inputs=inputs, outputs=owned, started_at=started,
+                                 extra=ex)
     return StageOutcome(stage, False, {t: int(o["rows"]) for t, o in rec.outputs.items()}, ex)

@@ -33,6 +33,7 @@ from sae_sens.report import (
 from sae_sens.report.html import render_html
 from sae_sens.report.plot import DPI, FIGSIZE, HIST_WIDTH, hist_height, hist_path
 from sae_sens.report.shell import sql_shell
+from sae_sens.report.summary import looks_like_preamble, summary_warnings
 from sae_sens.report.views import TABLE_VIEWS, parse_width
 from sae_sens.schemas import SCHEMAS, make_table
 from sae_sens.store import Store
@@ -280,9 +281,14 @@ def test_summary_per_sae_and_generator(con: duckdb.DuckDBPyConnection) -> None:
 
 def test_summary_by_architecture_pools_features(con: duckdb.DuckDBPyConnection) -> None:
     by = {r["architecture"]: r for r in summarize(con, ["architecture"]).to_pylist()}
-    topk = [sensitivity(k, j, i) for k in (0, 1) for j in (0, 1) for i in range(N_FEATURES)]
-    assert by["topk"]["saes"] == 2 and by["topk"]["features"] == len(topk)
+    # issue 16: a feature of one SAE is one unit; its two generators' sensitivities are averaged first
+    topk = [np.mean([sensitivity(k, j, i) for j in (0, 1)]) for k in (0, 1) for i in range(N_FEATURES)]
+    assert by["topk"]["saes"] == 2 and by["topk"]["features"] == len(topk) == 2 * N_FEATURES
+    assert by["topk"]["generators"] == 2
     assert by["topk"]["sensitivity"] == pytest.approx(np.mean(topk))
+    assert by["topk"]["share_below_half"] == pytest.approx(np.mean(np.array(topk) < 0.5))
+    lo, hi = bootstrap_mean_ci(np.zeros(len(topk), np.int64), np.array(topk))
+    assert (by["topk"]["ci_low"], by["topk"]["ci_high"]) == pytest.approx((lo[0], hi[0]))
     assert by["relu"]["saes"] == 1
     two = summarize(con, ["width", "generator"]).to_pylist()
     assert [(r["width"], r["generator"]) for r in two] == [(4096, "g1"), (4096, "g2"), (16384, "g1"), (16384, "g2")]
@@ -298,9 +304,13 @@ def test_compare_generators_and_saes(con: duckdb.DuckDBPyConnection) -> None:
     assert (r["g1"], r["g2"]) == (sensitivity(k, 0, r["feature_index"]), sensitivity(k, 1, r["feature_index"]))
     assert r["diff"] == pytest.approx(r["g2"] - r["g1"])
     assert f"{len(SAES) * N_FEATURES} shared" in c.summary and "\n" not in c.summary
+    # issue 16: two SAEs are compared as distributions, per shared generator (see the tests below)
     s = compare(con, SAES[0], SAES[2])
-    assert s.dimension == "sae" and s.rows.column_names == ["run", "generator", "feature_index", SAES[0], SAES[2], "diff"]
-    assert f"mean {expected_mean(0, 0) / 2 + expected_mean(0, 1) / 2:.3f}" in s.summary
+    assert s.dimension == "sae" and s.rows.column_names[:4] == ["generator", "sae", "features", "sensitivity"]
+    g1 = [r for r in s.rows.to_pylist() if r["generator"] == "g1"]
+    assert [r["sae"] for r in g1] == [SAES[0], SAES[2], "b - a"]
+    assert g1[0]["sensitivity"] == pytest.approx(expected_mean(0, 0))
+    assert g1[2]["sensitivity"] == pytest.approx(expected_mean(2, 0) - expected_mean(0, 0))
     with pytest.raises(UsageError, match="cannot compare"):
         compare(con, "g1", SAES[0])
 
@@ -393,7 +403,7 @@ def test_cli_formats_parse_back_to_the_same_numbers(
 def test_cli_by_compare_and_filters(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     cli("report", "--store", str(store.root), "--by", "architecture", "--format", "json")
     by = {r["architecture"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(by) == {"topk", "relu"} and by["topk"]["features"] == 2 * N_FEATURES * len(GENERATORS)
+    assert set(by) == {"topk", "relu"} and by["topk"]["features"] == 2 * N_FEATURES  # each feature once
 
     cli("report", "--store", str(store.root), "--compare", "g1", "g2", "--sae", SAES[1], "--format", "csv")
     captured = capsys.readouterr()
@@ -462,7 +472,9 @@ def test_cli_html(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "report.html"
     cli("report", "--store", str(store.root), "--sae", SAES[0], "--html", str(path), "--format", "csv")
     page = path.read_text()
-    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page
+    # self-contained: no outside resource (issue 16 adds an inline script for the filter and inline PNGs)
+    assert page.startswith("<!doctype html>") and not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    assert "<script src" not in page and 'src="data:image/png;base64,' in page
     assert all(f"{SAES[0]} f{i} g2 s1 &lt;&amp;&gt;" in page for i in range(N_FEATURES))
     assert SAES[1] not in page
     assert page.count("rgba(255,140,0,") > N_FEATURES * 4
@@ -535,3 +547,84 @@ def test_cli_by_comma_list_and_sql_shell_on_empty_store(
     cli("sql", "--store", str(tmp_path / "nothing"), "--builtin")
     captured = capsys.readouterr()
     assert "sae-sens run" in captured.err and "│ 0 │" in captured.out
+
+
+# ----- issue 16: pooling, distribution comparisons, warnings and flags on crafted tables ------------
+
+
+def crafted(root: Path, per_sae: dict[str, dict[str, list[float]]], n: int = 10) -> duckdb.DuckDBPyConnection:
+    """feature_stats with the given sensitivities per SAE and generator (feature i = the i-th value)."""
+    store = Store(root)
+    for sae, gens in per_sae.items():
+        rows = [{"feature_index": i, "generator": g, "generated_sensitivity": v, "n_generated": n}
+                for g, vals in gens.items() for i, v in enumerate(vals)]
+        store.write_table(RUN, sae, "feature_stats", make_table("feature_stats", rows))
+    return connect(store)
+
+
+def test_two_generators_never_double_the_feature_count(tmp_path: Path) -> None:
+    con = crafted(tmp_path, {"py_4k_topk_s0": {"g1": [0.0, 0.5, 1.0], "g2": [0.5, 0.5, 0.0]}})
+    (row,) = summarize(con, ["architecture"]).to_pylist()
+    assert (row["features"], row["generators"], row["saes"]) == (3, 2, 1)
+    assert row["sensitivity"] == pytest.approx((0.25 + 0.5 + 0.5) / 3)
+    assert row["share_below_half"] == pytest.approx(1 / 3)
+    per_gen = summarize(con, ["architecture", "generator"]).to_pylist()
+    assert [(r["generator"], r["features"]) for r in per_gen] == [("g1", 3), ("g2", 3)]
+    assert any("averaged" in w or "their mean" in w for w in summary_warnings(summarize(con, ["architecture"])))
+
+
+def test_compare_two_saes_compares_distributions(tmp_path: Path) -> None:
+    a, b = [0.0] * 6, [1.0] * 4  # different sizes, fully separated
+    con = crafted(tmp_path, {"py_4k_topk_s0": {"g": a}, "py_4k_relu_s0": {"g": b}})
+    c = compare(con, "py_4k_topk_s0", "py_4k_relu_s0", n_resamples=999)
+    ra, rb, rd = c.rows.to_pylist()
+    assert (ra["features"], ra["sensitivity"], ra["ci_low"], ra["ci_high"]) == (6, 0.0, 0.0, 0.0)
+    assert (rb["features"], rb["sensitivity"], rb["ci_low"], rb["ci_high"]) == (4, 1.0, 1.0, 1.0)
+    assert rd["sae"] == "b - a" and (rd["sensitivity"], rd["ci_low"], rd["ci_high"]) == (1.0, 1.0, 1.0)
+    # a relabelling reproduces |diff| = 1 only if it keeps the split: 2 / C(10, 4) = 1/105 of them
+    assert rd["p_value"] < 0.05 and "permutation p" in c.summary
+    same = crafted(tmp_path / "same", {"py_4k_topk_s0": {"g": [0.2, 0.8]}, "py_4k_relu_s0": {"g": [0.8, 0.2]}})
+    assert compare(same, "py_4k_topk_s0", "py_4k_relu_s0").rows.to_pylist()[2]["p_value"] == 1.0
+    # the exact interval of each side is the summary's
+    mixed = crafted(tmp_path / "mixed", {"py_4k_topk_s0": {"g": [0.1, 0.4, 0.9, 0.3]},
+                                         "py_4k_relu_s0": {"g": [0.5, 0.6]}})
+    m = compare(mixed, "py_4k_topk_s0", "py_4k_relu_s0").rows.to_pylist()
+    lo, hi = bootstrap_mean_ci(np.zeros(4, np.int64), np.array([0.1, 0.4, 0.9, 0.3]))
+    assert (m[0]["ci_low"], m[0]["ci_high"]) == pytest.approx((lo[0], hi[0]))
+    assert m[2]["sensitivity"] == pytest.approx(0.55 - 0.425)
+
+
+def test_different_n_is_warned(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for sae, n in (("py_4k_topk_s0", 10), ("py_4k_relu_s0", 3)):
+        rows = [{"feature_index": i, "generator": g, "generated_sensitivity": 1.0, "n_generated": n if g == "g1" else 10}
+                for g in ("g1", "g2") for i in range(2)]
+        store.write_table(RUN, sae, "feature_stats", make_table("feature_stats", rows))
+    con = connect(store)
+    table = summarize(con)
+    assert {(r["sae"], r["generator"], r["n_min"], r["n_max"]) for r in table.to_pylist()} >= {
+        ("py_4k_relu_s0", "g1", 3, 3), ("py_4k_topk_s0", "g1", 10, 10)}
+    assert any("n = 3 to 10" in w for w in summary_warnings(table))
+    c = compare(con, "g1", "g2")
+    assert c.warnings and "2 of 4 shared features have different numbers" in c.warnings[0]
+    assert compare(con, "py_4k_topk_s0", "py_4k_relu_s0").warnings  # 10 vs 3 samples per feature
+
+
+def test_preamble_and_parse_flags(tmp_path: Path) -> None:
+    assert looks_like_preamble("Here are 11 samples that match the pattern:")
+    assert looks_like_preamble("Sure! Here you go")
+    assert not looks_like_preamble("The treaty was signed in 1637 by the king.")
+    assert not looks_like_preamble("Okinawa is an island") and not looks_like_preamble("")
+    con = crafted(tmp_path, {"py_4k_topk_s0": {"g": [0.5, 1.0]}})
+    store = Store(tmp_path)
+    store.write_table(RUN, "py_4k_topk_s0", "generations", make_table("generations", [
+        {"feature_index": 0, "generator": "g", "sample_index": 0, "text": "Here are 11 samples that match:"},
+        {"feature_index": 0, "generator": "g", "sample_index": 1, "text": "a real text about cats"},
+        {"feature_index": 1, "generator": "g", "sample_index": 0, "text": "Certainly, below are the texts"}]))
+    store.write_table(RUN, "py_4k_topk_s0", "queries", make_table("queries", [
+        {"feature_index": 0, "generator": "g", "status": "ok", "parse_method": "separator"},
+        {"feature_index": 1, "generator": "g", "status": "ok", "parse_method": "numbered"}]))
+    con = connect(store)
+    (row,) = summarize(con).to_pylist()
+    assert (row["preamble_samples"], row["fallback_parse"]) == (2, 1)
+    assert any("2 generated samples look like preamble" in w for w in summary_warnings(summarize(con)))

@@ -216,6 +216,23 @@ def test_threshold_and_frac_of_top(lm: HookedLM, detector_sae: Sae) -> None:
     assert rows_of(low["scores"], text="the cat sat")[0]["frac_of_top"] == pytest.approx(act / 4.0)
 
 
+def test_scores_store_the_tokens_of_every_scored_text(lm: HookedLM, detector_sae: Sae) -> None:
+    gens = generations([(0, "a", "the cat sat on a mat"), (0, "a", "   "), (0, "a", "dogs and the cat sang")])
+    exs = examples(lm, [(0, "the {{cat}}\nran")])
+    tables, _ = score_tables(lm, detector_sae, exs, gens, features([0]), ScoreConfig())
+    for r in tables["scores"].to_pylist():
+        if r["empty"]:
+            assert r["tokens"] is None
+            continue
+        assert len(r["tokens"]) == len(r["activations"]) == r["n_tokens"]
+        # the peak's token is the one the latent reads, and the tokens spell the scored text
+        assert r["tokens"][r["max_position"]] == CAT
+        if r["variant"] == "window":
+            assert r["tokens"] == [lm.tokenizer.decode([i]) for i in exs["token_ids"][0].as_py()]
+        else:
+            assert "".join(r["tokens"]) == r["text"]
+
+
 # ----- the two original variants -----------------------------------------------------------------
 
 def test_original_text_variant_follows_the_original_tool() -> None:

@@ -28,6 +28,7 @@ from .options import (
     StoreOpt,
     TextColumnOpt,
     TotalTokensOpt,
+    WaitOpt,
 )
 
 
@@ -78,6 +79,7 @@ def collect_command(
     dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = 32,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
 ) -> None:
     """Find each feature's top activating windows and importance-weighted samples.
 
@@ -105,7 +107,7 @@ def collect_command(
         **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, dead_min_firings=dead_min_firings, seed=seed,
     )
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
-    st = Store(store)
+    st = Store(store, wait=wait)
     rows = []
     with RichProgress() as progress:
         if from_saebench or saebench_file:

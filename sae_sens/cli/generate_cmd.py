@@ -25,6 +25,7 @@ from .options import (
     SamplesPerFeatureOpt,
     StoredSaeOpt,
     StoreOpt,
+    WaitOpt,
 )
 
 
@@ -76,6 +77,7 @@ def generate_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
 ) -> None:
     """Ask an LLM for new texts like each feature's examples (or import them), per SAE.
 
@@ -100,7 +102,7 @@ def generate_command(
         batch_size=batch_size, device=device, dtype=dtype,
     )
     cfg.spec  # noqa: B018  (an unknown generator is a usage error before anything is read or loaded)
-    st = Store(store)
+    st = Store(store, wait=wait)
     if dry_run:
         plans = [plan_generate(st, run, s, cfg) for s in sae]
         if cfg.spec.kind == "table":

@@ -65,6 +65,11 @@ OptionalSaeOpt = Annotated[
     typer.Option("--sae", "-s", help="Limit to these SAEs (default: all in the run).", show_default=False),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Rerun even when config and inputs are unchanged.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option("--wait/--no-wait", help="When another process is writing the same run × SAE: wait for it "
+                 "(saying so), or refuse at once."),
+]
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Hugging Face model id or local folder (default: inferred from the SAE).",

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from ..errors import UsageError
 from ..report.keys import GROUP_KEYS, N_RESAMPLES
 from .base import app
-from .options import FormatOpt, OptionalSaeOpt, StoreOpt
-from .output import FORMATS, err_console, render, rich_table
+from .options import OptionalSaeOpt, StoreOpt
+from .output import AutoFormatOpt, err_console, render, resolve_format, table_text, warn
 
 if TYPE_CHECKING:  # duckdb and pyarrow are imported when the command runs, not for --help
     import pyarrow as pa
@@ -36,20 +34,13 @@ def _columns_rows(table: pa.Table) -> tuple[list[str], list[tuple]]:
 
 def _output(table: pa.Table, fmt: str, output: Path | None, title: str | None = None) -> None:
     """Print ``table`` in ``fmt``, or write it to ``output`` (a table format is written as plain text)."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
     columns, rows = _columns_rows(table)
     if output is None:
         text = render(columns, rows, fmt, title)
         if text is not None:
             sys.stdout.write(text)
         return
-    if fmt == "table":
-        buf = io.StringIO()
-        Console(file=buf, width=10_000, no_color=True, highlight=False).print(rich_table(columns, rows, title))
-        text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
-    else:
-        text = render(columns, rows, fmt) or ""
+    text = table_text(columns, rows, title) if fmt == "table" else render(columns, rows, fmt) or ""
     from ..report.html import write_user_file
 
     write_user_file(output, text)
@@ -65,11 +56,14 @@ def report_command(
     by: Annotated[
         list[str] | None,
         typer.Option("--by", help=f"Regroup the summary: {', '.join(GROUP_KEYS)}; repeat or comma-separate "
-                                  "to combine (features of all SAEs in a group are pooled).", show_default=False),
+                                  "to combine (features of all SAEs in a group are pooled, each feature "
+                                  "counted once: several generators' sensitivities for it are averaged).",
+                     show_default=False),
     ] = None,
     compare_: Annotated[
         tuple[str, str] | None,
-        typer.Option("--compare", help="Two SAEs, generators or runs side by side, per shared feature.",
+        typer.Option("--compare", help="Two generators or runs side by side per shared feature; two SAEs "
+                                       "as distributions (means, intervals, permutation test of the difference).",
                      metavar="A B", show_default=False),
     ] = None,
     sql: Annotated[str | None, typer.Option("--sql", help="Run a SQL query over the views.",
@@ -78,9 +72,10 @@ def report_command(
         Path | None,
         typer.Option("--sql-file", help="Run the SQL in this file.", exists=True, dir_okay=False, show_default=False),
     ] = None,
-    fmt: FormatOpt = "table",
+    fmt: AutoFormatOpt = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the output to this file.", show_default=False)
+        Path | None, typer.Option("--output", "-o", help="Write the output to this file (format from its "
+                                                         "extension: .csv, .tsv, .json, .md, .txt).", show_default=False)
     ] = None,
     plot: Annotated[
         Path | None,
@@ -115,6 +110,7 @@ def report_command(
       JOIN saes USING (run, sae) GROUP BY ALL ORDER BY ALL"
     """
     from ..report import compare, connect, query, require_results, summarize, write_html, write_plots
+    from ..report.summary import summary_warnings
     from ..store import Store
     from .output import console
 
@@ -122,6 +118,7 @@ def report_command(
         raise UsageError("--sql and --sql-file are alternatives", "pass one of them")
     if compare_ is not None and by:
         raise UsageError("--compare and --by are alternatives", "pass one of them")
+    fmt = resolve_format(fmt, output)
     st = Store(store)
     as_sql = sql is not None or sql_file is not None
     con = connect(st, run, sae, status=as_sql)
@@ -135,15 +132,17 @@ def report_command(
             _output(result.rows, fmt, output, title=f"{result.dimension}: a={result.a}, b={result.b}")
             (console if fmt == "table" and output is None else err_console).print(
                 result.summary, highlight=False, soft_wrap=True)
+            warn(result.warnings)
         else:
             keys = [k.strip() for b in by or () for k in b.split(",") if k.strip()]  # --by width,architecture
             table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
             _output(table, fmt, output, title)
+            warn(summary_warnings(table))
     if plot is not None:
         require_results(con, st)
         paths = write_plots(con, plot, generators=generator, n_resamples=resamples, seed=seed)
         err_console.print("wrote " + ", ".join(map(str, paths)))
     if html is not None:
         require_results(con, st)
-        err_console.print(f"wrote {write_html(con, html, generator)}")
+        err_console.print(f"wrote {write_html(con, html, generator, store=st)}")

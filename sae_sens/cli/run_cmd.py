@@ -32,6 +32,7 @@ from .options import (
     TextColumnOpt,
     ThresholdOpt,
     TotalTokensOpt,
+    WaitOpt,
 )
 
 SUMMARY_COLUMNS = ("sae", "generator", "features", "sensitivity", "ci_low", "ci_high", "original_sensitivity",
@@ -68,6 +69,7 @@ def run_command(
     threshold: ThresholdOpt = 1e-6,
     max_length: MaxLengthOpt = 128,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
 ) -> None:
     """Run every stage (collect -> generate -> score) for one or many SAEs, then print the summary.
 
@@ -108,7 +110,7 @@ def run_command(
     )
     score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
-    st = Store(store)
+    st = Store(store, wait=wait)
     with RichProgress() as progress:
         results = run_pipeline(st, run, list(sae), collect_cfg, generate_cfg, score_cfg, opts, force=force,
                                progress=progress)

@@ -7,19 +7,18 @@ from typing import Annotated
 import typer
 
 from .base import app
-from .options import FormatOpt, StoreOpt
-from .output import emit, err_console
-
-_STYLE = {"done": "[green]done[/]", "stale": "[yellow]stale[/]", "missing": "[dim]missing[/]"}
+from .options import StoreOpt
+from .output import AutoFormatOpt, emit, err_console, resolve_format
 
 
 @app.command("runs")
 def runs_command(
     store: StoreOpt = None,
     run: Annotated[str | None, typer.Option("--run", "-r", help="Only this run.", show_default=False)] = None,
-    fmt: FormatOpt = "table",
+    fmt: AutoFormatOpt = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Hash every table's content (slower).")] = False,
 ) -> None:
-    """List runs and SAEs in the store with each stage's status (done, stale, missing).
+    """List runs and SAEs in the store with each stage's status (done, stale, missing, damaged).
 
     A stage is stale when an upstream table changed after it ran; rerun it (or `sae-sens run`).
 
@@ -28,8 +27,9 @@ def runs_command(
     from ..runs import list_runs
     from ..store import Store
 
+    fmt = resolve_format(fmt)
     st = Store(store)
-    rows = list_runs(st, run)
+    rows = list_runs(st, run, verify=verify)
     if not rows:
         err_console.print(f"no runs in {st.root}; start one with `sae-sens run --sae <name>`")
         raise typer.Exit(0)
@@ -37,7 +37,8 @@ def runs_command(
     table_rows = []
     for r in rows:
         states = [r.family("collect"), r.family("generate"), r.family("score")]
-        if fmt == "table":
-            states = [_STYLE[s] for s in states]
         table_rows.append([r.run, r.sae, states[0], states[1], ", ".join(r.generators), states[2], r.finished_at])
     emit(cols, table_rows, fmt, title=f"runs in {st.root}")
+    for r in rows:
+        for line in r.repairs():
+            err_console.print(f"[bold red]damaged[/]: {line}", highlight=False, soft_wrap=True)

@@ -16,6 +16,7 @@ from .options import (
     SaeOpt,
     StoreOpt,
     ThresholdOpt,
+    WaitOpt,
 )
 
 # summary key -> column header
@@ -38,6 +39,7 @@ def score_command(
     max_length: MaxLengthOpt = 128,
     generator: GeneratorOpt = None,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
 ) -> None:
     """Score each SAE's generated samples (every generator, or only --generator) and original examples.
 
@@ -52,7 +54,7 @@ def score_command(
     from ..store import Store
     from .output import emit
 
-    st = Store(store)
+    st = Store(store, wait=wait)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator)
     for name in sae:

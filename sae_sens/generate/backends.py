@@ -49,6 +49,11 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+class Unreachable(TransientError):
+    """The server could not be connected to at all (refused, no route, DNS): retried only a few times,
+    quickly, so a wrong --base-url is reported in seconds rather than after the full backoff."""
+
+
 class RequestRejected(Exception):
     """This request can never succeed (e.g. 400: prompt too long or filtered); other requests may."""
 
@@ -160,7 +165,9 @@ class OpenAIBackend:
         except oa.APITimeoutError:
             raise TransientError(f"no answer within {self.cfg.timeout:g}s") from None
         except oa.APIConnectionError as e:
-            raise TransientError(f"cannot reach {self.where}: {self._message(e)}") from None
+            # httpx (imported by openai) says ConnectError when no connection could be made at all
+            cls = Unreachable if type(e.__cause__).__name__ == "ConnectError" else TransientError
+            raise cls(f"cannot reach {self.where}: {self._message(e)}") from None
         latency = time.perf_counter() - t0
         if not resp.choices:
             raise TransientError("the response had no choices")

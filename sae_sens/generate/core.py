@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConfigError, GenerationError, ImportTableError
+from ..errors import ConfigError, GenerationError, ImportTableError, StoreError
 from ..hashing import hash_config, hash_file
 from ..progress import NULL_PROGRESS, ProgressSink
 from ..schemas import make_table
@@ -134,7 +134,7 @@ def generate(
     todo = []
     n_resumed = n_cached = 0
     for r in requests:
-        if r.query_hash in journal:
+        if r.query_hash in journal and not journal[r.query_hash].get("error"):  # refused ones are asked again
             answers[r.query_hash], n_resumed = journal[r.query_hash], n_resumed + 1
         elif cache is not None and (hit := cache.get(r.query_hash)) is not None:
             answers[r.query_hash], n_cached = hit, n_cached + 1
@@ -176,6 +176,14 @@ def generate(
                 "rerun the same command to retry only those; finished features are kept",
             )
     progress.finish(task)
+    refused = [a for a in answers.values() if a.get("error")]
+    stats["n_failed_features"] = len(refused)
+    if requests and len(refused) == len(requests):
+        raise GenerationError(
+            f"the generator refused all {len(requests)} requests (e.g. feature {refused[0]['feature_index']}: "
+            f"{refused[0]['error']})",
+            "fix the prompt, model or server and rerun the same command; nothing was recorded as done",
+        )
     queries, generations = _rows(spec, cfg, requests, answers, price)
     stats["cost_usd"] = sum(q["cost_usd"] or 0.0 for q in queries) if price else None
     stats["prompt_tokens"] = sum(q["prompt_tokens"] or 0 for q in queries)
@@ -198,7 +206,10 @@ def merge_generator_rows(store: Store, run: str, sae: str, table: str, new: pa.T
     """``new`` plus the rows of other generators already in ``table`` (this generator's old rows go)."""
     if not store.has_table(run, sae, table):
         return new
-    old = store.read_table(run, sae, table)
+    try:
+        old = store.read_table(run, sae, table)
+    except StoreError:  # damaged: other generators' rows are gone already; their stages rerun from the cache
+        return new
     old = old.drop_columns([c for c in ("run", "sae") if c in old.column_names])
     keep = old.filter(pc.not_equal(old["generator"], pa.scalar(label)))
     if set(keep.column_names) == set(new.column_names):
@@ -237,26 +248,38 @@ def run_generate(
     progress: ProgressSink = NULL_PROGRESS,
 ) -> StageOutcome:
     """Generate (or import) texts for one run × SAE and merge them into its ``queries`` and
-    ``generations`` tables, alongside other generators' rows."""
-    cfg, stage, config, inputs = _stage_setup(store, run, sae, cfg)
+    ``generations`` tables, alongside other generators' rows.
+
+    The stage holds the run × SAE lock from its freshness check to its record, so a second process
+    (the same generator or another) waits, then re-reads the journal, the cache and the tables: no
+    answer is paid for twice and no generator's rows are lost. Before the first request it checks that
+    it can write the store, the journal and the cache.
+    """
     label = cfg.spec.label
-    owned: dict[str, tuple[str, Any] | None] = {"queries": ("generator", label), "generations": ("generator", label)}
-    if not force and store.is_fresh(run, sae, stage, config, inputs):
+    with store.lock(run, sae, what=f"generate:{label}"):
+        cfg, stage, config, inputs = _stage_setup(store, run, sae, cfg)
+        owned: dict[str, tuple[str, Any] | None] = {"queries": ("generator", label),
+                                                    "generations": ("generator", label)}
         rec = store.manifest(run, sae).stage(stage)
-        progress.log(f"{stage}: {sae} is up to date (use --force to rerun)")
-        return StageOutcome(stage, True, {t: int(o.get("rows", 0)) for t, o in rec.outputs.items()},  # type: ignore[union-attr]
-                            rec.extra)  # type: ignore[union-attr]
-    started = now_iso()
-    examples = store.read_table(run, sae, "examples")
-    checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl")
-    result = generate(examples, cfg, checkpoint=checkpoint, cache=QueryCache(store.cache_dir / "generate"),
-                      progress=progress, task=f"generate {sae} · {label}")
-    for name, table in result.tables().items():
-        store.write_table(run, sae, name, merge_generator_rows(store, run, sae, name, table, label))
-    extra = {**result.stats, "warnings": result.warnings}
-    rec = store.record_stage(run, sae, stage, config=config, inputs=inputs, outputs=owned, started_at=started,
-                             extra=extra)
-    checkpoint.clear()  # the tables now hold every answer, the cache keeps them for other runs
+        refused_before = int((rec.extra.get("n_failed_features") or 0) if rec else 0)
+        if not force and not refused_before and store.is_fresh(run, sae, stage, config, inputs):
+            progress.log(f"{stage}: {sae} is up to date (use --force to rerun)")
+            return StageOutcome(stage, True, {t: int(o.get("rows", 0)) for t, o in rec.outputs.items()},  # type: ignore[union-attr]
+                                rec.extra)  # type: ignore[union-attr]
+        started = now_iso()
+        examples = store.read_table(run, sae, "examples")
+        checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl")
+        cache = QueryCache(store.cache_dir / "generate")
+        if cfg.spec.kind != "table":
+            store.check_writable(store.sae_dir(run, sae), checkpoint.path.parent, cache.folder)
+        result = generate(examples, cfg, checkpoint=checkpoint, cache=cache, progress=progress,
+                          task=f"generate {sae} · {label}")
+        for name, table in result.tables().items():
+            store.write_table(run, sae, name, merge_generator_rows(store, run, sae, name, table, label))
+        extra = {**result.stats, "warnings": result.warnings}
+        rec = store.record_stage(run, sae, stage, config=config, inputs=inputs, outputs=owned, started_at=started,
+                                 extra=extra)
+        checkpoint.clear()  # the tables now hold every answer, the cache keeps them for other runs
     return StageOutcome(stage, False, {t: int(o["rows"]) for t, o in rec.outputs.items()}, extra)
 
 

@@ -40,7 +40,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
             return table.column_names, table.to_pylist()
         if suffix in (".jsonl", ".ndjson", ".json"):
             rows, names = [], {}
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
                 if not line.strip():
                     continue
                 try:

@@ -21,8 +21,11 @@ from typing import Any
 
 from ..errors import BudgetExceededError, GenerationError, PermanentGenerationError
 from ..progress import NULL_PROGRESS, ProgressSink
-from .backends import Backend, Completion, Request, RequestRejected, TransientError
+from ..store import write_error
+from .backends import Backend, Completion, Request, RequestRejected, TransientError, Unreachable
 from .pricing import Price, estimate_tokens
+
+UNREACHABLE_RETRIES = 2  # a server that refuses connections is retried this often (at most), ~1 s apart
 
 
 class Checkpoint:
@@ -46,9 +49,21 @@ class Checkpoint:
         return out
 
     def append(self, record: dict[str, Any]) -> None:
+        try:
+            self._append(record)
+        except OSError as e:  # full disk, read-only store: one line naming the journal
+            raise write_error(self.path, e) from None
+
+    def _append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        with open(self.path, "a+b") as f:
+            line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+            end = f.seek(0, os.SEEK_END)
+            if end:  # a torn last line (killed mid-write) must not swallow this record: start a new line
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
 
@@ -77,10 +92,14 @@ class QueryCache:
         # fsynced journal still has this stage's answers. Skipping the second fsync per answer keeps
         # the calling thread from becoming the bottleneck at high request rates.
         path = self._path(query_hash)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise write_error(path, e) from None
 
 
 def answer_record(request: Request, c: Completion, error: str | None = None) -> dict[str, Any]:
@@ -185,12 +204,14 @@ class Runner:
                 raise
             except TransientError as e:
                 last = e
-                if attempt > self.max_retries:
+                unreachable = isinstance(e, Unreachable)
+                if attempt > (min(self.max_retries, UNREACHABLE_RETRIES) if unreachable else self.max_retries):
                     break
                 self.stats.add(retries=n)
-                if self._stop.wait(self.backoff(attempt, e.retry_after)):
+                wait_s = min(1.0, self.retry_base_s) if unreachable else self.backoff(attempt, e.retry_after)
+                if self._stop.wait(wait_s):
                     raise _Cancelled from None
-        raise GenerationError(f"gave up after {self.max_retries + 1} attempts: {last}")
+        raise GenerationError(f"gave up after {attempt} attempts: {last}")
 
     def _one(self, r: Request) -> Completion:
         c, attempts = self._attempts(lambda: self.backend.complete(r), 1)

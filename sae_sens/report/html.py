@@ -1,20 +1,29 @@
-"""A self-contained HTML page: per run × SAE, its features ordered by generated sensitivity
-(least sensitive first: those are the ones to read), each with its original examples and the
-generated samples, activations highlighted by strength.
+"""A self-contained HTML page of a store's results, one file with no outside resources.
 
-Original examples are shown token by token (the ``examples`` table stores tokens and their
-activations); a token's background opacity is its activation over the feature's top activation.
-Each is marked t✓/t✗ and w✓/w✗ by whether scoring found it active as re-tokenised text (the
-original code's way) and as its exact window, where those variants were scored.
-Generated texts have per-token activations in ``scores`` but no stored tokens, and the report does
-not load a tokenizer, so each is shown as its text, tinted by its max activation, with a strip of
-one cell per scored token (same colour scale; hover for the value) showing where it fired.
+At the top: a legend, a filter (show only features whose sensitivity is at most a value; also set
+by the address, ``report.html#max=0.3``), the summary table per run × SAE × generator with links to
+each SAE and the summary's warnings (different n, preamble samples), and the plots embedded as base64 PNGs. Then per run × SAE: the run's stage configs and
+package versions (from the manifest), links to every feature, and its features ordered by generated
+sensitivity (least sensitive first: those are the ones to read), each with its original examples
+and its generated samples.
+
+Every scored text is shown token by token (``examples.tokens`` / ``scores.tokens``); a token's
+background opacity is its activation over the feature's top activation from collect, so the
+colours of originals and samples compare. Each sample says its max activation as a share of that
+top (``frac_of_top``) and carries its flags: looks like preamble (``summary.PREAMBLE_PATTERN``),
+truncated, empty. Each feature carries its flags: fewer than ``SMALL_N`` parsed samples, the
+generator's answer split by a fallback parser rather than the separator, preamble samples.
+Original examples are marked t✓/t✗ and w✓/w✗ by whether scoring found them active as
+re-tokenised text (the original code's way) and as their exact window.
 Everything from the store is HTML-escaped.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import json
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,22 +31,72 @@ from typing import Any
 
 import duckdb
 
-from ..store import atomic_write_bytes
+from ..store import Store, atomic_write_bytes
+from .summary import PREAMBLE_PATTERN, looks_like_preamble, per_feature_sql, summarize, summary_warnings
 from .views import query
 
+SMALL_N = 5  # fewer parsed samples than this: the feature's sensitivity is a coarse fraction
+
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 80em; }
 nav a { margin-right: 1em; }
 section { border-top: 2px solid #888; margin-top: 2em; }
+table.summary { border-collapse: collapse; font-size: .85em; }
+.scroll { overflow-x: auto; }
+table.summary td, table.summary th { border: 1px solid #ccc; padding: .15em .5em; text-align: right; }
+table.summary td:nth-child(-n+3) { text-align: left; }
+.plots img { max-width: 48%; margin-right: 1%; }
+.legend { background: #f7f7f7; border-radius: 6px; padding: .5em 1em; font-size: .9em; }
 .feature { border: 1px solid #ddd; border-radius: 6px; padding: .5em 1em; margin: 1em 0; }
 .feature h3 { margin: .2em 0; font-size: 1em; }
+.feature h3 a { color: #999; text-decoration: none; }
 .stats { color: #555; font-size: .9em; }
 .ex, .sample { font-family: ui-monospace, monospace; font-size: .85em; margin: .25em 0; white-space: pre-wrap; }
 .t { border-radius: 2px; }
-.badge { display: inline-block; min-width: 9em; color: #555; font-family: system-ui, sans-serif; }
+.badge { display: inline-block; min-width: 18em; margin-right: .5em; color: #555; font-family: system-ui, sans-serif; }
+.flag { display: inline-block; background: #fde2e2; color: #900; border-radius: 3px; padding: 0 .3em;
+        margin-right: .3em; font-family: system-ui, sans-serif; font-size: .85em; }
 .on { color: #0a0; } .off { color: #c00; }
-.strip { display: inline-flex; margin-left: .5em; vertical-align: middle; }
-.strip i { display: inline-block; width: 6px; height: 12px; border: 1px solid #eee; }
+.featlinks a { margin-right: .6em; font-size: .85em; }
+details.config pre { font-size: .8em; background: #f7f7f7; padding: .5em; overflow-x: auto; }
+"""
+
+# The filter: features whose sensitivity is above the slider's value are hidden.
+_SCRIPT = """
+(function () {
+  var slider = document.getElementById('maxsens'), shown = document.getElementById('maxsens-value');
+  function apply() {
+    var max = parseFloat(slider.value), visible = 0;
+    document.querySelectorAll('.feature').forEach(function (f) {
+      var s = f.dataset.sens === '' ? NaN : parseFloat(f.dataset.sens);
+      var hide = max < 1 && !(s <= max);
+      f.hidden = hide;
+      if (!hide) { visible += 1; }
+    });
+    shown.textContent = max.toFixed(2) + ' (' + visible + ' features shown)';
+    document.body.dataset.filter = max.toFixed(2);
+  }
+  var m = /max=([0-9.]+)/.exec(location.hash);
+  if (m) { slider.value = m[1]; }
+  slider.addEventListener('input', apply);
+  apply();
+})();
+"""
+
+_LEGEND = f"""
+<div class="legend"><b>How to read this page.</b>
+A token's <span class="t" style="background:rgba(255,140,0,1.00)">orange</span> background grows with the
+feature's activation on it, relative to the feature's top activation in collect
+(<span class="t" style="background:rgba(255,140,0,0.25)">a quarter</span>, none when it does not fire);
+hover a token for its activation. <span class="on">✓</span> active (max activation above the threshold),
+<span class="off">✗</span> not active; on original examples t = scored as re-tokenised text (as the original
+tool), w = scored as the exact token window. "of top" = the text's max activation / the feature's top
+activation (frac_of_top). Flags: <span class="flag">n=3</span> fewer than {SMALL_N} parsed samples (a coarse
+sensitivity), <span class="flag">parse: numbered</span> the generator ignored the separator and its answer
+was split by a fallback, <span class="flag">preamble</span> a sample that looks like the generator's
+preamble rather than a text (it opens with "Sure", "Here are … samples", or is one line ending in ":"),
+<span class="flag">truncated</span>, <span class="flag">empty</span> (left out of the sensitivity).
+Features are ordered least sensitive first.</div>
 """
 
 
@@ -56,10 +115,18 @@ def _token(tok: str, act: float | None, scale: float) -> str:
     return f'<span class="t" style="{_bg(_alpha(act, scale))}" title="{act or 0:.3g}">{text}</span>'
 
 
+def _tokens(tokens: Sequence[str] | None, acts: Sequence[float | None] | None, scale: float) -> str:
+    return "".join(_token(t, a, scale) for t, a in zip(tokens or [], acts or [], strict=False))
+
+
 def _mark(active: bool | None) -> str:
     if active is None:
         return '<span class="badge">empty</span>'
     return '<span class="on">✓</span>' if active else '<span class="off">✗</span>'
+
+
+def _flag(text: str) -> str:
+    return f'<span class="flag">{html.escape(text)}</span>'
 
 
 def _fmt(v: Any) -> str:
@@ -73,15 +140,65 @@ def _rows_by(table: Any, *keys: str) -> dict[tuple, list[dict[str, Any]]]:
     return out
 
 
-def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None) -> str:
+def _summary_table(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None,
+                   anchors: dict[tuple[str, str], str]) -> str:
+    summary = summarize(con, generators=generators)
+    table = summary.to_pylist()
+    if not table:
+        return ""
+    warnings = "".join(f'<p class="stats">{_flag("warning")}{html.escape(w)}</p>' for w in summary_warnings(summary))
+    cols = list(table[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = []
+    for r in table:
+        cells = []
+        for c in cols:
+            v = _fmt(r[c])
+            if c == "sae" and (r["run"], r["sae"]) in anchors:
+                v = f'<a href="#{anchors[(r["run"], r["sae"])]}">{v}</a>'
+            cells.append(f"<td>{v}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<h2>Summary</h2><div class="scroll"><table class="summary"><tr>{head}</tr>{"".join(body)}</table></div>'
+            "<p class=stats>sensitivity: mean over features of the share of generated samples that activate "
+            "the feature, with a 95% bootstrap interval (ci_low, ci_high); n_min / n_max: fewest and most "
+            "parsed samples per feature.</p>" + warnings)
+
+
+def _plots(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None) -> str:
+    from .plot import write_plots
+
+    with tempfile.TemporaryDirectory(prefix="sae-sens-plots-") as tmp:
+        paths = write_plots(con, Path(tmp) / "sensitivity.png", generators=generators)
+        imgs = [f'<img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+                f'{base64.b64encode(p.read_bytes()).decode()}">' for p in paths]
+    return '<div class="plots">' + "".join(imgs) + "</div>"
+
+
+def _config(store: Store | None, run: str, sae: str) -> str:
+    """The SAE's stage configs and package versions, from its manifest (they hold no secrets)."""
+    if store is None:
+        return ""
+    manifest = store.manifest(run, sae)
+    stages = {key: {"config": rec.config, "finished_at": rec.finished_at} for key, rec in manifest.stages.items()}
+    versions: dict[str, str] = {}
+    for rec in manifest.stages.values():
+        versions.update(rec.versions)
+    if not stages:
+        return ""
+    text = json.dumps({"stages": stages, "versions": versions}, indent=1, default=str)
+    return f'<details class="config"><summary>run config and package versions</summary><pre>{html.escape(text)}</pre></details>'
+
+
+def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                store: Store | None = None, plots: bool = True) -> str:
     """The whole page as a string (see the module docstring for what it shows)."""
     gen_where = f"WHERE generator IN ({', '.join('?' for _ in generators)})" if generators else ""
     params = list(generators or [])
+    marks = ", ".join(f"${i + 2}" for i in range(len(params)))
     stats = query(con, f"""
-        SELECT run, sae, feature_index, generator, generated_sensitivity, original_sensitivity,
-               original_sensitivity_window, n_generated, top_activation
-        FROM feature_stats {gen_where} ORDER BY run, sae, feature_index, generator
-    """, params)
+        SELECT * FROM ({per_feature_sql('WHERE f.generator IN (' + marks + ')' if params else '')})
+        ORDER BY run, sae, feature_index, generator
+    """, [PREAMBLE_PATTERN, *params])
     examples = query(con, """
         SELECT run, sae, feature_index, example_index, kind, max_activation, tokens, activations
         FROM examples e WHERE EXISTS (SELECT 1 FROM feature_stats f
@@ -92,8 +209,8 @@ def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None
         SELECT run, sae, feature_index, sample_index, variant, active FROM scores WHERE source = 'original'
     """)
     generated = query(con, f"""
-        SELECT run, sae, feature_index, generator, sample_index, text, max_activation,
-               active, activations
+        SELECT run, sae, feature_index, generator, sample_index, text, max_activation, frac_of_top,
+               active, empty, truncated, activations, tokens
         FROM scores WHERE source = 'generated' {gen_where.replace('WHERE', 'AND')}
         ORDER BY run, sae, feature_index, generator, sample_index
     """, params)
@@ -107,58 +224,88 @@ def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None
     for run, sae, fi in stats_by:
         saes[(run, sae)].append(fi)
 
-    def mean_sens(key: tuple) -> float:
+    def mean_sens(key: tuple) -> float | None:
         vals = [r["generated_sensitivity"] for r in stats_by[key] if r["generated_sensitivity"] is not None]
-        return sum(vals) / len(vals) if vals else float("inf")
+        return sum(vals) / len(vals) if vals else None
 
+    anchors = {key: f"sae-{i}" for i, key in enumerate(saes)}
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sae-sens report</title>",
              f"<style>{_CSS}</style></head><body><h1>SAE feature sensitivity</h1><nav>"]
-    anchors = {key: f"sae-{i}" for i, key in enumerate(saes)}
     parts += [f'<a href="#{anchors[k]}">{html.escape(k[0])}/{html.escape(k[1])}</a>' for k in saes]
     parts.append("</nav>")
+    parts.append(_LEGEND)
+    parts.append('<p><label>Show features with sensitivity at most <input type="range" id="maxsens" min="0" '
+                 'max="1" step="0.05" value="1"></label> <output id="maxsens-value">1.00</output></p>')
+    parts.append(_summary_table(con, generators, anchors))
+    if plots:
+        parts.append(_plots(con, generators))
     for (run, sae), features in saes.items():
-        keys = sorted(((run, sae, fi) for fi in features), key=lambda k: (mean_sens(k), k[2]))
-        parts.append(f'<section id="{anchors[(run, sae)]}"><h2>{html.escape(sae)} '
+        keys = sorted(((run, sae, fi) for fi in features),
+                      key=lambda k: (m if (m := mean_sens(k)) is not None else float("inf"), k[2]))
+        anchor = anchors[(run, sae)]
+        parts.append(f'<section id="{anchor}"><h2>{html.escape(sae)} '
                      f'<small>run {html.escape(run)}, {len(keys)} features</small></h2>')
+        parts.append(_config(store, run, sae))
+        parts.append('<p class="featlinks">' + "".join(
+            f'<a href="#{anchor}-f{k[2]}">{k[2]} ({_fmt(mean_sens(k))})</a>' for k in keys) + "</p>")
         for key in keys:
-            rows = stats_by[key]
-            gen_rows = gen_by.get(key, [])
-            tops = [r["top_activation"] for r in rows if r["top_activation"]]
-            acts = [a for e in ex_by.get(key, []) for a in (e["activations"] or []) if a is not None]
-            acts += [g["max_activation"] for g in gen_rows if g["max_activation"] is not None]
-            scale = max(tops) if tops else max(acts, default=0.0)
-            parts.append(f'<div class="feature" id="{anchors[(run, sae)]}-f{key[2]}">'
-                         f"<h3>feature {key[2]}</h3>")
-            for r in rows:
-                parts.append(
-                    f'<div class="stats">{html.escape(r["generator"] or "")}: generated sensitivity '
-                    f'<b>{_fmt(r["generated_sensitivity"])}</b> (n={_fmt(r["n_generated"])}), original '
-                    f'{_fmt(r["original_sensitivity"])} (text) / {_fmt(r["original_sensitivity_window"])} '
-                    f"(window), top activation {_fmt(r['top_activation'])}</div>")
-            if ex_by.get(key):
-                parts.append("<h4>original examples</h4>")
-            for e in ex_by.get(key, []):
-                toks = "".join(_token(t, a, scale) for t, a in zip(e["tokens"] or [], e["activations"] or [], strict=False))
-                mark = " ".join(
-                    f'<span title="{title}">{variant[0]}{_mark(orig_active[k])}</span>'
-                    for variant, title in (("text", "re-tokenised text, as the original code"), ("window", "exact window"))
-                    if (k := (run, sae, key[2], e["example_index"], variant)) in orig_active)
-                parts.append(f'<div class="ex">{mark} <span class="badge">{html.escape(e["kind"] or "")} '
-                             f'#{e["example_index"]} max {_fmt(e["max_activation"])}</span>{toks}</div>')
-            if gen_rows:
-                parts.append("<h4>generated samples</h4>")
-            for g in gen_rows:
-                strip = "".join(f'<i style="{_bg(_alpha(a, scale))}" title="{a or 0:.3g}"></i>'
-                                for a in g["activations"] or [])
-                parts.append(
-                    f'<div class="sample">{_mark(g["active"])} <span class="badge">'
-                    f'{html.escape(g["generator"] or "")} #{g["sample_index"]} max {_fmt(g["max_activation"])}'
-                    f'</span><span class="t" style="{_bg(_alpha(g["max_activation"], scale))}">'
-                    f'{html.escape(g["text"] or "")}</span><span class="strip">{strip}</span></div>')
-            parts.append("</div>")
+            parts.append(_feature(key, anchor, stats_by[key], ex_by.get(key, []), gen_by.get(key, []),
+                                  orig_active, mean_sens(key)))
         parts.append("</section>")
-    parts.append("</body></html>")
+    parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+def _feature(key: tuple, anchor: str, rows: list[dict[str, Any]], examples: list[dict[str, Any]],
+             gen_rows: list[dict[str, Any]], orig_active: dict[tuple, bool | None], sens: float | None) -> str:
+    run, sae, fi = key
+    tops = [r["top_activation"] for r in rows if r["top_activation"]]
+    acts = [a for e in examples for a in (e["activations"] or []) if a is not None]
+    acts += [g["max_activation"] for g in gen_rows if g["max_activation"] is not None]
+    scale = max(tops) if tops else max(acts, default=0.0)
+    fid = f"{anchor}-f{fi}"
+    parts = [f'<div class="feature" id="{fid}" data-sens="{"" if sens is None else f"{sens:.6g}"}">'
+             f'<h3>feature {fi} <a href="#{fid}" title="link to this feature">#</a></h3>']
+    for r in rows:
+        flags = []
+        if (r["n_generated"] or 0) < SMALL_N:
+            flags.append(_flag(f"n={r['n_generated'] or 0}"))
+        if r["fallback_parse"]:
+            flags.append(_flag(f"parse: {r['parse_method']}"))
+        if r["preamble_samples"]:
+            flags.append(_flag(f"preamble: {r['preamble_samples']}"))
+        parts.append(
+            f'<div class="stats">{"".join(flags)}{html.escape(r["generator"] or "")}: generated sensitivity '
+            f'<b>{_fmt(r["generated_sensitivity"])}</b> (n={_fmt(r["n_generated"])}), original '
+            f'{_fmt(r["original_sensitivity"])} (text) / {_fmt(r["original_sensitivity_window"])} '
+            f"(window), top activation {_fmt(r['top_activation'])}</div>")
+    if examples:
+        parts.append("<h4>original examples</h4>")
+    for e in examples:
+        mark = " ".join(
+            f'<span title="{title}">{variant[0]}{_mark(orig_active[k])}</span>'
+            for variant, title in (("text", "re-tokenised text, as the original code"), ("window", "exact window"))
+            if (k := (run, sae, fi, e["example_index"], variant)) in orig_active)
+        parts.append(f'<div class="ex">{mark} <span class="badge">{html.escape(e["kind"] or "")} '
+                     f'#{e["example_index"]} max {_fmt(e["max_activation"])}</span>'
+                     f'{_tokens(e["tokens"], e["activations"], scale)}</div>')
+    if gen_rows:
+        parts.append("<h4>generated samples</h4>")
+    for g in gen_rows:
+        sample_flags = "".join(_flag(name) for name, on in (
+            ("preamble", looks_like_preamble(g["text"])), ("truncated", g["truncated"]), ("empty", g["empty"])) if on)
+        share = "" if g["frac_of_top"] is None else f" = {g['frac_of_top']:.0%} of top"
+        if g["tokens"] is not None:
+            body = _tokens(g["tokens"], g["activations"], scale)
+        else:  # scored before scores stored tokens: the text, tinted by its max activation
+            body = (f'<span class="t" style="{_bg(_alpha(g["max_activation"], scale))}">'
+                    f'{html.escape(g["text"] or "")}</span>')
+        parts.append(
+            f'<div class="sample">{_mark(g["active"])} <span class="badge">'
+            f'{html.escape(g["generator"] or "")} #{g["sample_index"]} max {_fmt(g["max_activation"])}{share}'
+            f"</span>{sample_flags}{body}</div>")
+    parts.append("</div>")
+    return "".join(parts)
 
 
 def write_user_file(path: str | Path, text: str) -> Path:
@@ -169,5 +316,6 @@ def write_user_file(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_html(con: duckdb.DuckDBPyConnection, path: str | Path, generators: Sequence[str] | None = None) -> Path:
-    return write_user_file(path, render_html(con, generators))
+def write_html(con: duckdb.DuckDBPyConnection, path: str | Path, generators: Sequence[str] | None = None, *,
+               store: Store | None = None) -> Path:
+    return write_user_file(path, render_html(con, generators, store=store))

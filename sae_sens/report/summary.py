@@ -14,7 +14,8 @@ value (the same distribution as resampling indices, at a cost independent of n).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -149,10 +150,54 @@ def _keys(by: Sequence[str]) -> list[str]:
     return keys
 
 
-def _where(generators: Sequence[str] | None) -> tuple[str, list[str]]:
+def _where(generators: Sequence[str] | None, first: int = 1) -> tuple[str, list[str]]:
+    """A generator filter with numbered parameters ``$first, ...``."""
     if not generators:
         return "", []
-    return f"WHERE f.generator IN ({', '.join('?' for _ in generators)})", list(generators)
+    marks = ", ".join(f"${first + i}" for i in range(len(generators)))
+    return f"WHERE f.generator IN ({marks})", list(generators)
+
+
+# A generated sample that looks like the generator's preamble rather than a text with the pattern:
+# it opens with an assent ("Sure", "Certainly", "OK"), announces samples ("Here are 11 samples that
+# match…", "Below are the texts"), or is one short line ending with a colon. A heuristic: it reads
+# the text's opening only, and flags, never drops. The same RE2/Python pattern runs in DuckDB.
+PREAMBLE_PATTERN = (
+    r"(?i)^\W*(?:(?:sure|certainly|of course|okay|ok)\b"
+    r"|[^\n]{0,80}\b(?:here (?:are|is)|below (?:are|is)|the following)\b[^\n]{0,80}"
+    r"\b(?:samples?|examples?|texts?|sentences?|passages?|paragraphs?)\b"
+    r"|[^\n]{0,100}:\s*$)"
+)
+
+
+def looks_like_preamble(text: str | None) -> bool:
+    """Whether a generated sample looks like preamble rather than text (see ``PREAMBLE_PATTERN``)."""
+    import re
+
+    return bool(text) and re.search(PREAMBLE_PATTERN, text or "") is not None
+
+
+def per_feature_sql(where: str = "") -> str:
+    """One row per run × SAE × generator × feature: feature_stats with the SAE's description, the
+    generator's parse method for the feature (``parse_method``; ``fallback_parse`` when the answer
+    ignored the separator) and the number of its samples that look like preamble. Takes the
+    ``PREAMBLE_PATTERN`` as its first parameter."""
+    return f"""
+        SELECT f.*, s.model, s.width, s.architecture, s.sparsity, s.layer,
+               q.parse_method, coalesce(q.fallback_parse, false) AS fallback_parse,
+               coalesce(p.preamble_samples, 0) AS preamble_samples
+        FROM feature_stats f LEFT JOIN saes s USING (run, sae)
+        LEFT JOIN (SELECT run, sae, generator, feature_index,
+                          string_agg(DISTINCT parse_method, ',' ORDER BY parse_method) AS parse_method,
+                          bool_or(parse_method NOT IN ('separator', 'table')) AS fallback_parse
+                   FROM queries WHERE status <> 'error' GROUP BY ALL) q
+            USING (run, sae, generator, feature_index)
+        LEFT JOIN (SELECT run, sae, generator, feature_index,
+                          count(*) FILTER (WHERE regexp_matches(text, $1)) AS preamble_samples
+                   FROM generations GROUP BY ALL) p
+            USING (run, sae, generator, feature_index)
+        {where}
+    """
 
 
 def summarize(
@@ -165,33 +210,48 @@ def summarize(
 ) -> pa.Table:
     """Per run × SAE × generator (or per ``by`` keys): features scored, mean generated sensitivity
     with a 95% bootstrap interval over features, mean original sensitivity (re-tokenised text and
-    exact window), share of features below 0.5, and what the SAE is (model, width, ...).
+    exact window), share of features below 0.5, the fewest and most samples per feature (``n_min``,
+    ``n_max``), features whose generator ignored the separator (``fallback_parse``), samples that
+    look like preamble, and what the SAE is (model, width, ...).
 
-    Grouped summaries (``by``) pool the features of every SAE in the group.
+    Grouped summaries (``by``) pool features, and count each feature of an SAE once: where a group
+    holds several rows of one feature (several generators, or runs, not among the keys), the
+    feature's sensitivities are averaged first (``generators`` says how many were in the group).
     """
     keys = _keys(by)
-    shown = keys + [d for d in DESCRIBE if d not in keys] if keys == list(DEFAULT_KEYS) else keys
-    key_cols = ", ".join(keys)
-    where, params = _where(generators)
-    # the per-SAE description columns are constant within a default group: any_value picks it
-    extra = [d for d in shown if d not in keys]
+    default = keys == list(DEFAULT_KEYS)
+    shown = keys + [d for d in DESCRIBE if d not in keys] if default else keys
+    where, params = _where(generators, first=2)  # $1 is the preamble pattern
+    # the unit: one feature of one SAE (per the keys too); rows of it not told apart by the keys are averaged
+    unit = list(dict.fromkeys([*keys, "sae", "feature_index"]))
+    extra = [d for d in shown if d not in keys]  # constant within a default group: any_value picks it
     sql = f"""
-        WITH fs AS (
-            SELECT f.*, s.model, s.width, s.architecture, s.sparsity, s.layer
-            FROM feature_stats f LEFT JOIN saes s USING (run, sae) {where}
+        WITH per AS ({per_feature_sql(where)}),
+        units AS (
+            SELECT {', '.join(unit)}{''.join(f', any_value({d}) AS {d}' for d in extra)},
+                avg(generated_sensitivity) AS gs, avg(original_sensitivity) AS os,
+                avg(original_sensitivity_window) AS ow,
+                min(n_generated) FILTER (WHERE generated_sensitivity IS NOT NULL) AS n_min,
+                max(n_generated) FILTER (WHERE generated_sensitivity IS NOT NULL) AS n_max,
+                bool_or(fallback_parse) AS fallback_parse, sum(preamble_samples) AS preamble_samples,
+                list(DISTINCT generator) AS gens
+            FROM per GROUP BY {', '.join(unit)}
         )
-        SELECT {key_cols}{''.join(f', any_value({d}) AS {d}' for d in extra)},
-            {'' if keys == list(DEFAULT_KEYS) else 'count(DISTINCT (run, sae)) AS saes, '}
-            count(generated_sensitivity) AS features,
-            avg(generated_sensitivity) AS sensitivity,
-            avg(original_sensitivity) AS original_sensitivity,
-            avg(original_sensitivity_window) AS original_sensitivity_window,
-            avg((generated_sensitivity < 0.5)::DOUBLE) AS share_below_half,
-            list(generated_sensitivity)
-                FILTER (WHERE generated_sensitivity IS NOT NULL) AS _values
-        FROM fs GROUP BY {key_cols} ORDER BY {key_cols}
+        SELECT {', '.join(keys)}{''.join(f', any_value({d}) AS {d}' for d in extra)},
+            {'' if default else 'count(DISTINCT sae) AS saes, '}
+            {'' if 'generator' in keys else 'len(list_distinct(flatten(list(gens)))) AS generators, '}
+            count(gs) AS features,
+            avg(gs) AS sensitivity,
+            avg(os) AS original_sensitivity,
+            avg(ow) AS original_sensitivity_window,
+            avg((gs < 0.5)::DOUBLE) AS share_below_half,
+            min(n_min) AS n_min, max(n_max) AS n_max,
+            count(*) FILTER (WHERE fallback_parse) AS fallback_parse,
+            sum(preamble_samples)::BIGINT AS preamble_samples,
+            list(gs) FILTER (WHERE gs IS NOT NULL) AS _values
+        FROM units GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}
     """
-    table = query(con, sql, params)
+    table = query(con, sql, [PREAMBLE_PATTERN, *params])
     values = table.column("_values").combine_chunks()
     lengths = values.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
     flat = values.flatten().to_numpy(zero_copy_only=False)
@@ -205,13 +265,38 @@ def summarize(
                         + [c for c in table.column_names if c not in shown])
 
 
+def summary_warnings(table: pa.Table) -> list[str]:
+    """What a reader must know before comparing the rows of a summary: rows over different numbers of
+    features or of samples per feature, features averaged over several generators, preamble samples."""
+    rows = table.to_pylist()
+    out = []
+    feats = sorted({r["features"] for r in rows if r.get("features")})
+    if len(feats) > 1:
+        out.append(f"rows compare different numbers of features ({feats[0]} to {feats[-1]}): "
+                   "intervals of smaller rows are wider")
+    n_lo = [r["n_min"] for r in rows if r.get("n_min") is not None]
+    n_hi = [r["n_max"] for r in rows if r.get("n_max") is not None]
+    if n_lo and min(n_lo) != max(n_hi):
+        out.append(f"features have different numbers of generated samples (n = {min(n_lo)} to {max(n_hi)}; "
+                   "columns n_min, n_max): sensitivities of small n are coarse")
+    if any((r.get("generators") or 0) > 1 for r in rows):
+        out.append("each feature is counted once per row: where several generators (or runs) scored it, "
+                   "its sensitivity is their mean (--by generator shows them apart)")
+    pre = sum(r.get("preamble_samples") or 0 for r in rows)
+    if pre:
+        out.append(f"{pre} generated samples look like preamble rather than text (column preamble_samples); "
+                   "they were scored as samples")
+    return out
+
+
 @dataclass
 class Comparison:
     dimension: str  # sae | generator | run
     a: str
     b: str
-    rows: pa.Table  # per shared feature: the other keys, feature_index, a, b, diff (b - a)
+    rows: pa.Table  # SAEs: per side and their difference; else per shared feature: a, b, diff (b - a)
     summary: str
+    warnings: list[str] = field(default_factory=list)
 
 
 def _dimension(con: duckdb.DuckDBPyConnection, a: str, b: str) -> str:
@@ -232,6 +317,81 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def difference_test(a: np.ndarray, b: np.ndarray, *, n_resamples: int = N_RESAMPLES,
+                    seed: int = 0) -> tuple[float, float, float, float]:
+    """(mean(b) - mean(a), its 95% bootstrap interval, two-sided permutation p-value).
+
+    The interval resamples each side's features independently; the p-value is the share of
+    ``n_resamples`` random relabellings of the pooled features whose |difference| is at least the
+    observed one, counting the observed labelling (so it is never 0).
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if not a.size or not b.size:
+        return (float("nan"),) * 4  # type: ignore[return-value]
+    rng = np.random.default_rng(seed)
+    observed = float(b.mean() - a.mean())
+    boot = rng.choice(b, (n_resamples, b.size)).mean(axis=1) - rng.choice(a, (n_resamples, a.size)).mean(axis=1)
+    low, high = np.quantile(boot, [0.025, 0.975])
+    perm = rng.permuted(np.tile(np.concatenate([a, b]), (n_resamples, 1)), axis=1)
+    diffs = perm[:, a.size:].mean(axis=1) - perm[:, :a.size].mean(axis=1)
+    p = (1 + int((np.abs(diffs) >= abs(observed) - 1e-12).sum())) / (n_resamples + 1)
+    return observed, float(low), float(high), p
+
+
+def _compare_saes(con: duckdb.DuckDBPyConnection, a: str, b: str, n_resamples: int, seed: int) -> Comparison:
+    """Two SAEs' latents are different features: compare their distributions, per generator both share
+    (each feature once, averaged over runs), or over all generators (averaged per feature) if none."""
+    units = query(con, """
+        SELECT sae, generator, feature_index, avg(generated_sensitivity) AS v,
+               min(n_generated) AS n_min, max(n_generated) AS n_max
+        FROM feature_stats WHERE sae IN (?, ?) AND generated_sensitivity IS NOT NULL
+        GROUP BY ALL
+    """, [a, b]).to_pylist()
+    gens = {side: {u["generator"] for u in units if u["sae"] == side} for side in (a, b)}
+    shared = sorted(gens[a] & gens[b])
+    warnings = []
+    if not shared:
+        warnings.append(f"{a} and {b} share no generator: each feature's sensitivity is averaged over its "
+                        "generators, so the difference mixes SAE and generator")
+        pooled: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for u in units:
+            pooled.setdefault((u["sae"], u["feature_index"]), []).append(u)
+        units = [{"sae": k[0], "generator": "(all)", "feature_index": k[1],
+                  "v": float(np.mean([x["v"] for x in us])), "n_min": min(x["n_min"] for x in us),
+                  "n_max": max(x["n_max"] for x in us)} for k, us in pooled.items()]
+        shared = ["(all)"]
+    rows: list[dict[str, Any]] = []
+    parts = []
+    n_seen: set[int] = set()
+    for g in shared:
+        side_vals, side_units = {}, {}
+        for side in (a, b):
+            side_units[side] = [u for u in units if u["sae"] == side and u["generator"] == g]
+            side_vals[side] = np.array([u["v"] for u in side_units[side]], dtype=float)
+        low, high = bootstrap_mean_ci(np.r_[np.zeros(side_vals[a].size), np.ones(side_vals[b].size)].astype(np.int64),
+                                      np.r_[side_vals[a], side_vals[b]], 2, n_resamples=n_resamples, seed=seed)
+        for i, side in enumerate((a, b)):
+            us = side_units[side]
+            n_seen |= {u["n_min"] for u in us} | {u["n_max"] for u in us}
+            rows.append({"generator": g, "sae": side, "features": len(us), "sensitivity": float(side_vals[side].mean()),
+                         "ci_low": float(low[i]), "ci_high": float(high[i]),
+                         "n_min": min(u["n_min"] for u in us), "n_max": max(u["n_max"] for u in us), "p_value": None})
+        d, dlo, dhi, p = difference_test(side_vals[a], side_vals[b], n_resamples=n_resamples, seed=seed)
+        rows.append({"generator": g, "sae": "b - a", "features": None, "sensitivity": d, "ci_low": dlo,
+                     "ci_high": dhi, "n_min": None, "n_max": None, "p_value": p})
+        parts.append(f"{g}: b - a = {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}], permutation p = {p:.3g} "
+                     f"({side_vals[a].size} vs {side_vals[b].size} features)")
+    if len(n_seen) > 1:
+        warnings.append(f"features have different numbers of generated samples (n = {min(n_seen)} to "
+                        f"{max(n_seen)}): sensitivities of small n are coarse")
+    schema = pa.schema([("generator", pa.string()), ("sae", pa.string()), ("features", pa.int64()),
+                        ("sensitivity", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+                        ("n_min", pa.int64()), ("n_max", pa.int64()), ("p_value", pa.float64())])
+    return Comparison("sae", a, b, pa.Table.from_pylist(rows, schema=schema),
+                      f"compare SAEs a={a} vs b={b} (distributions over their own features): " + "; ".join(parts),
+                      warnings)
+
+
 def compare(
     con: duckdb.DuckDBPyConnection,
     a: str,
@@ -240,18 +400,25 @@ def compare(
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
 ) -> Comparison:
-    """Two SAEs, two generators or two runs side by side, per feature they share (joined on the
-    other keys and feature_index), plus a one-line summary with each side's mean over all its features."""
+    """Two generators or two runs side by side, per feature they share (joined on the other keys and
+    feature_index), plus a one-line summary with each side's mean over all its features.
+
+    Two SAEs have different latents (feature 3 of one is unrelated to feature 3 of the other), so
+    they are compared as distributions: each side's mean and interval and the difference of means
+    with a bootstrap interval and a permutation test (``difference_test``)."""
     if a == b:
         raise UsageError("--compare needs two different names", "e.g. --compare py_4k_topk_s0 py_4k_relu_s0")
     dim = _dimension(con, a, b)
+    if dim == "sae":
+        return _compare_saes(con, a, b, n_resamples, seed)
     others = [k for k in ("run", "sae", "generator") if k != dim]
     on = " AND ".join(f"x.{k} = y.{k}" for k in [*others, "feature_index"])
     label_a, label_b = (a, b) if a != "diff" and b != "diff" else (f"{a} (a)", f"{b} (b)")
     rows = query(con, f"""
         SELECT {', '.join(f'x.{k}' for k in others)}, x.feature_index,
             x.generated_sensitivity AS {_ident(label_a)}, y.generated_sensitivity AS {_ident(label_b)},
-            y.generated_sensitivity - x.generated_sensitivity AS diff
+            y.generated_sensitivity - x.generated_sensitivity AS diff,
+            x.n_generated AS n_a, y.n_generated AS n_b
         FROM feature_stats x JOIN feature_stats y ON {on}
         WHERE x.{dim} = ? AND y.{dim} = ?
         ORDER BY {', '.join(f'x.{k}' for k in others)}, x.feature_index
@@ -276,4 +443,11 @@ def compare(
         )
     else:
         parts.append("no shared features")
-    return Comparison(dim, a, b, rows, f"compare {dim}s a={a} vs b={b}: " + "; ".join(parts))
+    warnings = []
+    paired = [(x, y) for x, y, d in zip(*(rows.column(c).to_pylist() for c in ("n_a", "n_b", "diff")), strict=True)
+              if d is not None]
+    if any(x != y for x, y in paired):
+        unequal = sum(x != y for x, y in paired)
+        warnings.append(f"{unequal} of {len(paired)} shared features have different numbers of generated "
+                        "samples on the two sides (columns n_a, n_b)")
+    return Comparison(dim, a, b, rows, f"compare {dim}s a={a} vs b={b}: " + "; ".join(parts), warnings)

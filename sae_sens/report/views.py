@@ -8,11 +8,15 @@ it has run, and a query never fails only because a stage is missing.
 ``saes`` (what each SAE is: model, width, architecture, sparsity, ...) and ``runs`` / ``stages``
 (status of each stage) come from the manifests, which are small JSON files; they are read once
 per connection, into Arrow tables registered with DuckDB.
+
+SQL over the store is read-only and stays inside it: user SQL (``query``) may only be SELECT-like
+statements (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN), checked with DuckDB's own
+parser, and every connection is locked down after its views exist: no file access outside the store,
+no extension installs, no changing settings (``lockdown_settings``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -26,7 +30,7 @@ import pyarrow.parquet as pq
 
 from ..errors import MissingTableError, SqlError, UsageError
 from ..schemas import SCHEMAS
-from ..store import MANIFEST, Store, sae_slug
+from ..store import MANIFEST, Store, read_manifest
 
 TABLE_VIEWS = ("features", "latents", "examples", "candidates", "queries", "generations", "scores", "feature_stats")
 META_VIEWS = ("saes", "runs", "stages")
@@ -144,7 +148,7 @@ class Scope:
         out = []
         for rd in self.run_dirs(store):
             if self.saes is not None:
-                out += [rd / sae_slug(s) for s in self.saes]
+                out += [store.sae_dir(rd.name, s) for s in self.saes]
             elif rd.is_dir():
                 out += sorted(p for p in rd.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
         return [d for d in out if d.is_dir()]
@@ -176,12 +180,13 @@ def _empty_select(schema: pa.Schema) -> str:
     return f"SELECT {cols} WHERE false"
 
 
-def table_view_sql(store: Store, table: str, scope: Scope, sae_dirs: Sequence[Path]) -> str:
-    """``CREATE VIEW <table>`` over the store's Parquet files (an empty typed view when none exist)."""
+def table_view_sql(store: Store, table: str, scope: Scope, sae_dirs: Sequence[Path], *, explicit: bool = False) -> str:
+    """``CREATE VIEW <table>`` over the store's Parquet files (an empty typed view when none exist);
+    ``explicit`` lists the files instead of a glob (for a connection allowed only those paths)."""
     schema = pa.schema([("run", pa.string()), ("sae", pa.string()), *SCHEMAS[table]])
     files = (d / f"{table}.parquet" for d in sae_dirs)
     body = _empty_select(schema)
-    if scope.filtered:
+    if scope.filtered or explicit:
         source = ", ".join(_sql_str(str(f.resolve())) for f in files if f.exists())
         source = f"[{source}]" if source else ""
     elif any(f.exists() for f in files):  # a glob: sees SAEs added later, and reads well in `sae-sens sql`
@@ -200,8 +205,9 @@ def read_manifests(sae_dirs: Sequence[Path]) -> Manifests:
     out = []
     for d in sae_dirs:
         path = d / MANIFEST
-        if path.exists():
-            out.append((path, json.loads(path.read_text())))
+        data = read_manifest(path)  # a damaged one is a one-line error naming it
+        if data is not None:
+            out.append((path, data))
     return out
 
 
@@ -274,8 +280,8 @@ def _check_scope(store: Store, scope: Scope, dirs: Sequence[Path]) -> None:
         if not store.run_dir(run).is_dir():
             raise UsageError(f"no run {run!r} in store {store.root}",
                              f"runs there: {', '.join(store.runs()) or 'none yet'}")
-    found = {d.name for d in dirs}
-    missing = [s for s in scope.saes or () if sae_slug(s) not in found]
+    found = set(dirs)
+    missing = [s for s in scope.saes or () if not any(store.sae_dir(rd.name, s) in found for rd in scope.run_dirs(store))]
     if missing:
         known = sorted({sae for _, sae in store.iter_run_saes()})
         raise UsageError(f"no SAE {', '.join(map(repr, missing))} in store {store.root}"
@@ -283,7 +289,8 @@ def _check_scope(store: Store, scope: Scope, dirs: Sequence[Path]) -> None:
                          f"SAEs there: {', '.join(known) or 'none yet'}")
 
 
-def _view_statements(store: Store, scope: Scope, status: bool) -> tuple[list[str], dict[str, pa.Table]]:
+def _view_statements(store: Store, scope: Scope, status: bool, *,
+                     explicit: bool = False) -> tuple[list[str], dict[str, pa.Table]]:
     """The table views' SQL, and the manifest-derived tables (saes; runs and stages if ``status``)."""
     dirs = scope.sae_dirs(store)
     _check_scope(store, scope, dirs)
@@ -291,7 +298,44 @@ def _view_statements(store: Store, scope: Scope, status: bool) -> tuple[list[str
     meta = {"saes": saes_table(manifests)}
     if status:
         meta["runs"], meta["stages"] = stage_tables(store, manifests)
-    return [table_view_sql(store, t, scope, dirs) for t in TABLE_VIEWS], meta
+    return [table_view_sql(store, t, scope, dirs, explicit=explicit) for t in TABLE_VIEWS], meta
+
+
+# What user SQL may be: statements that only read (DESCRIBE, SHOW, SUMMARIZE and FROM-first parse as SELECT).
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
+def lockdown_settings(*, directories: Sequence[Path] = (), paths: Sequence[Path] = (), lock: bool = True) -> list[str]:
+    """SET statements that confine a connection (ours, or the duckdb CLI's through its init file): files
+    only under ``directories`` or exactly ``paths``, no extension installs. Run them after the views are
+    defined. DuckDB refuses to re-enable external access or widen the allowed paths afterwards;
+    ``lock`` also locks every other setting (not for the duckdb CLI, which sets some after its init)."""
+    out = []
+    if directories:
+        out.append(f"SET allowed_directories = [{', '.join(_sql_str(str(d.resolve()) + '/') for d in directories)}]")
+    if paths:
+        out.append(f"SET allowed_paths = [{', '.join(_sql_str(str(p.resolve())) for p in paths)}]")
+    return out + [
+        "SET autoinstall_known_extensions = false",
+        "SET enable_external_access = false",
+    ] + (["SET lock_configuration = true"] if lock else [])
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse, with one line, any statement that is not a read: COPY, ATTACH, INSTALL/LOAD, CREATE,
+    DROP, INSERT, SET, EXPORT, ... (parsed by DuckDB itself, so comments and case do not matter)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise sql_error(e) from None
+    for st in statements:
+        kind = st.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            words = re.sub(r"--[^\n]*|/\*.*?\*/", " ", st.query, flags=re.S).split()
+            verb = words[0].upper() if words else kind
+            raise SqlError(f"{verb} is not allowed: SQL over the store is read-only",
+                           "use SELECT (or DESCRIBE, SHOW, SUMMARIZE); to save a result pass --output FILE "
+                           "or --format csv")
 
 
 def connect(
@@ -315,6 +359,8 @@ def connect(
     for name, table in meta.items():
         con.register(f"_{name}_arrow", table)
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _{name}_arrow")
+    for sql in lockdown_settings(directories=[store.root]):
+        con.execute(sql)
     return con
 
 
@@ -322,13 +368,19 @@ def write_init_sql(store: Store, folder: Path, runs: Sequence[str] | None = None
                    saes: Sequence[str] | None = None) -> Path:
     """An init script for the ``duckdb`` CLI defining the same views as ``connect`` (the manifest
     tables are written next to it as Parquet, since the CLI cannot see Python objects)."""
-    statements, meta = _view_statements(store, Scope.of(runs, saes), status=True)
+    scope = Scope.of(runs, saes)
+    statements, meta = _view_statements(store, scope, status=True, explicit=True)
     folder.mkdir(parents=True, exist_ok=True)
     lines = [sql + ";" for sql in statements]
+    files = [d / f"{t}.parquet" for d in scope.sae_dirs(store) for t in TABLE_VIEWS]
     for name, table in meta.items():
         pq.write_table(table, folder / f"{name}.parquet")
         source = _sql_str(str(folder / f"{name}.parquet"))
         lines.append(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({source});")
+        files.append(folder / f"{name}.parquet")
+    # the CLI reads exactly these files and nothing else (no directory is allowed, so no new file
+    # can be created next to them); statements are not filtered there, unlike ``query``
+    lines += [sql + ";" for sql in lockdown_settings(paths=[f for f in files if f.exists()], lock=False)]
     path = folder / "init.sql"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -369,6 +421,7 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None
     """Run SQL over the views; DuckDB errors become ``SqlError`` (one clear line)."""
     if not sql.strip():
         raise SqlError("empty SQL query", 'pass a query, e.g. --sql "SELECT * FROM saes"')
+    check_read_only(sql)
     try:
         rel = con.sql(sql, params=list(params) if params else None)
         return pa.table({}) if rel is None else rel.to_arrow_table()
