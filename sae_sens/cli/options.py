@@ -25,6 +25,20 @@ def check_sae_names(ctx: typer.Context, names: list[str] | None) -> list[str] | 
     return names
 
 
+def check_unstored_sae_names(store: Path | None, names: list[str]) -> None:
+    """For commands that read an SAE's tables first (score, generate): a name the store holds is
+    checked by the stage itself (a damaged table, a missing one); any other must at least resolve,
+    so a typo fails at once with the nearest names, before torch is imported."""
+    from ..names import resolve
+    from ..store import Store
+
+    st = Store(store)
+    runs = st.runs()
+    for name in names:
+        if not any(st.has_table(r, name, "examples") for r in runs):
+            resolve(name)
+
+
 def complete_sae_names(incomplete: str) -> list[str]:
     """Shell completion of ``--sae``: the SAEBench grid and packaged SAEs (GemmaScope names need an L0)."""
     from ..names import packaged_names, saebench_names
@@ -55,10 +69,11 @@ SaeOpt = Annotated[
     typer.Option("--sae", "-s", help="SAE name or folder; repeat for several (e.g. py_4k_topk_s0).", show_default=False,
                  callback=check_sae_names, autocompletion=complete_sae_names),
 ]
-# generate never loads the SAE: any name that has examples in the store will do
+# for commands that start from the store's tables (see check_unstored_sae_names)
 StoredSaeOpt = Annotated[
     list[str],
-    typer.Option("--sae", "-s", help="SAE name (as collected into the store); repeat for several.", show_default=False),
+    typer.Option("--sae", "-s", help="SAE name (as collected into the store); repeat for several.", show_default=False,
+                 autocompletion=complete_sae_names),
 ]
 OptionalSaeOpt = Annotated[
     list[str] | None,

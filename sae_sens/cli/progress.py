@@ -42,13 +42,15 @@ class _Task:
     done: int = 0
     info: str = ""
     finished: bool = field(default=False)
+    lines: int = 0  # status lines written
 
 
 class LineProgress:
     """A ``ProgressSink`` that writes a line per task every ``interval`` seconds: done/total, rate, ETA.
 
-    Also a line when a task starts and when it ends, and every ``log`` message as it comes, so a log
-    file shows at any moment what the run is doing and how long it has left. Used as a context
+    A task that takes longer than ``interval`` gets a line every ``interval`` seconds and one when it
+    ends; a quicker one stays silent (a short command's log is its result, or its one error line).
+    Every ``log`` message ("loading model …", warnings) is written as it comes. Used as a context
     manager, a background thread also writes the line of a running task that has not advanced for
     ``interval`` seconds (one slow batch, a long generation), so the log never goes quiet.
     """
@@ -86,7 +88,7 @@ class LineProgress:
             for name, t in self._tasks.items():
                 complete = t.total is not None and t.done >= t.total
                 if not t.finished and not complete and now - t.last_line >= self._interval:
-                    t.last_line = now
+                    t.last_line, t.lines = now, t.lines + 1
                     self._write(self._status(name, t, now))
 
     def _write(self, line: str) -> None:
@@ -110,7 +112,6 @@ class LineProgress:
         with self._lock:
             now = self._clock()
             self._tasks[task] = _Task(total=total, started=now, last_line=now)
-            self._write(f"{task}: started" + (f", {total:,} to do" if total is not None else ""))
 
     def advance(self, task: str, n: int = 1, info: str = "") -> None:
         with self._lock:
@@ -122,7 +123,7 @@ class LineProgress:
                 t.info = info
             now = self._clock()
             if now - t.last_line >= self._interval:
-                t.last_line = now
+                t.last_line, t.lines = now, t.lines + 1
                 self._write(self._status(task, t, now))
 
     def finish(self, task: str) -> None:
@@ -133,7 +134,8 @@ class LineProgress:
             t.finished = True
             if t.total is not None:
                 t.done = max(t.done, t.total)
-            self._write(f"{task}: finished {t.done:,} in {_duration(self._clock() - t.started)}")
+            if t.lines:  # it was long enough to report on: say that it ended
+                self._write(f"{task}: finished {t.done:,} in {_duration(self._clock() - t.started)}")
 
     def log(self, message: str) -> None:
         self._write(_plain(message))
