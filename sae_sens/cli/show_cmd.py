@@ -127,6 +127,8 @@ def _num(v: Any, digits: int = 3) -> str:
 
 def generator_flags(view: FeatureView, generator: str, stats: dict[str, Any] | None) -> list[str]:
     """What a reader should know before trusting this generator's sensitivity for the feature."""
+    from ..report.summary import looks_like_preamble
+
     flags = []
     n = stats.get("n_generated") if stats else None
     if n is not None and n < FEW_SAMPLES:
@@ -137,6 +139,9 @@ def generator_flags(view: FeatureView, generator: str, stats: dict[str, Any] | N
     errors = sum(1 for q in view.queries if q["generator"] == generator and q.get("status") == "error")
     if errors:
         flags.append(f"{errors} failed request(s)")
+    preamble = sum(1 for g in view.generations if g["generator"] == generator and looks_like_preamble(g.get("text")))
+    if preamble:
+        flags.append(f"{preamble} look like preamble")
     if stats and stats.get("n_truncated"):
         flags.append(f"{stats['n_truncated']} truncated")
     if stats and stats.get("n_empty"):
@@ -190,6 +195,8 @@ def render(view: FeatureView, console: Console, *, max_samples: int | None = Non
         line.append_text(text if text is not None else console.render_str(e.get("text") or "", markup=False))
         console.print(line, soft_wrap=True)
 
+    from ..report.summary import looks_like_preamble
+
     scored = {(r["generator"], r["sample_index"]): r for r in view.scores if r.get("source") == "generated"}
     for g in gens:
         samples = sorted((s for s in view.generations if s["generator"] == g), key=lambda s: s["sample_index"])
@@ -214,6 +221,8 @@ def render(view: FeatureView, console: Console, *, max_samples: int | None = Non
                 line.append(s.get("text") or "")
             if r is not None and r.get("truncated"):
                 line.append("  [truncated]", style="yellow")
+            if looks_like_preamble(s.get("text")):
+                line.append("  [preamble?]", style="yellow")
             console.print(line, soft_wrap=True)
 
 
