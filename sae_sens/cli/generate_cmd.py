@@ -26,7 +26,6 @@ from .options import (
     StoredSaeOpt,
     StoreOpt,
     WaitOpt,
-    check_unstored_sae_names,
 )
 
 
@@ -103,7 +102,6 @@ def generate_command(
         batch_size=batch_size, device=device, dtype=dtype,
     )
     cfg.spec  # noqa: B018  (an unknown generator is a usage error before anything is read or loaded)
-    check_unstored_sae_names(store, sae)
     st = Store(store, wait=wait)
     if dry_run:
         plans = [plan_generate(st, run, s, cfg) for s in sae]

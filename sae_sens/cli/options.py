@@ -26,7 +26,7 @@ def check_sae_names(ctx: typer.Context, names: list[str] | None) -> list[str] | 
 
 
 def check_unstored_sae_names(store: Path | None, names: list[str]) -> None:
-    """For commands that read an SAE's tables first (score, generate): a name the store holds is
+    """For a command that reads an SAE's tables first and then loads it (score): a name the store holds is
     checked by the stage itself (a damaged table, a missing one); any other must at least resolve,
     so a typo fails at once with the nearest names, before torch is imported."""
     from ..names import resolve
@@ -69,7 +69,8 @@ SaeOpt = Annotated[
     typer.Option("--sae", "-s", help="SAE name or folder; repeat for several (e.g. py_4k_topk_s0).", show_default=False,
                  callback=check_sae_names, autocompletion=complete_sae_names),
 ]
-# for commands that start from the store's tables (see check_unstored_sae_names)
+# for commands that start from the store's tables: generate never loads the SAE (a name the store
+# lacks is "run collect first"); score checks the names it lacks with check_unstored_sae_names
 StoredSaeOpt = Annotated[
     list[str],
     typer.Option("--sae", "-s", help="SAE name (as collected into the store); repeat for several.", show_default=False,
