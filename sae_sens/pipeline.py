@@ -1,18 +1,19 @@
-"""All four stages for one or many SAEs, as the original tool's ``run.py`` does.
+"""All four stages for one or many SAEs, as the original tool's ``run.py`` does, on an executor.
 
-Stages run stage-major (collect every SAE, then generate, then score) so that each model is
-loaded once: the subject model for collect and score, the generator model for ``hf:`` generation.
-SAEs of one model and hook share a single collect pass over the corpus.
-Every stage skips work that is already fresh, so rerunning an interrupted or finished ``run`` is cheap.
+The local executor (default) runs stages stage-major (collect every SAE, then generate, then score)
+so that each model is loaded once; the Ray executor runs each (model, hook) group of SAEs as one
+task on a cluster. Either way SAEs of one model and hook share a single collect pass over the
+corpus, and every stage skips work that is already fresh, so rerunning an interrupted or finished
+``run`` is cheap.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .executors import Executor, LocalExecutor, SaeResult, Work
 from .progress import NULL_PROGRESS, ProgressSink
-from .stages import ModelOptions, StageOutcome
+from .stages import ModelOptions
 from .store import Store
 
 if TYPE_CHECKING:  # the stage modules import torch; load them only when a run starts
@@ -20,13 +21,7 @@ if TYPE_CHECKING:  # the stage modules import torch; load them only when a run s
     from .generate import GenerateConfig
     from .score import ScoreConfig
 
-
-@dataclass
-class PipelineResult:
-    sae: str
-    collect: StageOutcome
-    generate: StageOutcome
-    score: StageOutcome
+PipelineResult = SaeResult  # .sae, .collect, .generate, .score
 
 
 def run_pipeline(
@@ -40,12 +35,15 @@ def run_pipeline(
     *,
     force: bool = False,
     progress: ProgressSink = NULL_PROGRESS,
+    executor: Executor | None = None,
 ) -> list[PipelineResult]:
-    from .collect import run_collect_many
-    from .generate import run_generate_many
-    from .score import run_score
+    """collect -> generate -> score for ``saes``; one result per SAE, in order."""
+    work = Work(run, tuple(saes), ("collect", "generate", "score"), opts, collect_cfg, generate_cfg, score_cfg, force)
+    return run_work(store, work, executor, progress)
 
-    collected = run_collect_many(store, run, saes, collect_cfg, opts, force=force, progress=progress)
-    generated = run_generate_many(store, run, saes, generate_cfg, force=force, progress=progress)
-    scored = [run_score(store, run, s, score_cfg, opts, force=force, progress=progress) for s in saes]
-    return [PipelineResult(*row) for row in zip(saes, collected, generated, scored, strict=True)]
+
+def run_work(store: Store, work: Work, executor: Executor | None = None,
+             progress: ProgressSink = NULL_PROGRESS) -> list[SaeResult]:
+    """Any subset of the stages (``sae-sens collect`` / ``score`` with ``--executor``), in order.
+    Results are per distinct SAE, in the order first given."""
+    return (executor or LocalExecutor()).execute(store, work, progress)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     except SaeSensError as e:
         if debug:
             raise
-        from rich.markup import escape
+        from rich.markup import escape  # messages may hold brackets: pip install 'sae-sens[ray]'
 
         _err(escape(e.one_line()))
         sys.exit(e.exit_code)

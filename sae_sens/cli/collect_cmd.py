@@ -9,6 +9,7 @@ import typer
 
 from ..errors import UsageError
 from .base import app
+from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BatchSizeOpt,
     ContextSizeOpt,
@@ -80,6 +81,10 @@ def collect_command(
     batch_size: BatchSizeOpt = 32,
     force: ForceOpt = False,
     wait: WaitOpt = True,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    gpus_per_task: GpusPerTaskOpt = 1.0,
+    saes_per_task: SaesPerTaskOpt = 0,
 ) -> None:
     """Find each feature's top activating windows and importance-weighted samples.
 
@@ -98,6 +103,7 @@ def collect_command(
     from ..stages import ModelOptions
     from ..store import Store
     from .base import RichProgress
+    from .executor_options import make_executor
     from .output import emit
 
     if not sae:
@@ -108,6 +114,9 @@ def collect_command(
     )
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     st = Store(store, wait=wait)
+    runner = make_executor(executor, address, gpus_per_task, saes_per_task)
+    if (from_saebench or saebench_file) and runner.name != "local":
+        raise UsageError("--from-saebench imports files and runs no model", "drop --executor")
     rows = []
     with RichProgress() as progress:
         if from_saebench or saebench_file:
@@ -116,8 +125,16 @@ def collect_command(
                         for name in sae]
         else:
             # SAEs of one model and hook share a single pass over the corpus
-            outcomes = [(out, "reused" if out.extra.get("pass_skipped") else "ran")
-                        for out in run_collect_many(st, run, sae, cfg, opts, force=force, progress=progress)]
+            if runner.name == "local":
+                done = run_collect_many(st, run, sae, cfg, opts, force=force, progress=progress)
+            else:
+                from ..executors import Work
+                from ..pipeline import run_work
+
+                by_sae = {r.sae: r.collect for r in run_work(
+                    st, Work(run, tuple(sae), ("collect",), opts, collect_cfg=cfg, force=force), runner, progress)}
+                done = [by_sae[name] for name in sae]  # type: ignore[misc]  # collect ran for each
+            outcomes = [(out, "reused" if out.extra.get("pass_skipped") else "ran") for out in done]
         for name, (out, how) in zip(sae, outcomes, strict=True):
             if out.skipped:
                 how = "up to date"

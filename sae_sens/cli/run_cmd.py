@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import app
+from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BaseUrlOpt,
     BatchSizeOpt,
@@ -70,6 +71,10 @@ def run_command(
     max_length: MaxLengthOpt = 128,
     force: ForceOpt = False,
     wait: WaitOpt = True,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    gpus_per_task: GpusPerTaskOpt = 1.0,
+    saes_per_task: SaesPerTaskOpt = 0,
 ) -> None:
     """Run every stage (collect -> generate -> score) for one or many SAEs, then print the summary.
 
@@ -82,6 +87,10 @@ def run_command(
     Example (offline, the demo model as generator):
 
         sae-sens run --sae smol_1152_topk --corpus demo:wiki --total-tokens 100000 --features 5 --generator hf:demo:smollm2
+
+    Example (one Ray task per model and hook, on the cluster `ray start --head` made):
+
+        sae-sens run --sae py_4k_topk_s0 --sae gem_4k_topk_s0 --executor ray --address auto --gpus-per-task 1
     """
     from ..generate import GenerateConfig
     from .generate_cmd import resolve_generator
@@ -102,6 +111,7 @@ def run_command(
     from ..store import Store
     from .base import RichProgress
     from .collect_cmd import selection
+    from .executor_options import make_executor
     from .output import emit
 
     collect_cfg = CollectConfig(
@@ -111,10 +121,11 @@ def run_command(
     score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     st = Store(store, wait=wait)
+    runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     with RichProgress() as progress:
         results = run_pipeline(st, run, list(sae), collect_cfg, generate_cfg, score_cfg, opts, force=force,
-                               progress=progress)
-    stage_rows = [[r.sae] + ["up to date" if o.skipped else "ran" for o in (r.collect, r.generate, r.score)]
+                               progress=progress, executor=runner)
+    stage_rows = [[r.sae] + ["up to date" if o.skipped else "ran" for o in (r.collect, r.generate, r.score) if o]
                   for r in results]
     emit(["sae", "collect", "generate", "score"], stage_rows, title=f"run {run}")
     summary = summarize(connect(st, runs=[run], saes=list(sae), status=False),

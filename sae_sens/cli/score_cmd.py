@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import RichProgress, app
+from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BatchSizeOpt,
     DeviceOpt,
@@ -41,6 +42,10 @@ def score_command(
     generator: GeneratorOpt = None,
     force: ForceOpt = False,
     wait: WaitOpt = True,
+    executor: ExecutorOpt = "local",
+    address: AddressOpt = None,
+    gpus_per_task: GpusPerTaskOpt = 1.0,
+    saes_per_task: SaesPerTaskOpt = 0,
 ) -> None:
     """Score each SAE's generated samples (every generator, or only --generator) and original examples.
 
@@ -54,13 +59,22 @@ def score_command(
     from ..score import ScoreConfig, run_score, summarize
     from ..stages import ModelOptions
     from ..store import Store
+    from .executor_options import make_executor
     from .output import emit
 
     st = Store(store, wait=wait)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator)
-    for name in sae:
+    runner = make_executor(executor, address, gpus_per_task, saes_per_task)
+    if runner.name != "local":  # every SAE first (one task per model and hook), then the tables
+        from ..executors import Work
+        from ..pipeline import run_work
+
         with RichProgress() as progress:
-            run_score(st, run, name, cfg, opts, force=force, progress=progress)
+            run_work(st, Work(run, tuple(sae), ("score",), opts, score_cfg=cfg, force=force), runner, progress)
+    for name in sae:
+        if runner.name == "local":
+            with RichProgress() as progress:
+                run_score(st, run, name, cfg, opts, force=force, progress=progress)
         summary = summarize(st.read_table(run, name, "scores"), st.read_table(run, name, "feature_stats"))
         emit(list(COLUMNS.values()), [[row[c] for c in COLUMNS] for row in summary], "table", title=f"{run} / {name}")
