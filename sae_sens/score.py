@@ -62,6 +62,7 @@ from .stages import (
 from .store import Store, atomic_write_json, atomic_write_parquet
 
 _MARK_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+DEFAULT_RELATIVE_THRESHOLDS = (0.01, 0.1, 0.5)
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,20 @@ class ScoreConfig:
     max_length: int = 128  # tokens per scored text, BOS included; longer texts are truncated
     generator: str | None = None  # score only this generator's samples (default: all)
     chunk_tokens: int = 4096  # tokens per SAE encode call: bounds memory, never changes results
+    # thresholds as fractions of the feature's top activation: a text counts at level r when its max
+    # activation is above r * top_activation (1e-6 alone lets noise-level activations count)
+    relative_thresholds: tuple[float, ...] = DEFAULT_RELATIVE_THRESHOLDS
 
     def stage_config(self) -> dict[str, Any]:
         """What the results depend on (recorded in the manifest; chunking is not part of it)."""
-        return {"threshold": self.threshold, "max_length": self.max_length, "generator": self.generator}
+        return {"threshold": self.threshold, "max_length": self.max_length, "generator": self.generator,
+                "relative_thresholds": list(self.relative_thresholds)}
 
     def validate(self) -> None:
+        bad = [r for r in self.relative_thresholds if not 0 < r <= 1]
+        if bad:
+            raise ConfigError(f"relative thresholds must be fractions of the top activation in (0, 1], got {bad}",
+                              "e.g. --relative-thresholds 0.01,0.1,0.5")
         if self.max_length < 2:
             raise ConfigError(f"--max-length {self.max_length} leaves no token to score", "use at least 2 (BOS + 1)")
         if self.chunk_tokens < 1:
@@ -320,7 +329,7 @@ def score_tables(
     # the tokens after the BOS, so a report can highlight each one by its activation
     seq_tokens = token_strings_many(lm.tokenizer, [s[1:] for s in sequences])
     scores = _scores_table(rows, traces, top, cfg.threshold, seq_tokens)
-    stats = feature_stats(scores, generators, top, cfg.threshold)
+    stats = feature_stats(scores, generators, top, cfg.threshold, cfg.relative_thresholds)
     counts = {
         "n_rows": len(rows),
         "n_sequences": len(sequences),
@@ -352,12 +361,23 @@ def _scores_table(rows: list[_Row], traces: list[dict[int, Trace]], top: dict[in
     return make_table("scores", cols)
 
 
-def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, Any], threshold: float) -> pa.Table:
+def relative_sensitivities(maxes: Sequence[float] | np.ndarray, top: float | None, levels: Sequence[float]) -> list[float | None]:
+    """Share of ``maxes`` above ``level * top`` for each level; None without samples or a positive top."""
+    if not len(maxes) or top is None or not top > 0:
+        return [None] * len(levels)
+    m = np.asarray(maxes, dtype=np.float64)
+    return [float((m > r * top).mean()) for r in levels]
+
+
+def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, Any], threshold: float,
+                  relative: Sequence[float] = DEFAULT_RELATIVE_THRESHOLDS) -> pa.Table:
     """Per feature × generator: sensitivities (empty texts are left out of every denominator),
-    sample counts and the generated samples' mean and median max activation."""
+    sample counts, the generated samples' mean and median max activation, and sensitivities at
+    thresholds relative to the feature's top activation."""
     cols = {c: _column(scores, c) for c in ("feature_index", "source", "variant", "generator", "active",
                                             "max_activation", "truncated")}
     originals: dict[tuple[int, str], list[bool]] = {}
+    original_max: dict[int, list[float]] = {}  # text variant, as original_sensitivity
     generated: dict[tuple[int, str], list[tuple[bool, float]]] = {}
     empty: dict[tuple[int, str], int] = {}
     truncated: dict[tuple[int, str], int] = {}
@@ -365,6 +385,8 @@ def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, An
         if src == "original":
             if act is not None:
                 originals.setdefault((f, var), []).append(act)
+                if var == "text":
+                    original_max.setdefault(f, []).append(m)
             continue
         truncated[(f, g)] = truncated.get((f, g), 0) + int(tr)
         if act is None:
@@ -395,6 +417,10 @@ def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, An
                 "median_max_activation": float(np.median(maxes)) if len(maxes) else None,
                 "top_activation": top.get(f),
                 "threshold": threshold,
+                "mean_frac_of_top": float(maxes.mean() / t) if len(maxes) and (t := top.get(f)) else None,
+                "relative_thresholds": list(relative),
+                "sensitivity_relative": relative_sensitivities(maxes, top.get(f), relative),
+                "original_sensitivity_relative": relative_sensitivities(original_max.get(f, []), top.get(f), relative),
             })
     return make_table("feature_stats", out)
 

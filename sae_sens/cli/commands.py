@@ -5,6 +5,8 @@ from . import (  # noqa: F401
     demo_cmd,
     export_cmd,
     generate_cmd,
+    judge_cmd,
+    label_cmd,
     report_cmd,
     run_cmd,
     runs_cmd,

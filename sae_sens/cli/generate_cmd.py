@@ -127,12 +127,12 @@ def generate_command(
         ex = out.extra
         if not out.skipped:
             spent += ex.get("spent_usd") or 0.0
-            unpriced |= ex.get("spent_usd") is None and cfg.spec.kind != "table"
-        sent = "imported" if cfg.spec.kind == "table" else ex.get("n_requests", 0)
+            unpriced |= ex.get("spent_usd") is None and cfg.spec.kind not in ("table", "corpus")
+        sent = {"table": "imported", "corpus": "retrieved"}.get(cfg.spec.kind, ex.get("n_requests", 0))
         rows.append([s, cfg.spec.label, "skipped (fresh)" if out.skipped else "done", ex.get("n_features"),
                      out.rows.get("generations"), sent, ex.get("n_cached", 0) + ex.get("n_resumed", 0),
                      ex.get("n_retries", 0), _money(ex.get("cost_usd"))])
     emit(["sae", "generator", "status", "features", "texts", "requests", "reused", "retries", "table cost"], rows,
          title=f"generate · run {run}")
-    if cfg.spec.kind != "table":
+    if cfg.spec.kind not in ("table", "corpus"):
         console.print(f"spent this time: {'n/a (unknown price)' if unpriced else f'${spent:.4f}'}", highlight=False)

@@ -92,6 +92,15 @@ def report_command(
                             "(sensitivities always are: they get the exact bootstrap distribution).", min=10)
     ] = N_RESAMPLES,
     seed: Annotated[int, typer.Option("--seed", help="Seed of those resamples.")] = 0,
+    min_original: Annotated[float | None, typer.Option(
+        "--min-original-sensitivity", help="The paper's filter: keep only features whose own examples fire at "
+        "least this often (e.g. 0.9); prints the share of features each SAE loses.", show_default=False)] = None,
+    thresholds: Annotated[bool, typer.Option(
+        "--thresholds", help="Also show sensitivity at the thresholds relative to each feature's top activation "
+        "(score --relative-thresholds) and the mean frac_of_top.")] = False,
+    validity: Annotated[bool, typer.Option(
+        "--validity", help="Also show the thresholds table, the LLM judge's verdicts (sae-sens judge) and the "
+        "human labels (sae-sens label: accuracy, agreement with the judge).")] = False,
 ) -> None:
     """Summarise sensitivity per run × SAE × generator, regroup, compare, or query with SQL.
 
@@ -122,6 +131,11 @@ def report_command(
     st = Store(store)
     as_sql = sql is not None or sql_file is not None
     con = connect(st, run, sae, status=as_sql)
+    if min_original is not None:
+        from ..report.validity import apply_min_original
+
+        _output(apply_min_original(con, min_original), fmt if output is None else "table", None,
+                f"features kept at --min-original-sensitivity {min_original:g}")
     if as_sql:
         text = sql if sql is not None else sql_file.read_text()  # type: ignore[union-attr]
         _output(query(con, text), fmt, output)
@@ -139,9 +153,23 @@ def report_command(
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
             _output(table, fmt, output, title)
             warn(summary_warnings(table))
+            if thresholds or validity:
+                from ..report.validity import threshold_summary
+
+                _output(threshold_summary(con, generator, n_resamples=resamples, seed=seed), fmt, None,
+                        "sensitivity at thresholds relative to the top activation")
+            if validity:
+                from ..report.validity import validity_tables
+
+                for title_, table_ in validity_tables(con, generator, n_resamples=resamples, seed=seed):
+                    _output(table_, fmt, None, title_)
     if plot is not None:
         require_results(con, st)
         paths = write_plots(con, plot, generators=generator, n_resamples=resamples, seed=seed)
+        from ..report.validity import threshold_plot_path, write_threshold_plot
+
+        paths.append(write_threshold_plot(con, threshold_plot_path(plot), generators=generator,
+                                          n_resamples=resamples, seed=seed))
         err_console.print("wrote " + ", ".join(map(str, paths)))
     if html is not None:
         require_results(con, st)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
 from .base import RichProgress, app
 from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
@@ -27,6 +32,16 @@ COLUMNS = {"generator": "generator", "features": "features", "generated_sensitiv
            "samples": "samples", "truncated": "truncated", "empty": "empty"}
 
 
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``0.01,0.1,0.5`` -> (0.01, 0.1, 0.5); one clear line for anything else."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--relative-thresholds {text!r} is not a comma-separated list of numbers",
+                         "e.g. --relative-thresholds 0.01,0.1,0.5") from None
+    return tuple(sorted(set(values)))
+
+
 @app.command("score")
 def score_command(
     sae: StoredSaeOpt,
@@ -46,6 +61,9 @@ def score_command(
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 1.0,
     saes_per_task: SaesPerTaskOpt = 0,
+    relative_thresholds: Annotated[str, typer.Option(
+        "--relative-thresholds", help="Fractions of each feature's top activation at which sensitivity is "
+        "also computed (feature_stats.sensitivity_relative), comma-separated.")] = "0.01,0.1,0.5",
 ) -> None:
     """Score each SAE's generated samples (every generator, or only --generator) and original examples.
 
@@ -64,7 +82,8 @@ def score_command(
 
     st = Store(store, wait=wait)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
-    cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator)
+    cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator,
+                      relative_thresholds=parse_fractions(relative_thresholds))
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     if runner.name != "local":  # every SAE first (one task per model and hook), then the tables
         from ..executors import Work
