@@ -836,7 +836,7 @@ def run_collect_many(
         targets: dict[str, _Target] = {}
         for name in group:
             sae = saes[name]
-            lm = open_model(sae, opts)  # equal model keys: the same cached HookedLM for the whole group
+            lm = open_model(sae, opts, progress)  # equal model keys: the same cached HookedLM for the whole group
             record_sae_info(store, run, name, sae)
             targets[name] = _Target(name, sae, {**model_inputs(sae, lm), "corpus": source.fingerprint},
                                     store.checkpoint_dir(run, name, PASS_STAGE) / "state.pt")

@@ -49,7 +49,7 @@ def saebench_results_path(sae_name: str) -> str:
     m = _NAME_RE.match(sae_name)
     if not m:
         raise ConfigError(f"{sae_name!r} is not a SAEBench SAE name, so SAEBench has no examples for it",
-                          "use a name like py_4k_topk_s0 or gem_16k_jumprelu_s2, or pass --from-saebench FILE")
+                          "use a name like py_4k_topk_s0 or gem_16k_jumprelu_s2, or pass --saebench-file FILE")
     model, width, arch, trainer = m.groups()
     model_name, layer = _MODELS[model]
     folder = f"saebench_{model_name}_width-{_WIDTHS[width]}_date-0108"
@@ -109,7 +109,7 @@ def fetch_results(sae_name: str, source: str) -> Path:
     if source != HUB:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise ImportTableError(f"SAEBench results file {path} does not exist", "check the path given to --from-saebench")
+            raise ImportTableError(f"SAEBench results file {path} does not exist", "check the path given to --saebench-file")
         return path
     filename = saebench_results_path(sae_name)
     try:
@@ -119,7 +119,7 @@ def fetch_results(sae_name: str, source: str) -> Path:
                                     token=os.environ.get("HF_TOKEN") or None))
     except Exception as e:
         raise CorpusError(f"could not download {filename} from {SAEBENCH_RESULTS_REPO}: {type(e).__name__}",
-                          "check network access, or download the file and pass --from-saebench FILE") from e
+                          "check network access, or download the file and pass --saebench-file FILE") from e
 
 
 def saebench_tables(data: dict[str, Any], cfg: CollectConfig) -> tuple[pa.Table, pa.Table]:

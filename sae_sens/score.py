@@ -492,7 +492,7 @@ def run_score(
     # upstream tables first: a missing one is a clear error before any model is loaded
     tables = table_inputs(store, run, sae_name, ["examples", "generations", "features"])
     sae = open_sae(sae_name, opts, progress)
-    lm = open_model(sae, opts)
+    lm = open_model(sae, opts, progress)
     record_sae_info(store, run, sae_name, sae)
     counts: dict[str, int] = {}
     inputs = {**tables, **model_inputs(sae, lm)}

@@ -2,6 +2,8 @@
 
 from . import (  # noqa: F401
     collect_cmd,
+    demo_cmd,
+    export_cmd,
     generate_cmd,
     judge_cmd,
     label_cmd,
@@ -10,4 +12,6 @@ from . import (  # noqa: F401
     runs_cmd,
     saes_cmd,
     score_cmd,
+    show_cmd,
+    sql_cmd,
 )

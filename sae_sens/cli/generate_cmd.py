@@ -22,8 +22,8 @@ from .options import (
     MaxTokensOpt,
     MaxWorkersOpt,
     RunOpt,
-    SaeOpt,
     SamplesPerFeatureOpt,
+    StoredSaeOpt,
     StoreOpt,
     WaitOpt,
 )
@@ -48,7 +48,7 @@ def resolve_generator(generator: str | None, llm_model: str | None, from_table: 
 
 @app.command("generate")
 def generate_command(
-    sae: SaeOpt,
+    sae: StoredSaeOpt,
     store: StoreOpt = None,
     run: RunOpt = "default",
     generator: GeneratorOpt = None,
@@ -101,6 +101,7 @@ def generate_command(
         prompt_template=prompt_template, price_in=price_in, price_out=price_out, max_cost=max_cost, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype,
     )
+    cfg.spec  # noqa: B018  (an unknown generator is a usage error before anything is read or loaded)
     st = Store(store, wait=wait)
     if dry_run:
         plans = [plan_generate(st, run, s, cfg) for s in sae]

@@ -19,10 +19,11 @@ from .options import (
     MaxLengthOpt,
     ModelOpt,
     RunOpt,
-    SaeOpt,
+    StoredSaeOpt,
     StoreOpt,
     ThresholdOpt,
     WaitOpt,
+    check_unstored_sae_names,
 )
 
 # summary key -> column header
@@ -43,7 +44,7 @@ def parse_fractions(text: str) -> tuple[float, ...]:
 
 @app.command("score")
 def score_command(
-    sae: SaeOpt,
+    sae: StoredSaeOpt,
     run: RunOpt = "default",
     store: StoreOpt = None,
     model: ModelOpt = None,
@@ -72,6 +73,7 @@ def score_command(
 
     Example: sae-sens score --sae py_4k_topk_s0 --sae py_4k_relu_s0 --run pilot --batch-size 64
     """
+    check_unstored_sae_names(store, sae)  # before torch: a typo is named at once
     from ..score import ScoreConfig, run_score, summarize
     from ..stages import ModelOptions
     from ..store import Store

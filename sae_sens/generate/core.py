@@ -134,7 +134,7 @@ def fetch_answers(
         else:
             todo.append(r)
     own = backend is None and bool(todo)
-    llm: Backend = backend or (open_generator(cfg) if todo else None)  # type: ignore[assignment]  # key checked here
+    llm: Backend = backend or (open_generator(cfg, progress) if todo else None)  # type: ignore[assignment]  # key checked here
     progress.start(task, total=len(requests))
     if len(requests) > len(todo):
         progress.advance(task, len(requests) - len(todo), f"{n_resumed} resumed, {n_cached} cached")
