@@ -15,7 +15,7 @@ from openai_server import ChatServer
 
 from sae_sens.cli import main
 from sae_sens.collect import CollectConfig, run_collect
-from sae_sens.errors import PermanentGenerationError
+from sae_sens.errors import PermanentGenerationError, UsageError
 from sae_sens.generate import GenerateConfig, run_generate
 from sae_sens.judge import JudgeConfig, build_items, held_out_examples, run_judge
 from sae_sens.judge.prompts import parse_direct, parse_pair, unmarked
@@ -230,6 +230,26 @@ def test_no_held_out_examples_means_no_pairs() -> None:
                                {"g": (10, 5, 42)})
     assert [i.task for i in items] == ["direct"] * 4
     assert notes["features_without_held_out"] == [3]
+
+
+def test_max_texts_judges_the_first_texts_of_each_feature() -> None:
+    """--max-texts keeps the lowest sample indices per generator and feature; blank texts do not count."""
+    examples = make_table("examples", [{"feature_index": f, "example_index": i, "kind": "top", "text": f"a {{{{cat}}}} {i}"}
+                                       for f in (3, 4) for i in range(3)])
+    gens = make_table("generations", [{"feature_index": f, "generator": g, "sample_index": i,
+                                       "text": "" if i == 0 else f"t{i}"}
+                                      for g in ("g", "h") for f in (3, 4) for i in range(5)])
+    held = pa.table({"feature_index": pa.array([], pa.int64()), "pool": pa.array([], pa.string()),
+                     "rank": pa.array([], pa.int32()), "text": pa.array([], pa.string())})
+    cfg = JudgeConfig(judge="openai:x", base_url="http://127.0.0.1:1/v1", tasks=("direct",), max_texts=2)
+    items, _ = build_items(examples, gens, held, cfg, {"g": (10, 5, 42), "h": (10, 5, 42)})
+    assert sorted((i.generator, i.feature_index, i.sample_index) for i in items) == [
+        (g, f, s) for g in ("g", "h") for f in (3, 4) for s in (1, 2)]
+    everything, _ = build_items(examples, gens, held, JudgeConfig(judge="openai:x", base_url="http://127.0.0.1:1/v1",
+                                                                   tasks=("direct",)), {"g": (10, 5, 42), "h": (10, 5, 42)})
+    assert len(everything) == 16
+    with pytest.raises(UsageError):
+        JudgeConfig(judge="openai:x", max_texts=0)
 
 
 def test_answer_parsing() -> None:

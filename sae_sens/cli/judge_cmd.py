@@ -39,6 +39,9 @@ def judge_command(
     task: Annotated[list[str] | None, typer.Option(
         "--task", help="pair (blind pairwise test vs a held-out real example) and/or direct (does the text "
         "show the pattern?); repeat for both (default: both).", show_default=False)] = None,
+    max_texts: Annotated[int | None, typer.Option(
+        "--max-texts", help="Judge at most N generated texts per feature and generator (lowest sample "
+        "indices first): a cost cap.", min=1, show_default=False)] = None,
     base_url: BaseUrlOpt = None,
     max_workers: MaxWorkersOpt = 10,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Completion tokens per answer.", min=1)] = 128,
@@ -77,6 +80,7 @@ def judge_command(
 
     cfg = JudgeConfig(
         judge=judge, generator=generator, tasks=tuple(dict.fromkeys(task)) if task else ("pair", "direct"),
+        max_texts=max_texts,
         base_url=base_url, temperature=temperature, max_tokens=max_tokens, seed=seed, max_workers=max_workers,
         timeout=timeout, max_retries=max_retries, price_in=price_in, price_out=price_out, max_cost=max_cost,
         batch_size=batch_size, device=device, dtype=dtype,

@@ -19,6 +19,7 @@ class JudgeConfig:
     judge: str = DEFAULT_GENERATOR  # openai:<model> | hf:<id or folder>: any generate backend
     generator: str | None = None  # judge only this generator's texts (default: every generator's)
     tasks: tuple[str, ...] = TASKS  # pair: blind pairwise test; direct: does the text show the pattern?
+    max_texts: int | None = None  # judge at most this many non-blank texts per feature and generator
     base_url: str | None = None
     temperature: float = 0.0
     max_tokens: int = 128
@@ -36,6 +37,8 @@ class JudgeConfig:
     dtype: str | None = None  # hf
 
     def __post_init__(self) -> None:
+        if self.max_texts is not None and self.max_texts < 1:
+            raise UsageError(f"--max-texts must be at least 1, not {self.max_texts}", "omit it to judge every text")
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise UsageError(f"unknown judge task {', '.join(bad) or '(none)'}", f"use {' and/or '.join(TASKS)}")
@@ -61,7 +64,8 @@ class JudgeConfig:
     def manifest_config(self, prompt_hash: str) -> dict[str, Any]:
         spec = self.spec
         cfg: dict[str, Any] = {"judge": spec.label, "kind": spec.kind, "model": spec.target, "generator": self.generator,
-                               "tasks": list(self.tasks), "temperature": self.temperature,
+                               "tasks": list(self.tasks), "max_texts": self.max_texts,
+                               "temperature": self.temperature,
                                "max_tokens": self.max_tokens, "seed": self.seed, "prompts": prompt_hash}
         if spec.kind == "openai":
             cfg["base_url"] = public_url(self.base_url)

@@ -117,6 +117,7 @@ def build_items(
     no_held_out: set[tuple[str, int]] = set()
     n_blank = 0
     shown_by: dict[str, dict[int, list[str]]] = {}
+    taken: dict[tuple[str, int], int] = {}  # non-blank texts judged so far per generator and feature
     for r in gens:
         g, f, s = r["generator"], int(r["feature_index"]), int(r["sample_index"])
         if g not in shown_by:
@@ -129,6 +130,10 @@ def build_items(
         if not text:
             n_blank += 1
             continue
+        # a cost cap that keeps the lowest sample indices, so a larger cap only adds judgements
+        if cfg.max_texts is not None and taken.get((g, f), 0) >= cfg.max_texts:
+            continue
+        taken[(g, f)] = taken.get((g, f), 0) + 1
 
         def request(system: str, user: str, f: int = f) -> Request:
             key = {"judge": spec.label, "model": spec.target, "base_url": server, "system": system, "user": user,
