@@ -1,7 +1,9 @@
 """SAE names -> specs: the SAEBench grid, GemmaScope, sae_lens releases, packaged SAEs, local paths.
 
 A spec says where the weights live (hub repo + file, or a local path), which loader reads them and
-which model and hook they read. Nothing here downloads or loads weights.
+which model and hook they read. Nothing here downloads or loads weights or imports torch: the CLI
+validates names with this module before any heavy import (``sae.py`` imports from here, never the
+other way round).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from . import names
 from .errors import SaeLoadError, UnknownSaeError
 from .hashing import hash_file
 from .names import TRAINER_ARCH, SaeSpec  # noqa: F401  (re-exported: the catalogue's data types)
@@ -381,8 +382,6 @@ def _unknown_saelens(release: str, sae_id: str) -> UnknownSaeError:
 
 def resolve_sae(name: str) -> SaeSpec:
     """Turn a user-given SAE name (or path) into a spec. Unknown names list what is valid."""
-    from . import names
-
     return names.resolve(name)
 
 

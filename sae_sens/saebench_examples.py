@@ -49,7 +49,7 @@ def saebench_results_path(sae_name: str) -> str:
     m = _NAME_RE.match(sae_name)
     if not m:
         raise ConfigError(f"{sae_name!r} is not a SAEBench SAE name, so SAEBench has no examples for it",
-                          "use a name like py_4k_topk_s0 or gem_16k_jumprelu_s2, or pass --from-saebench FILE")
+                          "use a name like py_4k_topk_s0 or gem_16k_jumprelu_s2, or pass --saebench-file FILE")
     model, width, arch, trainer = m.groups()
     model_name, layer = _MODELS[model]
     folder = f"saebench_{model_name}_width-{_WIDTHS[width]}_date-0108"
@@ -83,6 +83,10 @@ def parse_generation_examples(logs: str) -> list[tuple[float, str]]:
     return rows
 
 
+def _latent(key: str, record: Any) -> int:
+    return int(str(record.get("latent", key) if isinstance(record, dict) else key))
+
+
 def parse_autointerp_results(data: dict[str, Any], n_top: int) -> list[dict[str, Any]]:
     """Example rows (feature_index, example_index, kind, max_activation, text) from a results JSON."""
     per_latent = data.get("eval_result_unstructured")
@@ -91,7 +95,7 @@ def parse_autointerp_results(data: dict[str, Any], n_top: int) -> list[dict[str,
                                "pass an autointerp eval_results.json from SAEBench")
     rows: list[dict[str, Any]] = []
     for key, record in per_latent.items():
-        feature = int(str(record.get("latent", key) if isinstance(record, dict) else key))
+        feature = _latent(key, record)
         logs = record.get("logs", "") if isinstance(record, dict) else ""
         for i, (act, seq) in enumerate(parse_generation_examples(logs)):
             rows.append({"feature_index": feature, "example_index": i, "kind": "top" if i < n_top else "iw",
@@ -105,7 +109,7 @@ def fetch_results(sae_name: str, source: str) -> Path:
     if source != HUB:
         path = Path(source).expanduser()
         if not path.is_file():
-            raise ImportTableError(f"SAEBench results file {path} does not exist", "check the path given to --from-saebench")
+            raise ImportTableError(f"SAEBench results file {path} does not exist", "check the path given to --saebench-file")
         return path
     filename = saebench_results_path(sae_name)
     try:
@@ -115,7 +119,7 @@ def fetch_results(sae_name: str, source: str) -> Path:
                                     token=os.environ.get("HF_TOKEN") or None))
     except Exception as e:
         raise CorpusError(f"could not download {filename} from {SAEBENCH_RESULTS_REPO}: {type(e).__name__}",
-                          "check network access, or download the file and pass --from-saebench FILE") from e
+                          "check network access, or download the file and pass --saebench-file FILE") from e
 
 
 def saebench_tables(data: dict[str, Any], cfg: CollectConfig) -> tuple[pa.Table, pa.Table]:
@@ -131,7 +135,10 @@ def saebench_tables(data: dict[str, Any], cfg: CollectConfig) -> tuple[pa.Table,
                               f"it has {len(available)} features, e.g. {available[:5]}; use --features N instead")
         selected = sorted(set(cfg.feature_ids))
     elif cfg.features is not None and cfg.features < len(available):
-        selected = sorted(random.Random(cfg.seed).sample(available, cfg.features))
+        # the original samples over the features in the file's order (pandas' unique()), not sorted
+        order = {f: i for i, f in enumerate(dict.fromkeys(_latent(k, r) for k, r in data["eval_result_unstructured"].items()))}
+        in_file = sorted(available, key=order.__getitem__)
+        selected = sorted(random.Random(cfg.seed).sample(in_file, cfg.features))
     else:
         selected = available
     chosen = set(selected)

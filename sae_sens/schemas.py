@@ -19,7 +19,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("n_firings", pa.int64()),          # counted tokens with activation > 0
         ("max_activation", pa.float64()),   # over every counted token of the pass
         ("top_activation", pa.float64()),   # strongest top-window peak (marks use 1% of this)
-        ("alive", pa.bool_()),              # n_firings > dead_min_firings (15 by default)
+        ("alive", pa.bool_()),              # n_firings / counted_tokens * total_tokens > 15 (--alive-rule original)
         ("selected", pa.bool_()),           # chosen for this run's examples
     ]),
     # per-latent statistics of the collect pass (every latent; `features` adds the selection)
@@ -97,6 +97,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("max_position", pa.int32()),       # index into activations (window rows: into token_ids)
         ("active", pa.bool_()),             # max_activation > threshold; NULL when empty
         ("frac_of_top", pa.float64()),      # max_activation / the feature's top_activation
+        ("marks_stripped", pa.bool_()),     # generated text had {{ }} marks, removed before scoring; NULL for originals
         ("tokens", pa.list_(pa.string())),  # the scored tokens after the BOS, decoded one by one
         ("activations", pa.list_(pa.float32())),  # per token after the BOS; non-counted tokens are 0
     ]),
@@ -114,6 +115,51 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("median_max_activation", pa.float64()),  # over non-empty generated samples
         ("top_activation", pa.float64()),   # the feature's strongest top peak from collect
         ("threshold", pa.float64()),        # the --threshold used
+        ("mean_frac_of_top", pa.float64()), # mean over non-empty generated samples of max_activation / top_activation
+        ("relative_thresholds", pa.list_(pa.float64())),  # --relative-thresholds: fractions r of top_activation
+        ("sensitivity_relative", pa.list_(pa.float64())),  # per r: share of non-empty generated samples with max_activation > r * top_activation
+        ("original_sensitivity_relative", pa.list_(pa.float64())),  # per r: the same for the originals (text variant)
+    ]),
+    # sae-sens judge: an LLM's verdicts on generated texts (blind pairwise test and direct check)
+    "judgments": pa.schema([
+        ("feature_index", pa.int64()),      # SAE latent index
+        ("generator", pa.string()),         # generator of the judged text
+        ("judge", pa.string()),             # the judging LLM, e.g. openai:gpt-4.1-mini
+        ("task", pa.string()),              # pair (blind pairwise test) | direct (does it show the pattern?)
+        ("sample_index", pa.int32()),       # the judged text's sample_index in generations
+        ("text", pa.string()),              # the generated text as shown (marks stripped)
+        ("real_text", pa.string()),         # pair: the held-out real example it was paired with
+        ("real_example", pa.string()),      # pair: that example's candidate, <pool>:<rank> in candidates
+        ("real_position", pa.string()),     # pair: A | B, where the real example was shown (seeded)
+        ("answer", pa.string()),            # A | B (pair), yes | no (direct); NULL when unparsed
+        ("correct", pa.bool_()),            # pair: the judge picked the real example
+        ("valid", pa.bool_()),              # direct: the judge says the text shows the pattern
+        ("reason", pa.string()),            # direct: the judge's one-line reason
+        ("response", pa.string()),          # raw answer
+        ("status", pa.string()),            # ok | unparsed | error
+        ("attempts", pa.int32()),           # requests made (retries included)
+        ("prompt_tokens", pa.int64()),      # usage reported by the server
+        ("completion_tokens", pa.int64()),  # usage reported by the server
+        ("latency_s", pa.float64()),        # seconds for the successful request
+        ("cost_usd", pa.float64()),         # from the price table (NULL when the price is unknown)
+        ("query_hash", pa.string()),        # cache key: judge, model, server, prompts, sampling settings, seed
+        ("error", pa.string()),             # last error, when status = error
+    ]),
+    # sae-sens label: human answers to the same blind pairs, one row per rater and pair, written at once
+    "labels": pa.schema([
+        ("feature_index", pa.int64()),      # SAE latent index
+        ("generator", pa.string()),         # generator of the generated text in the pair
+        ("sample_index", pa.int32()),       # its sample_index in generations
+        ("rater", pa.string()),             # who answered (--rater, or ?rater= in the page's address)
+        ("pair_id", pa.string()),           # the pair (same pairs as the judge's for the same --seed)
+        ("real_example", pa.string()),      # the held-out example, <pool>:<rank> in candidates
+        ("real_position", pa.string()),     # A | B, where the real example was shown
+        ("answer", pa.string()),            # A | B | skip
+        ("correct", pa.bool_()),            # the rater picked the real example; NULL for skip
+        ("text", pa.string()),              # the generated text as shown
+        ("real_text", pa.string()),         # the real example as shown
+        ("seed", pa.int64()),               # the --seed that made the pairs
+        ("answered_at", pa.string()),       # UTC time of the answer
     ]),
 }
 

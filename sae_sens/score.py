@@ -10,12 +10,19 @@ Original examples are scored two ways, both kept in ``scores`` (column ``variant
 * ``window``: the exact token ids of the collected window, with a fresh BOS as position 0. No
   re-tokenisation, so every token the collector saw is scored as the same token; only the context
   to the left of the window (up to the start of its corpus context) is lost.
-* ``text``: what the original tool does. The marked text has its ``{{ }}`` marks stripped and
-  newlines written as ``↵``, and is re-tokenised after a fresh BOS. Besides losing the left
-  context, this can tokenise differently: the window's first token may have been a word piece
-  whose merge depended on the text before it, ``↵`` is not the newline token the model saw, and
-  decoding then re-encoding is not an identity for every byte-level BPE. A feature can therefore
-  look less (or more) sensitive on its own examples than it is.
+* ``text``: what the original tool does, byte for byte (``original_builder_text``). Its example
+  builder decodes each token of the window on its own, wraps active tokens in ``{{ }}``, drops
+  U+FFFD (so the pieces of a multi-byte character split across tokens vanish: ``ἀτμός`` can become
+  ``τμός``), writes newlines as ``↵``; its scoring step strips the marks and re-tokenises after a
+  fresh BOS. Besides losing the left context, this can tokenise differently: the window's first
+  token may have been a word piece whose merge depended on the text before it, ``↵`` is not the
+  newline token the model saw, and dropped characters are gone. A feature can therefore look less
+  (or more) sensitive on its own examples than it is. Examples that carry no token ids (imported
+  from SAEBench) have their marked text stripped instead.
+
+Generated and imported texts have their ``{{ }}`` marks stripped before scoring, as the original
+does (LLMs and texts exported from the original's tables often copy them): ``scores.text`` is the
+text as scored, ``scores.marks_stripped`` says which rows had marks, and the stage logs a count.
 
 ``feature_stats.original_sensitivity`` uses ``text`` (the original tool's number) and
 ``original_sensitivity_window`` uses ``window``.
@@ -29,7 +36,6 @@ chunked over tokens so TopK-style SAEs, which need every pre-activation, stay in
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -61,7 +67,7 @@ from .stages import (
 )
 from .store import Store, atomic_write_json, atomic_write_parquet
 
-_MARK_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+DEFAULT_RELATIVE_THRESHOLDS = (0.01, 0.1, 0.5)
 
 
 @dataclass(frozen=True)
@@ -70,12 +76,20 @@ class ScoreConfig:
     max_length: int = 128  # tokens per scored text, BOS included; longer texts are truncated
     generator: str | None = None  # score only this generator's samples (default: all)
     chunk_tokens: int = 4096  # tokens per SAE encode call: bounds memory, never changes results
+    # thresholds as fractions of the feature's top activation: a text counts at level r when its max
+    # activation is above r * top_activation (1e-6 alone lets noise-level activations count)
+    relative_thresholds: tuple[float, ...] = DEFAULT_RELATIVE_THRESHOLDS
 
     def stage_config(self) -> dict[str, Any]:
         """What the results depend on (recorded in the manifest; chunking is not part of it)."""
-        return {"threshold": self.threshold, "max_length": self.max_length, "generator": self.generator}
+        return {"threshold": self.threshold, "max_length": self.max_length, "generator": self.generator,
+                "relative_thresholds": list(self.relative_thresholds)}
 
     def validate(self) -> None:
+        bad = [r for r in self.relative_thresholds if not 0 < r <= 1]
+        if bad:
+            raise ConfigError(f"relative thresholds must be fractions of the top activation in (0, 1], got {bad}",
+                              "e.g. --relative-thresholds 0.01,0.1,0.5")
         if self.max_length < 2:
             raise ConfigError(f"--max-length {self.max_length} leaves no token to score", "use at least 2 (BOS + 1)")
         if self.chunk_tokens < 1:
@@ -91,9 +105,35 @@ class Trace:
     activations: np.ndarray  # float32, non-counted positions are 0
 
 
+def strip_marks(text: str) -> str:
+    """The original's mark stripping before scoring: every ``{{`` removed, then every ``}}``."""
+    return text.replace("{{", "").replace("}}", "")
+
+
 def original_text(marked: str) -> str:
-    """An example's text as the original tool re-scores it: marks stripped, newlines as ``↵``."""
-    return _MARK_RE.sub(r"\1", marked).replace("\n", "↵")
+    """A marked text without token ids (a SAEBench import) as the original re-scores it: marks
+    stripped, newlines as ``↵``."""
+    return strip_marks(marked.replace("\n", "↵"))
+
+
+def original_builder_text(str_tokens: Sequence[str], activations: Sequence[float] | None, threshold: float) -> str:
+    """The text the original tool scores for an example, byte for byte: its builder
+    (``Example.to_str(mark_toks=True)``: tokens decoded one by one, each one with activation >
+    ``threshold`` wrapped in its own ``{{ }}``, every U+FFFD dropped, newlines as ``↵``) followed
+    by its scoring step's mark stripping. The marks matter only where tokens hold braces."""
+    acts = activations if activations is not None and len(activations) == len(str_tokens) else None
+    marked = "".join("{{" + tok + "}}" if acts is not None and acts[i] > threshold else tok
+                     for i, tok in enumerate(str_tokens))
+    return strip_marks(marked.replace("\ufffd", "").replace("\n", "↵"))
+
+
+def decode_each(tokenizer: Any, seqs: Sequence[Sequence[int]]) -> list[list[str]]:
+    """Every token decoded on its own, as TransformerLens's ``to_str_tokens`` (which the original
+    builder uses): a piece of a multi-byte character decodes to U+FFFD."""
+    unique = sorted({int(t) for s in seqs for t in s})
+    strs = tokenizer.batch_decode([[t] for t in unique], clean_up_tokenization_spaces=False) if unique else []
+    of = dict(zip(unique, strs, strict=True))
+    return [[of[int(t)] for t in s] for s in seqs]
 
 
 def window_ids(token_ids: Sequence[int], bos_id: int | None, max_length: int) -> tuple[list[int], bool]:
@@ -239,6 +279,7 @@ class _Row:
     seq: int  # index into the distinct sequences, -1 when empty
     n_tokens: int
     truncated: bool
+    marks_stripped: bool | None = None  # generated rows: the text had {{ }} marks
 
 
 def _column(table: pa.Table, name: str) -> list[Any]:
@@ -267,8 +308,12 @@ def score_tables(
     batch_size: int = 32,
     progress: ProgressSink = NULL_PROGRESS,
     checkpoint: Checkpoint | None = None,
+    act_threshold_frac: float = 0.01,
 ) -> tuple[dict[str, pa.Table], dict[str, int]]:
-    """Tables in, ``{"scores", "feature_stats"}`` out, plus counts for the stage record."""
+    """Tables in, ``{"scores", "feature_stats"}`` out, plus counts for the stage record.
+
+    ``act_threshold_frac`` is collect's: it decides which tokens the original's builder marks
+    (see ``original_builder_text``)."""
     cfg.validate()
     generators = _generators(generations, cfg.generator)
     gens = generations.filter(pc.is_in(generations["generator"], pa.array(generators, pa.string())))
@@ -291,21 +336,37 @@ def score_tables(
             needs[seq].add(feature)
         rows.append(_Row(feature, text=text, seq=seq, n_tokens=max(len(ids) - 1, 0), truncated=truncated, **kw))
 
-    # re-tokenise each distinct text once
-    gen_texts = [t or "" for t in _column(gens, "text")]
-    texts = gen_texts + [original_text(t or "") for t in _column(examples, "text")]
+    top = dict(zip(_column(features, "feature_index"), _column(features, "top_activation"), strict=True))
+
+    def ex_column(name: str) -> list[Any]:
+        return _column(examples, name) if name in examples.column_names else [None] * examples.num_rows
+
+    # the text variant: the original's builder over the window's tokens (its marked text when none)
+    ex_ids = [list(t or []) for t in ex_column("token_ids")]
+    str_toks = decode_each(lm.tokenizer, ex_ids)
+    plains = [
+        original_builder_text(st, a, act_threshold_frac * float(top.get(f) or 0.0)) if ids else original_text(t or "")
+        for f, t, ids, st, a in zip(ex_column("feature_index"), ex_column("text"), ex_ids, str_toks,
+                                    ex_column("activations"), strict=True)
+    ]
+
+    # re-tokenise each distinct text once; generated texts lose their marks first
+    raw_texts = [t or "" for t in _column(gens, "text")]
+    gen_texts = [strip_marks(t) for t in raw_texts]
+    texts = gen_texts + plains
     distinct = sorted(set(texts))
     encoded = dict(zip(distinct, lm.encode_texts(distinct, cfg.max_length), strict=True)) if distinct else {}
 
-    for f, g, s, t in zip(*(_column(gens, c) for c in ("feature_index", "generator", "sample_index")), gen_texts, strict=True):
+    gen_cols = (_column(gens, c) for c in ("feature_index", "generator", "sample_index"))
+    for f, g, s, t, raw in zip(*gen_cols, gen_texts, raw_texts, strict=True):
         ids, trunc = encoded[t]
-        add(int(f), ids, trunc, t, source="generated", variant="generated", generator=g, sample_index=int(s), kind=None)
-    cols = ("feature_index", "example_index", "kind", "text", "token_ids")
-    for f, e, k, t, tok in zip(*(_column(examples, c) for c in cols), strict=True):
+        add(int(f), ids, trunc, t, source="generated", variant="generated", generator=g, sample_index=int(s), kind=None,
+            marks_stripped=t != raw)
+    cols = ("feature_index", "example_index", "kind", "text")
+    for f, e, k, t, tok, plain in zip(*(ex_column(c) for c in cols), ex_ids, plains, strict=True):
         common = dict(source="original", generator="", sample_index=int(e), kind=k)
-        ids, trunc = window_ids(tok or [], lm.bos_id, cfg.max_length)
+        ids, trunc = window_ids(tok, lm.bos_id, cfg.max_length)
         add(int(f), ids, trunc, t or "", variant="window", **common)  # type: ignore[arg-type]
-        plain = original_text(t or "")
         ids, trunc = encoded[plain]
         add(int(f), ids, trunc, plain, variant="text", **common)  # type: ignore[arg-type]
 
@@ -314,18 +375,18 @@ def score_tables(
         batch_size=batch_size, chunk_tokens=cfg.chunk_tokens, progress=progress, task=f"score {sae.spec.name}",
         checkpoint=checkpoint,
     )
-    top = dict(zip(_column(features, "feature_index"), _column(features, "top_activation"), strict=True))
     from .collect import token_strings_many  # the same per-token decoding as the examples' tokens
 
     # the tokens after the BOS, so a report can highlight each one by its activation
     seq_tokens = token_strings_many(lm.tokenizer, [s[1:] for s in sequences])
     scores = _scores_table(rows, traces, top, cfg.threshold, seq_tokens)
-    stats = feature_stats(scores, generators, top, cfg.threshold)
+    stats = feature_stats(scores, generators, top, cfg.threshold, cfg.relative_thresholds)
     counts = {
         "n_rows": len(rows),
         "n_sequences": len(sequences),
         "n_truncated": sum(r.truncated for r in rows),
         "n_empty": sum(r.seq < 0 for r in rows),
+        "n_marks_stripped": sum(bool(r.marks_stripped) for r in rows),
     }
     return {"scores": scores, "feature_stats": stats}, counts
 
@@ -334,13 +395,13 @@ def _scores_table(rows: list[_Row], traces: list[dict[int, Trace]], top: dict[in
                   seq_tokens: Sequence[list[str]]) -> pa.Table:
     cols: dict[str, list[Any]] = {k: [] for k in (
         "feature_index", "source", "variant", "generator", "sample_index", "kind", "text", "n_tokens", "truncated",
-        "empty", "max_activation", "max_position", "active", "frac_of_top", "activations", "tokens")}
+        "empty", "max_activation", "max_position", "active", "frac_of_top", "activations", "marks_stripped", "tokens")}
     for r in rows:
         tr = traces[r.seq].get(r.feature_index) if r.seq >= 0 else None
         m = tr.max_activation if tr is not None else None
         t = top.get(r.feature_index)
         for k in ("feature_index", "source", "variant", "generator", "sample_index", "kind", "text", "n_tokens",
-                  "truncated"):
+                  "truncated", "marks_stripped"):
             cols[k].append(getattr(r, k))
         cols["empty"].append(m is None)
         cols["max_activation"].append(m)
@@ -352,12 +413,23 @@ def _scores_table(rows: list[_Row], traces: list[dict[int, Trace]], top: dict[in
     return make_table("scores", cols)
 
 
-def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, Any], threshold: float) -> pa.Table:
+def relative_sensitivities(maxes: Sequence[float] | np.ndarray, top: float | None, levels: Sequence[float]) -> list[float | None]:
+    """Share of ``maxes`` above ``level * top`` for each level; None without samples or a positive top."""
+    if not len(maxes) or top is None or not top > 0:
+        return [None] * len(levels)
+    m = np.asarray(maxes, dtype=np.float64)
+    return [float((m > r * top).mean()) for r in levels]
+
+
+def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, Any], threshold: float,
+                  relative: Sequence[float] = DEFAULT_RELATIVE_THRESHOLDS) -> pa.Table:
     """Per feature × generator: sensitivities (empty texts are left out of every denominator),
-    sample counts and the generated samples' mean and median max activation."""
+    sample counts, the generated samples' mean and median max activation, and sensitivities at
+    thresholds relative to the feature's top activation."""
     cols = {c: _column(scores, c) for c in ("feature_index", "source", "variant", "generator", "active",
                                             "max_activation", "truncated")}
     originals: dict[tuple[int, str], list[bool]] = {}
+    original_max: dict[int, list[float]] = {}  # text variant, as original_sensitivity
     generated: dict[tuple[int, str], list[tuple[bool, float]]] = {}
     empty: dict[tuple[int, str], int] = {}
     truncated: dict[tuple[int, str], int] = {}
@@ -365,6 +437,8 @@ def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, An
         if src == "original":
             if act is not None:
                 originals.setdefault((f, var), []).append(act)
+                if var == "text":
+                    original_max.setdefault(f, []).append(m)
             continue
         truncated[(f, g)] = truncated.get((f, g), 0) + int(tr)
         if act is None:
@@ -395,6 +469,10 @@ def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, An
                 "median_max_activation": float(np.median(maxes)) if len(maxes) else None,
                 "top_activation": top.get(f),
                 "threshold": threshold,
+                "mean_frac_of_top": float(maxes.mean() / t) if len(maxes) and (t := top.get(f)) else None,
+                "relative_thresholds": list(relative),
+                "sensitivity_relative": relative_sensitivities(maxes, top.get(f), relative),
+                "original_sensitivity_relative": relative_sensitivities(original_max.get(f, []), top.get(f), relative),
             })
     return make_table("feature_stats", out)
 
@@ -414,13 +492,15 @@ def run_score(
     # upstream tables first: a missing one is a clear error before any model is loaded
     tables = table_inputs(store, run, sae_name, ["examples", "generations", "features"])
     sae = open_sae(sae_name, opts, progress)
-    lm = open_model(sae, opts)
+    lm = open_model(sae, opts, progress)
     record_sae_info(store, run, sae_name, sae)
     counts: dict[str, int] = {}
     inputs = {**tables, **model_inputs(sae, lm)}
     # an interrupted run resumes from the traces it finished (Ctrl-C, crash, preemption)
     key = hash_config({**model_inputs(sae, lm), "dtype": str(lm.dtype), "device": lm.device.type})
     checkpoint = Checkpoint(store.checkpoint_dir(run, sae_name, "score"), key)
+    collected = store.manifest(run, sae_name).stage("collect")
+    frac = float((collected.config if collected is not None else {}).get("act_threshold_frac", 0.01))
 
     def compute() -> dict[str, pa.Table]:
         result, c = score_tables(
@@ -428,9 +508,12 @@ def run_score(
             store.read_table(run, sae_name, "examples"),
             store.read_table(run, sae_name, "generations"),
             store.read_table(run, sae_name, "features"),
-            cfg, batch_size=opts.batch_size, progress=progress, checkpoint=checkpoint,
+            cfg, batch_size=opts.batch_size, progress=progress, checkpoint=checkpoint, act_threshold_frac=frac,
         )
         counts.update(c)
+        if c["n_marks_stripped"]:
+            progress.log(f"[yellow]warning[/]: score {sae_name}: {c['n_marks_stripped']} generated texts had {{{{ }}}} marks; "
+                         "stripped before scoring, as the original does (scores.marks_stripped)")
         progress.log(
             f"score {sae_name}: {c['n_rows']} rows from {c['n_sequences']} distinct texts; "
             f"{c['n_truncated']} truncated at {cfg.max_length} tokens, {c['n_empty']} empty"

@@ -40,6 +40,7 @@ _MODEL_CACHE: dict[tuple[str, str, str, str], HookedLM] = {}
 def open_sae(name: str, opts: ModelOptions, progress: ProgressSink = NULL_PROGRESS) -> Sae:
     from .sae import load_sae
 
+    progress.log(f"loading SAE {name} …")
     sae = load_sae(name, device=opts.device, dtype=opts.dtype)
     for warning in sae.spec.extra.get("warnings", []):  # e.g. GemmaScope '128k' read as 131k
         progress.log(f"[yellow]warning[/]: {warning}")
@@ -58,13 +59,15 @@ def model_key(sae: Sae, opts: ModelOptions) -> tuple[str, str, str, str]:
     return (model_id, hook, str(opts.device), str(opts.dtype or sae.spec.default_dtype))
 
 
-def open_model(sae: Sae, opts: ModelOptions) -> HookedLM:
+def open_model(sae: Sae, opts: ModelOptions, progress: ProgressSink = NULL_PROGRESS) -> HookedLM:
     """The model the SAE reads, at the SAE's hook; loaded once per process and reused across SAEs."""
     key = model_key(sae, opts)
     model_id = key[0]
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()  # one model in memory at a time
         from .model import load_model
+
+        progress.log(f"loading model {model_id} (up to {key[1]}) …")
 
         _MODEL_CACHE[key] = load_model(model_id, key[1], device=opts.device, dtype=opts.dtype or sae.spec.default_dtype)
     lm = _MODEL_CACHE[key]

@@ -420,9 +420,11 @@ class Store:
         path = self.table_path(run, sae, table)
         producer = PRODUCED_BY.get(table, "the stage that writes it")
         if not path.exists():
+            elsewhere = [r for r in self.runs() if r != run and self.has_table(r, sae, table)]
             raise MissingTableError(
                 f"no {table} table for run {run!r}, SAE {sae!r} in {self.root}",
-                f"run `sae-sens {producer} --run {run} --sae {sae}` first",
+                f"did you mean --run {elsewhere[0]}? (this SAE's {table} table is in run {', '.join(elsewhere)})" if elsewhere
+                else f"run `sae-sens {producer} --run {run} --sae {sae}` first",
             )
         try:
             return pq.read_table(path)

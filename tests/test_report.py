@@ -484,7 +484,9 @@ def test_cli_sql_shell_builtin_reads_stdin(store: Store, monkeypatch: pytest.Mon
                                            capsys: pytest.CaptureFixture[str], wide_console: None) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(
         "SELECT sae, width FROM saes ORDER BY width, sae;\nSELECT oops FROM saes;\n.quit\n"))
-    cli("sql", "--store", str(store.root), "--builtin")
+    with pytest.raises(SystemExit) as exc:  # piped SQL with a failing statement exits non-zero (issue 16)
+        cli("sql", "--store", str(store.root), "--builtin")
+    assert exc.value.code == 1
     captured = capsys.readouterr()
     assert "py_16k_topk_s0" in captured.out and "16384" in captured.out
     assert captured.err.count("\n") == 1 and "oops" in captured.err

@@ -1,16 +1,20 @@
 """The ``sae-sens`` entry point: registers the commands, maps typed errors to one line and an exit code.
 
-Each command is a thin layer over one library call (``cli/*_cmd.py``, on the app in ``cli/base.py``)."""
+Each command is a thin layer over one library call (``cli/*_cmd.py``, on the app in ``cli/base.py``).
+Click's usage errors become one line too (which option, what it expects, exit 2); bare ``sae-sens``
+prints the help and exits 0.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 
 from ..errors import SaeSensError
-from .base import RichProgress, app  # noqa: F401  (re-exported)
+from .base import PROG, RichProgress, app  # noqa: F401  (re-exported)
 
 
 def _load_dotenv() -> None:
@@ -22,16 +26,41 @@ def _load_dotenv() -> None:
 
 
 def _quiet_libraries() -> None:
+    # read by the libraries when (and only if) a command imports them; importing transformers here
+    # would cost a second on every command
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        import transformers
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover
-        pass
+
+def _click_exceptions() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """(ClickException, UsageError, NoArgsIsHelpError) of the click that typer uses (vendored in recent typer)."""
+    try:
+        from typer._click import exceptions as ce
+    except ImportError:  # pragma: no cover  (older typer: the real click)
+        from click import exceptions as ce  # type: ignore[no-redef]
+    return ce.ClickException, ce.UsageError, ce.NoArgsIsHelpError
+
+
+def _err(message: str) -> None:
+    from .output import err_console
+
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
+def _usage_line(e: Any, argv: list[str]) -> str:
+    """A click usage error as one line: what is wrong (which option, what it expects) and where the help is."""
+    from rich.markup import escape
+
+    message = escape(" ".join(str(e.format_message()).split()).rstrip("."))
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None:
+        where = ctx.command_path
+    else:  # some parser errors carry no context: the command is the first word that names one
+        names = {c.name for c in app.registered_commands}
+        where = " ".join([PROG, *[a for a in argv if a in names][:1]])
+    return f"{message}; see '{escape(where)} --help'"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,9 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     _load_dotenv()
     _quiet_libraries()
     debug = os.environ.get("SAE_SENS_DEBUG") == "1"
+    click_error, usage_error, no_args_help = _click_exceptions()
     try:
         # without standalone mode, typer *returns* the code of a typer.Exit, and turns Ctrl-C into Exit(130)
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name=PROG, standalone_mode=False)
         if isinstance(code, int) and code == 130:
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
@@ -53,9 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         from rich.markup import escape  # messages may hold brackets: pip install 'sae-sens[ray]'
 
-        from .output import err_console
-
-        err_console.print(f"[bold red]error:[/] {escape(e.one_line())}", highlight=False, soft_wrap=True)
+        _err(escape(e.one_line()))
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -64,22 +92,22 @@ def main(argv: list[str] | None = None) -> None:
 
         err_console.print("[yellow]interrupted[/]: finished work is saved; rerun the same command to resume")
         sys.exit(130)
-    except Exception as e:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
+    except no_args_help as e:  # bare `sae-sens`: the help is the answer
+        sys.stdout.write(str(e.format_message()).rstrip("\n") + "\n")  # type: ignore[attr-defined]
+        sys.exit(0)
+    except usage_error as e:
+        _err(_usage_line(e, argv if argv is not None else sys.argv[1:]))
+        sys.exit(2)
+    except click_error as e:
+        _err(_usage_line(e, argv if argv is not None else sys.argv[1:]))
+        sys.exit(int(getattr(e, "exit_code", 1)))
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # anything unexpected: one line, the traceback on request
         if debug:
             raise
-        from .output import err_console
+        from rich.markup import escape
 
         first = str(e).splitlines()[0] if str(e) else ""
-        err_console.print(
-            f"[bold red]error:[/] {type(e).__name__}: {first}. Rerun with SAE_SENS_DEBUG=1 for the traceback.",
-            highlight=False,
-            soft_wrap=True,
-        )
+        _err(escape(f"{type(e).__name__}: {first}. Rerun with SAE_SENS_DEBUG=1 for the traceback."))
         sys.exit(1)

@@ -1,61 +1,45 @@
-"""The Typer app object and the rich progress sink that every command module shares.
+"""The Typer app object and the progress sink that every command module shares.
 
 Command modules register on ``app`` from here; ``cli.app.main`` imports them, so this module imports
-no command (one direction, no cycle).
+no command (one direction, no cycle). Only typer is imported: every command imports what it needs
+(torch, duckdb, ...) inside its body, so ``--help``, ``--version`` and validation errors answer at once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
 import typer
 
+from .progress import RichProgress
+
+__all__ = ["PROG", "RichProgress", "app"]
+
+PROG = "sae-sens"
+
 app = typer.Typer(
-    name="sae-sens",
+    name=PROG,
     help="Measure how sensitive SAE features are: collect -> generate -> score -> report.\n\n"
     "Example: sae-sens run --sae py_4k_topk_s0 --features 50",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-class RichProgress:
-    """A ``ProgressSink`` drawing rich progress bars on stderr."""
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
 
-    def __init__(self) -> None:
-        from .output import progress
+        print(f"{PROG} {__version__}")
+        raise typer.Exit(0)
 
-        self._progress = progress()
-        self._tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> RichProgress:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is not None:  # the error line alone should tell the story: drop the bars
-            self._progress.live.transient = True
-        self._progress.__exit__(*exc)
-
-    def start(self, task: str, total: int | None = None) -> None:
-        if task in self._tasks:
-            self._progress.reset(self._tasks[task], total=total)
-        else:
-            self._tasks[task] = self._progress.add_task(task, total=total, info="")
-
-    def advance(self, task: str, n: int = 1, info: str = "") -> None:
-        if task not in self._tasks:
-            self.start(task)
-        self._progress.update(self._tasks[task], advance=n, info=info)
-
-    def finish(self, task: str) -> None:
-        if task in self._tasks:
-            t = self._tasks[task]
-            total = self._progress.tasks[t].total
-            if total is not None:
-                self._progress.update(t, completed=total)
-
-    def log(self, message: str) -> None:
-        self._progress.console.print(message)
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    pass  # the app's help is Typer(help=...); this callback only carries --version

@@ -64,6 +64,11 @@ def collect_command(
     n_iw: NIwOpt = 5,
     dead_min_firings: Annotated[int, typer.Option("--dead-min-firings", min=0,
                                                   help="A feature is alive with more firings than this.")] = 15,
+    alive_rule: Annotated[str, typer.Option(
+        "--alive-rule", metavar="original|count",
+        help="original: firings / counted tokens x --total-tokens > --dead-min-firings (SAEBench's rule, which "
+             "the original tool uses); count: firings > --dead-min-firings and a top window (earlier sae-sens "
+             "versions).")] = "original",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the feature sample and example draws.")] = 42,
     from_saebench: Annotated[bool, typer.Option(
         "--from-saebench",
@@ -110,7 +115,8 @@ def collect_command(
         raise UsageError("no SAE given", "pass --sae NAME (repeat for several)")
     cfg = CollectConfig(
         corpus=corpus, split=split, text_column=text_column, total_tokens=total_tokens, context_size=context_size,
-        **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, dead_min_firings=dead_min_firings, seed=seed,
+        **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, dead_min_firings=dead_min_firings,
+        alive_rule=alive_rule, seed=seed,
     )
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     st = Store(store, wait=wait)

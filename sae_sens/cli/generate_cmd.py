@@ -22,8 +22,8 @@ from .options import (
     MaxTokensOpt,
     MaxWorkersOpt,
     RunOpt,
-    SaeOpt,
     SamplesPerFeatureOpt,
+    StoredSaeOpt,
     StoreOpt,
     WaitOpt,
 )
@@ -48,7 +48,7 @@ def resolve_generator(generator: str | None, llm_model: str | None, from_table: 
 
 @app.command("generate")
 def generate_command(
-    sae: SaeOpt,
+    sae: StoredSaeOpt,
     store: StoreOpt = None,
     run: RunOpt = "default",
     generator: GeneratorOpt = None,
@@ -101,6 +101,7 @@ def generate_command(
         prompt_template=prompt_template, price_in=price_in, price_out=price_out, max_cost=max_cost, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype,
     )
+    cfg.spec  # noqa: B018  (an unknown generator is a usage error before anything is read or loaded)
     st = Store(store, wait=wait)
     if dry_run:
         plans = [plan_generate(st, run, s, cfg) for s in sae]
@@ -126,12 +127,12 @@ def generate_command(
         ex = out.extra
         if not out.skipped:
             spent += ex.get("spent_usd") or 0.0
-            unpriced |= ex.get("spent_usd") is None and cfg.spec.kind != "table"
-        sent = "imported" if cfg.spec.kind == "table" else ex.get("n_requests", 0)
+            unpriced |= ex.get("spent_usd") is None and cfg.spec.kind not in ("table", "corpus")
+        sent = {"table": "imported", "corpus": "retrieved"}.get(cfg.spec.kind, ex.get("n_requests", 0))
         rows.append([s, cfg.spec.label, "skipped (fresh)" if out.skipped else "done", ex.get("n_features"),
                      out.rows.get("generations"), sent, ex.get("n_cached", 0) + ex.get("n_resumed", 0),
                      ex.get("n_retries", 0), _money(ex.get("cost_usd"))])
     emit(["sae", "generator", "status", "features", "texts", "requests", "reused", "retries", "table cost"], rows,
          title=f"generate · run {run}")
-    if cfg.spec.kind != "table":
+    if cfg.spec.kind not in ("table", "corpus"):
         console.print(f"spent this time: {'n/a (unknown price)' if unpriced else f'${spent:.4f}'}", highlight=False)

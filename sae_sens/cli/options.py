@@ -1,4 +1,8 @@
-"""Options shared by several commands, defined once (``Annotated`` aliases, as the ``hf`` CLI does)."""
+"""Options shared by several commands, defined once (``Annotated`` aliases, as the ``hf`` CLI does).
+
+SAE names, devices and dtypes are checked by option callbacks while the command line is parsed, so a
+typo fails in well under a second, before the command imports torch or loads anything.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,54 @@ from typing import Annotated
 
 import typer
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_sae_names(ctx: typer.Context, names: list[str] | None) -> list[str] | None:
+    """Every ``--sae`` must resolve (SAEBench grid, GemmaScope, sae_lens, packaged, a folder); names.py is torch-free."""
+    from ..names import resolve
+
+    if ctx.resilient_parsing:  # shell completion: never fail
+        return names
+    for name in names or ():
+        resolve(name)  # raises UnknownSaeError (exit 2) with the nearest names
+    return names
+
+
+def check_unstored_sae_names(store: Path | None, names: list[str]) -> None:
+    """For a command that reads an SAE's tables first and then loads it (score): a name the store holds is
+    checked by the stage itself (a damaged table, a missing one); any other must at least resolve,
+    so a typo fails at once with the nearest names, before torch is imported."""
+    from ..names import resolve
+    from ..store import Store
+
+    st = Store(store)
+    runs = st.runs()
+    for name in names:
+        if not any(st.has_table(r, name, "examples") for r in runs):
+            resolve(name)
+
+
+def complete_sae_names(incomplete: str) -> list[str]:
+    """Shell completion of ``--sae``: the SAEBench grid and packaged SAEs (GemmaScope names need an L0)."""
+    from ..names import packaged_names, saebench_names
+
+    return [n for n in saebench_names() + packaged_names() if n.startswith(incomplete)]
+
+
+def check_device_option(ctx: typer.Context, device: str) -> str:
+    from ..devices import check_device
+
+    return device if ctx.resilient_parsing else check_device(device)
+
+
+def check_dtype(ctx: typer.Context, dtype: str | None) -> str | None:
+    if not ctx.resilient_parsing and dtype is not None and dtype != "auto" and dtype not in DTYPES:
+        from ..errors import UsageError
+
+        raise UsageError(f"--dtype {dtype!r} is not a dtype", f"use one of {', '.join(DTYPES)}")
+    return dtype
+
 StoreOpt = Annotated[
     Path | None,
     typer.Option("--store", envvar="SAE_SENS_STORE", help="Artifact store folder (default ./evals).", show_default=False),
@@ -14,7 +66,15 @@ StoreOpt = Annotated[
 RunOpt = Annotated[str, typer.Option("--run", "-r", envvar="SAE_SENS_RUN", help="Run name inside the store.")]
 SaeOpt = Annotated[
     list[str],
-    typer.Option("--sae", "-s", help="SAE name or folder; repeat for several (e.g. py_4k_topk_s0).", show_default=False),
+    typer.Option("--sae", "-s", help="SAE name or folder; repeat for several (e.g. py_4k_topk_s0).", show_default=False,
+                 callback=check_sae_names, autocompletion=complete_sae_names),
+]
+# for commands that start from the store's tables: generate never loads the SAE (a name the store
+# lacks is "run collect first"); score checks the names it lacks with check_unstored_sae_names
+StoredSaeOpt = Annotated[
+    list[str],
+    typer.Option("--sae", "-s", help="SAE name (as collected into the store); repeat for several.", show_default=False,
+                 autocompletion=complete_sae_names),
 ]
 OptionalSaeOpt = Annotated[
     list[str] | None,
@@ -35,9 +95,10 @@ HookOpt = Annotated[
     str | None,
     typer.Option("--hook", help="Hook point, e.g. blocks.8.hook_resid_post (default: the SAE's).", show_default=False),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cuda, mps, cpu or auto.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cuda, cuda:N, mps, cpu or auto.", callback=check_device_option)]
 DtypeOpt = Annotated[
-    str | None, typer.Option("--dtype", help="float32, bfloat16 or float16 (default: per model).", show_default=False)
+    str | None, typer.Option("--dtype", help="float32, bfloat16 or float16 (default: per model).", show_default=False,
+                             callback=check_dtype)
 ]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.", min=1)]
 FormatOpt = Annotated[str, typer.Option("--format", help="table, csv, json or markdown.")]

@@ -1,37 +1,21 @@
-"""`sae-sens report` (summaries, comparisons, SQL, plots, HTML) and `sae-sens sql` (a SQL shell)."""
+"""`sae-sens report`: summaries, comparisons, SQL, plots and HTML over the store's views."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pyarrow as pa
 import typer
 
 from ..errors import UsageError
-from ..report import (
-    compare,
-    connect,
-    query,
-    require_results,
-    sql_shell,
-    summarize,
-    write_html,
-    write_init_sql,
-    write_plots,
-)
-from ..report.html import write_user_file
-from ..report.summary import GROUP_KEYS, N_RESAMPLES, summary_warnings
-from ..report.views import has_results
-from ..store import Store
+from ..report.keys import GROUP_KEYS, N_RESAMPLES
 from .base import app
 from .options import OptionalSaeOpt, StoreOpt
-from .output import AutoFormatOpt, console, err_console, render, resolve_format, rich_table, table_text, warn
+from .output import AutoFormatOpt, err_console, render, resolve_format, table_text, warn
+
+if TYPE_CHECKING:  # duckdb and pyarrow are imported when the command runs, not for --help
+    import pyarrow as pa
 
 RunsFilterOpt = Annotated[
     list[str] | None,
@@ -57,6 +41,8 @@ def _output(table: pa.Table, fmt: str, output: Path | None, title: str | None = 
             sys.stdout.write(text)
         return
     text = table_text(columns, rows, title) if fmt == "table" else render(columns, rows, fmt) or ""
+    from ..report.html import write_user_file
+
     write_user_file(output, text)
     err_console.print(f"wrote {output}")
 
@@ -106,6 +92,15 @@ def report_command(
                             "(sensitivities always are: they get the exact bootstrap distribution).", min=10)
     ] = N_RESAMPLES,
     seed: Annotated[int, typer.Option("--seed", help="Seed of those resamples.")] = 0,
+    min_original: Annotated[float | None, typer.Option(
+        "--min-original-sensitivity", help="The paper's filter: keep only features whose own examples fire at "
+        "least this often (e.g. 0.9); prints the share of features each SAE loses.", show_default=False)] = None,
+    thresholds: Annotated[bool, typer.Option(
+        "--thresholds", help="Also show sensitivity at the thresholds relative to each feature's top activation "
+        "(score --relative-thresholds) and the mean frac_of_top.")] = False,
+    validity: Annotated[bool, typer.Option(
+        "--validity", help="Also show the thresholds table, the LLM judge's verdicts (sae-sens judge) and the "
+        "human labels (sae-sens label: accuracy, agreement with the judge).")] = False,
 ) -> None:
     """Summarise sensitivity per run × SAE × generator, regroup, compare, or query with SQL.
 
@@ -123,6 +118,11 @@ def report_command(
       sae-sens report --sql "SELECT width, architecture, avg(generated_sensitivity) FROM feature_stats
       JOIN saes USING (run, sae) GROUP BY ALL ORDER BY ALL"
     """
+    from ..report import compare, connect, query, require_results, summarize, write_html, write_plots
+    from ..report.summary import summary_warnings
+    from ..store import Store
+    from .output import console
+
     if sql is not None and sql_file is not None:
         raise UsageError("--sql and --sql-file are alternatives", "pass one of them")
     if compare_ is not None and by:
@@ -131,6 +131,11 @@ def report_command(
     st = Store(store)
     as_sql = sql is not None or sql_file is not None
     con = connect(st, run, sae, status=as_sql)
+    if min_original is not None:
+        from ..report.validity import apply_min_original
+
+        _output(apply_min_original(con, min_original), fmt if output is None else "table", None,
+                f"features kept at --min-original-sensitivity {min_original:g}")
     if as_sql:
         text = sql if sql is not None else sql_file.read_text()  # type: ignore[union-attr]
         _output(query(con, text), fmt, output)
@@ -148,60 +153,24 @@ def report_command(
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
             _output(table, fmt, output, title)
             warn(summary_warnings(table))
+            if thresholds or validity:
+                from ..report.validity import threshold_summary
+
+                _output(threshold_summary(con, generator, n_resamples=resamples, seed=seed), fmt, None,
+                        "sensitivity at thresholds relative to the top activation")
+            if validity:
+                from ..report.validity import validity_tables
+
+                for title_, table_ in validity_tables(con, generator, n_resamples=resamples, seed=seed):
+                    _output(table_, fmt, None, title_)
     if plot is not None:
         require_results(con, st)
         paths = write_plots(con, plot, generators=generator, n_resamples=resamples, seed=seed)
+        from ..report.validity import threshold_plot_path, write_threshold_plot
+
+        paths.append(write_threshold_plot(con, threshold_plot_path(plot), generators=generator,
+                                          n_resamples=resamples, seed=seed))
         err_console.print("wrote " + ", ".join(map(str, paths)))
     if html is not None:
         require_results(con, st)
         err_console.print(f"wrote {write_html(con, html, generator, store=st)}")
-
-
-def _stdin_lines() -> Iterator[str]:
-    if not sys.stdin.isatty():
-        yield from sys.stdin
-        return
-    while True:
-        try:
-            yield input("sae-sens sql> ")
-        except EOFError:
-            return
-
-
-@app.command("sql")
-def sql_command(
-    store: StoreOpt = None,
-    run: RunsFilterOpt = None,
-    sae: OptionalSaeOpt = None,
-    builtin: Annotated[bool, typer.Option("--builtin", help="Use the built-in prompt even if the duckdb CLI "
-                                                           "is installed.")] = False,
-) -> None:
-    """An interactive DuckDB SQL shell with the report views defined.
-
-    Uses the `duckdb` command when it is on PATH, otherwise a small built-in prompt (statements
-    end with ';'; .tables, .help, .quit). Reads from stdin, so it also runs piped queries.
-
-    Example:
-
-      sae-sens sql --store evals
-
-      echo "SELECT sae, avg(generated_sensitivity) FROM feature_stats GROUP BY sae;" | sae-sens sql
-    """
-    st = Store(store)
-    duckdb_cli = None if builtin else shutil.which("duckdb")
-    if duckdb_cli is not None:
-        with tempfile.TemporaryDirectory(prefix="sae-sens-sql-") as tmp:
-            init = write_init_sql(st, Path(tmp), run, sae)
-            code = subprocess.call([duckdb_cli, "-init", str(init)])
-        sys.exit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which drops its code
-    con = connect(st, run, sae)
-    if not has_results(con):
-        err_console.print(f"note: no runs in {st.root} yet, so the views are empty; run `sae-sens run` first")
-    if sys.stdin.isatty():
-        err_console.print("sae-sens sql: end statements with ';', .tables lists the views, .quit leaves")
-    sql_shell(
-        con,
-        _stdin_lines(),
-        show=lambda t: console.print(rich_table(*_columns_rows(t))),
-        note=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True),
-    )

@@ -86,14 +86,24 @@ def run_command(
 
     Example (offline, the demo model as generator):
 
-        sae-sens run --sae smol_1k_topk --corpus demo:wiki --total-tokens 100000 --features 5 --generator hf:demo:smollm2
+        sae-sens run --sae smol_1152_topk --corpus demo:wiki --total-tokens 100000 --features 5 --generator hf:demo:smollm2
 
     Example (one Ray task per model and hook, on the cluster `ray start --head` made):
 
         sae-sens run --sae py_4k_topk_s0 --sae gem_4k_topk_s0 --executor ray --address auto --gpus-per-task 1
     """
-    from ..collect import CollectConfig
     from ..generate import GenerateConfig
+    from .generate_cmd import resolve_generator
+
+    # checked before collect runs (and before torch is imported): a typo must not cost a corpus pass
+    generate_cfg = GenerateConfig(
+        generator=resolve_generator(generator, llm_model, from_table), from_table=from_table, base_url=base_url,
+        samples_per_feature=samples_per_feature, max_workers=max_workers, max_cost=max_cost, max_tokens=max_tokens,
+        n_top=n_top, n_iw=n_iw, device=device, dtype=dtype,
+    )
+    generate_cfg.spec  # noqa: B018  (parsing the generator raises UsageError on an unknown one)
+
+    from ..collect import CollectConfig
     from ..pipeline import run_pipeline
     from ..report import connect, summarize
     from ..score import ScoreConfig
@@ -102,17 +112,11 @@ def run_command(
     from .base import RichProgress
     from .collect_cmd import selection
     from .executor_options import make_executor
-    from .generate_cmd import resolve_generator
     from .output import emit
 
     collect_cfg = CollectConfig(
         corpus=corpus, split=split, text_column=text_column, total_tokens=total_tokens, context_size=context_size,
         **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw,
-    )
-    generate_cfg = GenerateConfig(
-        generator=resolve_generator(generator, llm_model, from_table), from_table=from_table, base_url=base_url,
-        samples_per_feature=samples_per_feature, max_workers=max_workers, max_cost=max_cost, max_tokens=max_tokens,
-        n_top=n_top, n_iw=n_iw, device=device, dtype=dtype,
     )
     score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)

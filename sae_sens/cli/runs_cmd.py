@@ -6,8 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ..runs import list_runs
-from ..store import Store
 from .base import app
 from .options import StoreOpt
 from .output import AutoFormatOpt, emit, err_console, resolve_format
@@ -26,6 +24,9 @@ def runs_command(
 
     Example: sae-sens runs --store evals
     """
+    from ..runs import list_runs
+    from ..store import Store
+
     fmt = resolve_format(fmt)
     st = Store(store)
     rows = list_runs(st, run, verify=verify)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
 from .base import RichProgress, app
 from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
@@ -14,10 +19,11 @@ from .options import (
     MaxLengthOpt,
     ModelOpt,
     RunOpt,
-    SaeOpt,
+    StoredSaeOpt,
     StoreOpt,
     ThresholdOpt,
     WaitOpt,
+    check_unstored_sae_names,
 )
 
 # summary key -> column header
@@ -26,9 +32,19 @@ COLUMNS = {"generator": "generator", "features": "features", "generated_sensitiv
            "samples": "samples", "truncated": "truncated", "empty": "empty"}
 
 
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``0.01,0.1,0.5`` -> (0.01, 0.1, 0.5); one clear line for anything else."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--relative-thresholds {text!r} is not a comma-separated list of numbers",
+                         "e.g. --relative-thresholds 0.01,0.1,0.5") from None
+    return tuple(sorted(set(values)))
+
+
 @app.command("score")
 def score_command(
-    sae: SaeOpt,
+    sae: StoredSaeOpt,
     run: RunOpt = "default",
     store: StoreOpt = None,
     model: ModelOpt = None,
@@ -45,6 +61,9 @@ def score_command(
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 1.0,
     saes_per_task: SaesPerTaskOpt = 0,
+    relative_thresholds: Annotated[str, typer.Option(
+        "--relative-thresholds", help="Fractions of each feature's top activation at which sensitivity is "
+        "also computed (feature_stats.sensitivity_relative), comma-separated.")] = "0.01,0.1,0.5",
 ) -> None:
     """Score each SAE's generated samples (every generator, or only --generator) and original examples.
 
@@ -54,6 +73,7 @@ def score_command(
 
     Example: sae-sens score --sae py_4k_topk_s0 --sae py_4k_relu_s0 --run pilot --batch-size 64
     """
+    check_unstored_sae_names(store, sae)  # before torch: a typo is named at once
     from ..score import ScoreConfig, run_score, summarize
     from ..stages import ModelOptions
     from ..store import Store
@@ -62,7 +82,8 @@ def score_command(
 
     st = Store(store, wait=wait)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
-    cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator)
+    cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator,
+                      relative_thresholds=parse_fractions(relative_thresholds))
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     if runner.name != "local":  # every SAE first (one task per model and hook), then the tables
         from ..executors import Work

@@ -27,10 +27,11 @@ The package, one job per module, in the order data flows through it:
 
 from __future__ import annotations
 
-from .config import PASS_STAGE, PASS_TASK, SELECT_STAGE, CollectConfig
+from .config import ALIVE_RULES, PASS_STAGE, PASS_TASK, SELECT_STAGE, CollectConfig
 from .examples import (
     WantedExample,
     _split_prefixes,
+    alive_latents,
     build_examples,
     choose_examples,
     example_rows,
@@ -45,8 +46,8 @@ from .stage import run_collect, run_collect_many
 from .tracker import NEG_INF, PassResult, PeakTracker
 
 __all__ = [
-    "NEG_INF", "PASS_STAGE", "PASS_TASK", "SELECT_STAGE", "CollectConfig", "PassResult", "PeakTracker",
-    "WantedExample", "_split_prefixes", "build_examples", "choose_examples", "collect_pass", "collect_pass_many",
+    "ALIVE_RULES", "NEG_INF", "PASS_STAGE", "PASS_TASK", "SELECT_STAGE", "CollectConfig", "PassResult", "PeakTracker",
+    "WantedExample", "_split_prefixes", "alive_latents", "build_examples", "choose_examples", "collect_pass", "collect_pass_many",
     "example_rows", "features_table", "mark_text", "run_collect", "run_collect_many", "select_features",
     "token_strings", "token_strings_many", "window_batch",
 ]

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 PASS_STAGE = "collect:pass"
 PASS_TASK = "collect pass"  # the progress bar of the pass
 SELECT_STAGE = "collect"
+ALIVE_RULES = ("original", "count")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class CollectConfig:
     n_iw_candidates: int = 7
     buffer: int = 10
     dead_min_firings: int = 15
+    alive_rule: str = "original"  # see alive_latents
     act_threshold_frac: float = 0.01
     seed: int = 42
     latent_chunk: int = 4096  # latents tracked at once: bounds the [batch, context, chunk] temporaries
@@ -41,6 +43,8 @@ class CollectConfig:
                               f"use at most {self.n_top_candidates} top and {self.n_iw_candidates} importance-weighted")
         if self.features is not None and self.features < 1:
             raise ConfigError("--features must be at least 1")
+        if self.alive_rule not in ALIVE_RULES:
+            raise ConfigError(f"unknown alive rule {self.alive_rule!r}", f"use one of: {', '.join(ALIVE_RULES)}")
 
     def pass_config(self) -> dict[str, Any]:
         return {"corpus": self.corpus, "split": self.split, "text_column": self.text_column,
@@ -53,4 +57,5 @@ class CollectConfig:
                 "feature_ids": list(self.feature_ids) if self.feature_ids is not None else None,
                 "n_top_ex_for_generation": self.n_top_ex_for_generation,
                 "n_iw_ex_for_generation": self.n_iw_ex_for_generation,
-                "dead_min_firings": self.dead_min_firings, "act_threshold_frac": self.act_threshold_frac}
+                "dead_min_firings": self.dead_min_firings, "alive_rule": self.alive_rule,
+                "act_threshold_frac": self.act_threshold_frac}

@@ -23,25 +23,61 @@ from ..schemas import make_table
 from .config import CollectConfig
 
 
+def alive_latents(n_firings: np.ndarray, n_top: np.ndarray, counted_tokens: int, cfg: CollectConfig) -> np.ndarray:
+    """Which latents are alive, as a bool mask.
+
+    ``original`` (the default) is SAEBench's rule, which the original tool copies: the firing
+    frequency over counted tokens, rescaled to the token budget, must exceed ``dead_min_firings``
+    (``firings / counted_tokens * total_tokens > 15``). The arithmetic is float32, as SAEBench's
+    torch tensors, so a latent on the boundary falls on the same side. ``count`` is the rule
+    earlier sae_sens versions used (``firings > 15`` and at least one top window), kept to
+    reproduce selections made with them. The two differ only for latents with about
+    ``dead_min_firings`` firings or without a top window, but a different alive list makes the
+    seeded sample pick different features.
+    """
+    n = np.asarray(n_firings)
+    if cfg.alive_rule == "count":
+        return np.asarray((n > cfg.dead_min_firings) & (np.asarray(n_top) > 0))
+    freq = n.astype(np.float32) / np.float32(max(int(counted_tokens), 1))
+    return np.asarray(freq * np.float32(cfg.total_tokens) > cfg.dead_min_firings)
+
+
+def _counted_tokens(latents: pa.Table) -> int:
+    return int(latents["counted_tokens"][0].as_py()) if latents.num_rows else 0
+
+
 def select_features(latents: pa.Table, cfg: CollectConfig, progress: ProgressSink = NULL_PROGRESS) -> list[int]:
-    """Sample ``cfg.features`` alive latents (seeded), or take ``cfg.feature_ids`` (dead ones skipped)."""
+    """Sample ``cfg.features`` alive latents (seeded), or take ``cfg.feature_ids`` (dead ones skipped).
+
+    The sample is the original's: ``random.seed(seed); sorted(random.sample(alive, n))`` over the
+    alive latents in index order. A chosen latent that fired only within ``buffer`` tokens of its
+    contexts' ends has no top window and gets no examples (the original would fill its top list
+    with windows where it does not fire, see the README).
+    """
     n_firings = np.asarray(latents["n_firings"].to_numpy(zero_copy_only=False))
     n_top = np.asarray(latents["n_top"].to_numpy(zero_copy_only=False))
-    alive = (n_firings > cfg.dead_min_firings) & (n_top > 0)
+    alive = alive_latents(n_firings, n_top, _counted_tokens(latents), cfg)
+    rule = f"{cfg.alive_rule} alive rule, more than {cfg.dead_min_firings} firings"
     if cfg.feature_ids is not None:
         bad = [i for i in cfg.feature_ids if not 0 <= i < len(alive)]
         if bad:
             raise ConfigError(f"feature ids {bad} are out of range", f"this SAE has latents 0..{len(alive) - 1}")
         dead = [i for i in cfg.feature_ids if not alive[i]]
         if dead:
-            progress.log(f"collect: skipping dead features {dead} (<= {cfg.dead_min_firings} firings)")
-        return sorted(dict.fromkeys(i for i in cfg.feature_ids if alive[i]))
-    alive_ids = np.nonzero(alive)[0].tolist()
-    n = cfg.features or len(alive_ids)
-    if len(alive_ids) < n:
-        progress.log(f"collect: only {len(alive_ids)} alive latents, fewer than --features {n}")
-        return alive_ids
-    return sorted(random.Random(cfg.seed).sample(alive_ids, n))
+            progress.log(f"collect: skipping dead features {dead} ({rule})")
+        chosen = sorted(dict.fromkeys(i for i in cfg.feature_ids if alive[i]))
+    else:
+        alive_ids = np.nonzero(alive)[0].tolist()
+        n = cfg.features or len(alive_ids)
+        if len(alive_ids) < n:
+            progress.log(f"collect: only {len(alive_ids)} alive latents ({rule}), fewer than --features {n}")
+            chosen = alive_ids
+        else:
+            chosen = sorted(random.Random(cfg.seed).sample(alive_ids, n))
+    no_top = [i for i in chosen if n_top[i] == 0]
+    if no_top:
+        progress.log(f"collect: features {no_top} fire only near the ends of their contexts: no examples")
+    return chosen
 
 
 def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
@@ -240,6 +276,6 @@ def features_table(latents: pa.Table, selected: Sequence[int], cfg: CollectConfi
         "n_firings": pa.array(n_firings),
         "max_activation": pa.array(col("max_activation")),
         "top_activation": latents["top_activation"].combine_chunks(),
-        "alive": pa.array((n_firings > cfg.dead_min_firings) & (col("n_top") > 0)),
+        "alive": pa.array(alive_latents(n_firings, col("n_top"), _counted_tokens(latents), cfg)),
         "selected": pa.array(chosen),
     })

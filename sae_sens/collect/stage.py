@@ -29,7 +29,7 @@ from ..stages import (
 )
 from ..store import Store, now_iso
 from .config import PASS_STAGE, SELECT_STAGE, CollectConfig
-from .examples import build_examples, features_table, select_features
+from .examples import _counted_tokens, build_examples, features_table, select_features
 from .passes import collect_pass_many
 
 
@@ -84,7 +84,7 @@ def run_collect_many(
         targets: dict[str, _Target] = {}
         for name in group:
             sae = saes[name]
-            lm = open_model(sae, opts)  # equal model keys: the same cached HookedLM for the whole group
+            lm = open_model(sae, opts, progress)  # equal model keys: the same cached HookedLM for the whole group
             record_sae_info(store, run, name, sae)
             targets[name] = _Target(name, sae, {**model_inputs(sae, lm), "corpus": source.fingerprint},
                                     store.checkpoint_dir(run, name, PASS_STAGE) / "state.pt")
@@ -160,7 +160,7 @@ def _collect_one(
                                   batch_size=opts.batch_size, progress=progress)
         summary.update(n_latents=latents.num_rows, n_alive=int(np.sum(features["alive"].to_numpy())),
                        n_selected=len(selected), n_examples=examples.num_rows,
-                       counted_tokens=int(latents["counted_tokens"][0].as_py()) if latents.num_rows else 0)
+                       counted_tokens=_counted_tokens(latents), alive_rule=cfg.alive_rule)
         return {"features": features, "examples": examples}
 
     outcome = run_stage(store, run, name, SELECT_STAGE, config=cfg.select_config(), inputs=sel_inputs,

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ..errors import ApiKeyError, ConfigError, ModelError, PermanentGenerationError
+from ..progress import NULL_PROGRESS, ProgressSink
 from .config import GenerateConfig, GeneratorSpec, public_url
 from .imports import TableImport
 
@@ -185,8 +186,18 @@ class OpenAIBackend:
         self.client.close()
 
 
+OnDone = Callable[[int, Completion], None]  # (index in the batch, its answer), as soon as it is complete
+OnStep = Callable[[int, int], None]  # (new tokens so far, the cap), once per generated token
+
+
 class HFBackend:
-    """A local chat model through transformers: batched sampling, left padding, the chat template."""
+    """A local chat model through transformers: batched sampling, left padding, the chat template.
+
+    A batch hands each answer over the moment its sequence ends (``on_done``), not when the longest
+    one does, so the runner journals it and advances the progress right away (``streams_answers``).
+    """
+
+    streams_answers = True
 
     def __init__(self, spec: GeneratorSpec, cfg: GenerateConfig) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -229,8 +240,10 @@ class HFBackend:
     def complete(self, request: Request) -> Completion:
         return self.complete_batch([request])[0]
 
-    def complete_batch(self, requests: Sequence[Request]) -> list[Completion]:
+    def complete_batch(self, requests: Sequence[Request], on_done: OnDone | None = None,
+                       on_step: OnStep | None = None) -> list[Completion]:
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         tok = self.tokenizer
         enc = tok([self._chat_text(r) for r in requests], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -251,28 +264,49 @@ class HFBackend:
             if self.cfg.temperature > 0 else {"do_sample": False}
         )
         t0 = time.perf_counter()
+        results: dict[int, Completion] = {}
+
+        def completion(i: int, row: torch.Tensor) -> Completion:
+            ids = row.tolist()
+            if tok.eos_token_id in ids:
+                ids = ids[: ids.index(tok.eos_token_id) + 1]
+            return Completion(
+                text=str(tok.decode(ids, skip_special_tokens=True)),
+                prompt_tokens=int(enc["attention_mask"][i].sum()),
+                completion_tokens=len(ids),
+                latency_s=time.perf_counter() - t0,
+            )
+
+        class _HandOver(StoppingCriteria):
+            """Never stops generation itself: sees each row's first EOS and hands that answer over."""
+
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                n_new = input_ids.shape[1] - width
+                if on_step is not None:
+                    on_step(n_new, max_new)
+                if on_done is not None:
+                    for i in (input_ids[:, -1] == tok.eos_token_id).nonzero().flatten().tolist():
+                        if i not in results:
+                            results[i] = completion(i, input_ids[i, width:].cpu())
+                            on_done(i, results[i])
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
         with torch.inference_mode():
             out = self.model.generate(
                 **{k: v.to(device) for k, v in enc.items()},
                 max_new_tokens=max_new,
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([_HandOver()]),
                 **sampling,
             )
-        latency = time.perf_counter() - t0
         new = out[:, width:].cpu()
-        results = []
         for i in range(len(requests)):
-            ids = new[i].tolist()
-            if tok.eos_token_id in ids:
-                ids = ids[: ids.index(tok.eos_token_id) + 1]
-            results.append(Completion(
-                text=str(tok.decode(ids, skip_special_tokens=True)),
-                prompt_tokens=int(enc["attention_mask"][i].sum()),
-                completion_tokens=len(ids),
-                latency_s=latency,
-            ))
-        return results
+            if i not in results:  # stopped by the token cap, or the last to end
+                results[i] = completion(i, new[i])
+                if on_done is not None:
+                    on_done(i, results[i])
+        return [results[i] for i in range(len(requests))]
 
     def close(self) -> None:
         pass
@@ -288,13 +322,14 @@ BACKENDS: dict[str, Callable[[GeneratorSpec, GenerateConfig], Generator]] = {
 _HF_CACHE: dict[tuple[str, str, str], HFBackend] = {}
 
 
-def open_generator(cfg: GenerateConfig) -> Generator:
+def open_generator(cfg: GenerateConfig, progress: ProgressSink = NULL_PROGRESS) -> Generator:
     """The backend named by ``cfg.generator``; a local model is loaded once and reused across SAEs."""
     spec = cfg.spec
     if spec.kind == "hf":
         key = (spec.target, str(cfg.device), str(cfg.dtype))
         if key not in _HF_CACHE:
             _HF_CACHE.clear()  # one local generator in memory at a time
+            progress.log(f"loading generator model {spec.target} …")
             _HF_CACHE[key] = HFBackend(spec, cfg)
         backend = _HF_CACHE[key]
         backend.cfg, backend.batch_size = cfg, cfg.batch_size  # sampling settings may differ per call

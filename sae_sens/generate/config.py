@@ -11,7 +11,7 @@ from ..errors import UsageError
 
 DEFAULT_MODEL = "gpt-4.1-mini"
 DEFAULT_GENERATOR = f"openai:{DEFAULT_MODEL}"
-KINDS = ("openai", "hf", "table")
+KINDS = ("openai", "hf", "table", "corpus")
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,9 @@ class GenerateConfig:
         spec = self.spec
         if spec.kind == "table":
             return {"generator": spec.label, "kind": "table", "file": str(spec.target)}
+        if spec.kind == "corpus":
+            return {"generator": spec.label, "kind": "corpus", "source": spec.target,
+                    "samples_per_feature": self.samples_per_feature}
         keep = ("samples_per_feature", "extra_samples", "n_top", "n_iw", "temperature", "max_tokens", "seed",
                 "separator")
         cfg = {k: v for k, v in asdict(self).items() if k in keep}
@@ -89,13 +92,14 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    kind: str  # openai | hf | table
+    kind: str  # openai | hf | table | corpus
     target: str  # the model name, hub id / folder, or import file
     label: str  # stored in every row; names the stage ``generate:<label>``
 
 
 def parse_generator(generator: str | None, from_table: Path | str | None = None) -> GeneratorSpec:
-    """``openai:<model>``, ``hf:<id>``, ``table:<file>``; with ``from_table`` the generator is only a label."""
+    """``openai:<model>``, ``hf:<id>``, ``table:<file>``, ``corpus:<corpus>``; with ``from_table`` the generator is
+    only a label."""
     generator = (generator or "").strip()
     if from_table is not None:
         label = generator or f"table:{from_table}"
@@ -109,7 +113,7 @@ def parse_generator(generator: str | None, from_table: Path | str | None = None)
         raise UsageError(
             f"unknown generator {generator!r}",
             "use openai:<model> (e.g. openai:gpt-4.1-mini), hf:<hub id or folder>, table:<file>, "
-            "or --from-table FILE --generator NAME",
+            "corpus:<corpus> (real passages, no LLM), or --from-table FILE --generator NAME",
         )
     target = target.strip()
     return GeneratorSpec(kind, target, f"{kind}:{target}")

@@ -105,30 +105,23 @@ def import_generations(examples: pa.Table, source: TableImport, progress: Progre
                           stats, warnings)
 
 
-def generate(
-    examples: pa.Table,
+def fetch_answers(
+    requests: list[Request],
     cfg: GenerateConfig,
-    backend: Backend | TableImport | None = None,
+    price: Price | None,
+    backend: Backend | None = None,
     *,
     checkpoint: Checkpoint | None = None,
     cache: QueryCache | None = None,
     progress: ProgressSink = NULL_PROGRESS,
     task: str = "generate",
-) -> GenerateResult:
-    """Generate ``cfg.samples_per_feature`` texts per feature of ``examples``.
-
-    Answers already in ``checkpoint`` (this stage, interrupted) or ``cache`` (any run) are reused;
-    only the rest is sent. Each new answer is journaled before the next request is handed out.
+    what: str = "features",
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Answers to ``requests`` by query hash, and counts for the stage record. Answers already in
+    ``checkpoint`` (this stage, interrupted) or ``cache`` (any run) are reused; only the rest is sent,
+    through ``cfg``'s backend (or ``backend``) with its concurrency, retries and ``--max-cost``. Each
+    new answer is journaled before the next request is handed out. Shared by generate and judge.
     """
-    spec = cfg.spec
-    if spec.kind == "table":
-        source = backend if isinstance(backend, TableImport) else TableImport(spec.target, spec.label)
-        return import_generations(examples, source, progress)
-    requests = make_requests(examples, cfg)
-    price = price_of(cfg)
-    if cfg.max_cost is not None and price is None:
-        raise ConfigError(f"--max-cost needs the price of {spec.target!r}, which is not in the price table",
-                          "pass --price-in and --price-out (USD per 1M tokens)")
     journal = checkpoint.load() if checkpoint else {}
     answers: dict[str, dict[str, Any]] = {}
     todo = []
@@ -141,11 +134,11 @@ def generate(
         else:
             todo.append(r)
     own = backend is None and bool(todo)
-    llm: Backend = backend or (open_generator(cfg) if todo else None)  # type: ignore[assignment]  # key checked here
+    llm: Backend = backend or (open_generator(cfg, progress) if todo else None)  # type: ignore[assignment]  # key checked here
     progress.start(task, total=len(requests))
     if len(requests) > len(todo):
         progress.advance(task, len(requests) - len(todo), f"{n_resumed} resumed, {n_cached} cached")
-    stats: dict[str, Any] = {"n_features": len(requests), "n_resumed": n_resumed, "n_cached": n_cached,
+    stats: dict[str, Any] = {"n_requests_total": len(requests), "n_resumed": n_resumed, "n_cached": n_cached,
                              "n_requests": len(todo), "n_sent": 0, "n_retries": 0, "n_rejected": 0,
                              "spent_usd": 0.0 if price else None}
     if todo:
@@ -171,11 +164,45 @@ def generate(
                      spent_usd=run.spent_usd if price else None)
         if run.failed:
             raise GenerationError(
-                f"{run.failed} of {len(requests)} features got no answer after {cfg.max_retries + 1} attempts "
+                f"{run.failed} of {len(requests)} {what} got no answer after {cfg.max_retries + 1} attempts "
                 f"(last: {run.errors[-1]})",
                 "rerun the same command to retry only those; finished features are kept",
             )
     progress.finish(task)
+    return answers, stats
+
+
+def generate(
+    examples: pa.Table,
+    cfg: GenerateConfig,
+    backend: Backend | TableImport | None = None,
+    *,
+    checkpoint: Checkpoint | None = None,
+    cache: QueryCache | None = None,
+    progress: ProgressSink = NULL_PROGRESS,
+    task: str = "generate",
+) -> GenerateResult:
+    """Generate ``cfg.samples_per_feature`` texts per feature of ``examples``.
+
+    Answers already in ``checkpoint`` (this stage, interrupted) or ``cache`` (any run) are reused;
+    only the rest is sent. Each new answer is journaled before the next request is handed out.
+    """
+    spec = cfg.spec
+    if spec.kind == "table":
+        source = backend if isinstance(backend, TableImport) else TableImport(spec.target, spec.label)
+        return import_generations(examples, source, progress)
+    if spec.kind == "corpus":
+        raise ConfigError(f"{spec.label} retrieves passages from the store's collect pass",
+                          "use run_generate (or `sae-sens generate`) with a store")
+    requests = make_requests(examples, cfg)
+    price = price_of(cfg)
+    if cfg.max_cost is not None and price is None:
+        raise ConfigError(f"--max-cost needs the price of {spec.target!r}, which is not in the price table",
+                          "pass --price-in and --price-out (USD per 1M tokens)")
+    llm = backend if not isinstance(backend, TableImport) else None
+    answers, stats = fetch_answers(requests, cfg, price, llm, checkpoint=checkpoint, cache=cache,
+                                   progress=progress, task=task, what="features")
+    stats = {"n_features": stats.pop("n_requests_total"), **stats}
     refused = [a for a in answers.values() if a.get("error")]
     stats["n_failed_features"] = len(refused)
     if requests and len(refused) == len(requests):
@@ -202,8 +229,10 @@ def generate(
     return GenerateResult(make_table("queries", queries), make_table("generations", generations), stats, warnings)
 
 
-def merge_generator_rows(store: Store, run: str, sae: str, table: str, new: pa.Table, label: str) -> pa.Table:
-    """``new`` plus the rows of other generators already in ``table`` (this generator's old rows go)."""
+def merge_generator_rows(store: Store, run: str, sae: str, table: str, new: pa.Table, label: str,
+                         column: str = "generator") -> pa.Table:
+    """``new`` plus the rows of other generators (or other values of ``column``) already in ``table``
+    (this generator's old rows go)."""
     if not store.has_table(run, sae, table):
         return new
     try:
@@ -211,12 +240,12 @@ def merge_generator_rows(store: Store, run: str, sae: str, table: str, new: pa.T
     except StoreError:  # damaged: other generators' rows are gone already; their stages rerun from the cache
         return new
     old = old.drop_columns([c for c in ("run", "sae") if c in old.column_names])
-    keep = old.filter(pc.not_equal(old["generator"], pa.scalar(label)))
+    keep = old.filter(pc.not_equal(old[column], pa.scalar(label)))
     if set(keep.column_names) == set(new.column_names):
         merged = pa.concat_tables([keep.select(new.column_names).cast(new.schema), new])
     else:
         merged = pa.concat_tables([keep, new], promote_options="permissive")
-    keys = [("generator", "ascending"), ("feature_index", "ascending")]
+    keys = [(column, "ascending"), ("feature_index", "ascending")]
     if "sample_index" in merged.column_names:
         keys.append(("sample_index", "ascending"))
     return merged.sort_by(keys)
@@ -227,7 +256,13 @@ def _stage_setup(store: Store, run: str, sae: str, cfg: GenerateConfig) -> tuple
     if spec.kind == "openai" and not cfg.base_url and os.environ.get("OPENAI_BASE_URL"):
         cfg = replace(cfg, base_url=os.environ["OPENAI_BASE_URL"])  # recorded, so a new server means new work
     inputs = table_inputs(store, run, sae, ["examples"])
-    if spec.kind == "table":
+    if spec.kind == "corpus":  # real passages: they depend on the collect pass and the corpus read
+        from ..corpus import resolve_corpus
+
+        inputs.update(table_inputs(store, run, sae, ["candidates"]))
+        inputs["corpus"] = resolve_corpus(spec.target).fingerprint
+        config = cfg.manifest_config("")
+    elif spec.kind == "table":
         path = Path(spec.target).expanduser()
         if not path.is_file():
             raise ImportTableError(f"import table {path} does not exist", "pass an existing file to --from-table")
@@ -270,10 +305,16 @@ def run_generate(
         examples = store.read_table(run, sae, "examples")
         checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl")
         cache = QueryCache(store.cache_dir / "generate")
-        if cfg.spec.kind != "table":
+        if cfg.spec.kind not in ("table", "corpus"):
             store.check_writable(store.sae_dir(run, sae), checkpoint.path.parent, cache.folder)
-        result = generate(examples, cfg, checkpoint=checkpoint, cache=cache, progress=progress,
-                          task=f"generate {sae} · {label}")
+        if cfg.spec.kind == "corpus":
+            from .corpus_control import corpus_generations
+
+            result = GenerateResult(*corpus_generations(store, run, sae, cfg.spec.target, label,
+                                                        cfg.samples_per_feature, device=cfg.device, progress=progress))
+        else:
+            result = generate(examples, cfg, checkpoint=checkpoint, cache=cache, progress=progress,
+                              task=f"generate {sae} · {label}")
         for name, table in result.tables().items():
             store.write_table(run, sae, name, merge_generator_rows(store, run, sae, name, table, label))
         extra = {**result.stats, "warnings": result.warnings}
@@ -293,6 +334,9 @@ def plan_generate(store: Store, run: str, sae: str, cfg: GenerateConfig) -> dict
         return {"sae": sae, "generator": spec.label, "features": len(res.queries), "rows": res.n_rows,
                 "imported": len(res.generations), "dropped": res.n_rows - len(res.generations),
                 "warnings": res.warnings}
+    if spec.kind == "corpus":
+        return {"sae": sae, "generator": spec.label, "features": len(set(examples["feature_index"].to_pylist())),
+                "done": 0, "requests": 0, "est_prompt_tokens": 0, "est_completion_tokens": 0, "est_cost_usd": 0.0}
     requests = make_requests(examples, cfg)
     journal = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl").load()
     cache = QueryCache(store.cache_dir / "generate")

@@ -309,6 +309,28 @@ class Runner:
             self._stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
 
+    def _call_batch(self, batch: list[Request], done: set[int], tries: list[int],
+                    on_answer: OnAnswer) -> tuple[list[int], list[Completion]]:
+        """One attempt at the batch's unanswered requests (a retry resends only those). A backend that
+        ``streams_answers`` hands each answer over as its sequence ends: it is finished (journaled,
+        counted) at once, and ``done`` remembers it."""
+        tries[0] += 1
+        idx = [i for i in range(len(batch)) if i not in done]
+        sub = [batch[i] for i in idx]
+        if not getattr(self.backend, "streams_answers", False):
+            return idx, self.backend.complete_batch(sub)
+
+        def early(j: int, answer: Completion) -> None:
+            done.add(idx[j])
+            answer.attempts = tries[0]
+            self._finish(batch[idx[j]], answer, None, on_answer)
+
+        def step(n: int, cap: int) -> None:
+            if n % 16 == 0:  # a heartbeat while a long batch runs (off a terminal: a timed line)
+                self.progress.advance(self.task, 0, f"{self._info()} · batch at {n}/{cap} tokens")
+
+        return idx, self.backend.complete_batch(sub, on_done=early, on_step=step)  # type: ignore[call-arg]
+
     def _run_batched(self, requests: Sequence[Request], on_answer: OnAnswer) -> None:
         todo = iter(requests)
         while True:
@@ -317,14 +339,19 @@ class Runner:
                 batch.append(r)
             if not batch:
                 return
+            done: set[int] = set()  # answers already handed over (and journaled) while the batch ran
+            tries = [0]
             try:
-                completions, attempts = self._attempts(partial(self.backend.complete_batch, batch), len(batch))
+                (idx, completions), attempts = self._attempts(
+                    partial(self._call_batch, batch, done, tries, on_answer), len(batch))
             except GenerationError as e:
                 if isinstance(e, PermanentGenerationError):
                     raise
-                for r in batch:
-                    self._finish(r, None, e, on_answer)
+                for i, r in enumerate(batch):
+                    if i not in done:
+                        self._finish(r, None, e, on_answer)
                 continue
-            for r, c in zip(batch, completions, strict=True):
-                c.attempts = attempts
-                self._finish(r, c, None, on_answer)
+            for i, c in zip(idx, completions, strict=True):
+                if i not in done:
+                    c.attempts = attempts
+                    self._finish(batch[i], c, None, on_answer)

@@ -23,12 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UsageError
+from .keys import GROUP_KEYS, N_RESAMPLES
 from .views import query
 
-GROUP_KEYS = ("run", "sae", "generator", "model", "width", "architecture", "sparsity", "layer")
 DEFAULT_KEYS = ("run", "sae", "generator")
 DESCRIBE = ("model", "width", "architecture", "sparsity")  # shown next to the default per-SAE keys
-N_RESAMPLES = 1000
 MAX_DENOMINATOR = 64  # values k / d with d up to this use the exact path
 
 

@@ -32,7 +32,8 @@ from ..errors import MissingTableError, SqlError, UsageError
 from ..schemas import SCHEMAS
 from ..store import MANIFEST, Store, read_manifest
 
-TABLE_VIEWS = ("features", "examples", "candidates", "queries", "generations", "scores", "feature_stats")
+TABLE_VIEWS = ("features", "latents", "examples", "candidates", "queries", "generations", "scores",
+               "feature_stats", "judgments", "labels")
 META_VIEWS = ("saes", "runs", "stages")
 STAGE_FAMILIES = ("collect", "generate", "score")
 

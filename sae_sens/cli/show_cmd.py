@@ -1,0 +1,256 @@
+"""`sae-sens show`: one feature in the terminal: stats, flags, examples and generated samples with
+their tokens highlighted by activation.
+
+Reads the store's Parquet tables directly (no DuckDB, no model). A token's shade is its activation
+over the feature's top activation (as on the HTML page); off a colour terminal the tokens at or
+above 1% of the top are marked ``{{like this}}`` instead, the convention of the examples' text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..errors import MissingTableError, UsageError
+from .base import app
+from .options import RunOpt, StoreOpt
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from rich.console import Console
+    from rich.text import Text
+
+    from ..store import Store
+
+MARK_FRACTION = 0.01  # the examples' {{marks}} use 1% of the top activation; shading and marks here too
+FEW_SAMPLES = 5  # a sensitivity over fewer generated samples than this is flagged
+
+
+@dataclass
+class FeatureView:
+    """Everything the store knows about one feature of one SAE in one run, as plain rows."""
+
+    run: str
+    sae: str
+    feature: int
+    sae_info: dict[str, Any]
+    latent: dict[str, Any] | None
+    stats: list[dict[str, Any]]
+    queries: list[dict[str, Any]]
+    examples: list[dict[str, Any]]
+    scores: list[dict[str, Any]]
+    generations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def top(self) -> float:
+        for source in ([self.latent] if self.latent else []) + self.stats:
+            v = source.get("top_activation")
+            if v is not None and v == v and v > 0:
+                return float(v)
+        acts = [a for e in self.examples for a in (e.get("activations") or []) if a is not None]
+        return max(acts, default=0.0) or 1.0
+
+
+def _rows(store: Store, run: str, sae: str, table: str, feature: int, *, required: bool = False) -> list[dict[str, Any]]:
+    import pyarrow.compute as pc
+
+    if not store.has_table(run, sae, table) and not required:
+        return []
+    t: pa.Table = store.read_table(run, sae, table)
+    return t.filter(pc.equal(t["feature_index"], feature)).to_pylist()
+
+
+def load_feature(store: Store, run: str, sae: str, feature: int, generators: list[str] | None = None) -> FeatureView:
+    """The feature's rows from every table; a feature that was not selected is a clear error naming some that were."""
+    examples = _rows(store, run, sae, "examples", feature, required=True)
+    if not examples:
+        import pyarrow.compute as pc
+
+        ex = store.read_table(run, sae, "examples")
+        chosen = sorted(set(pc.unique(ex["feature_index"]).to_pylist()))
+        shown = ", ".join(map(str, chosen[:12])) + (", ..." if len(chosen) > 12 else "")
+        raise UsageError(
+            f"feature {feature} has no examples in run {run!r}, SAE {sae!r}",
+            f"features there: {shown or 'none'}; `sae-sens collect --run {run} --sae {sae} --feature-ids {feature}` "
+            "adds it",
+        )
+    latent = next(iter(_rows(store, run, sae, "features", feature)), None)
+
+    def keep(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if not generators or r.get("generator") in generators]
+
+    return FeatureView(
+        run=run, sae=sae, feature=feature, sae_info=store.manifest(run, sae).data.get("sae_info") or {},
+        latent=latent,
+        stats=keep(_rows(store, run, sae, "feature_stats", feature)),
+        queries=keep(_rows(store, run, sae, "queries", feature)),
+        examples=sorted(examples, key=lambda r: r["example_index"]),
+        scores=_rows(store, run, sae, "scores", feature),
+        generations=keep(_rows(store, run, sae, "generations", feature)),
+    )
+
+
+def highlight(tokens: list[str], acts: list[float | None], top: float, color: bool) -> Text:
+    """Tokens shaded by activation / top (colour), or the strong ones marked {{like this}} (no colour)."""
+    from rich.text import Text
+
+    out = Text()
+    marked = False
+    for tok, act in zip(tokens, acts, strict=False):
+        tok = tok.replace("\n", "↵")
+        share = 0.0 if act is None or top <= 0 else max(0.0, min(1.0, float(act) / top))
+        strong = share >= MARK_FRACTION
+        if color:
+            style = f"black on rgb(255,{int(235 - 95 * share)},{int(200 - 200 * share)})" if strong else ""
+            out.append(tok, style=style)
+        else:  # consecutive strong tokens share one mark, as in the examples' text
+            if strong and not marked:
+                out.append("{{")
+            if not strong and marked:
+                out.append("}}")
+            out.append(tok)
+            marked = strong
+    if marked and not color:
+        out.append("}}")
+    return out
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def generator_flags(view: FeatureView, generator: str, stats: dict[str, Any] | None) -> list[str]:
+    """What a reader should know before trusting this generator's sensitivity for the feature."""
+    from ..report.summary import looks_like_preamble
+
+    flags = []
+    n = stats.get("n_generated") if stats else None
+    if n is not None and n < FEW_SAMPLES:
+        flags.append(f"n = {n}")
+    methods = sorted({q["parse_method"] for q in view.queries if q["generator"] == generator and q.get("parse_method")})
+    if any(m not in ("separator", "table") for m in methods):
+        flags.append(f"parsed by {'/'.join(methods)} (the generator ignored the separator)")
+    errors = sum(1 for q in view.queries if q["generator"] == generator and q.get("status") == "error")
+    if errors:
+        flags.append(f"{errors} failed request(s)")
+    preamble = sum(1 for g in view.generations if g["generator"] == generator and looks_like_preamble(g.get("text")))
+    if preamble:
+        flags.append(f"{preamble} look like preamble")
+    if stats and stats.get("n_truncated"):
+        flags.append(f"{stats['n_truncated']} truncated")
+    if stats and stats.get("n_empty"):
+        flags.append(f"{stats['n_empty']} empty")
+    return flags
+
+
+def render(view: FeatureView, console: Console, *, max_samples: int | None = None) -> None:
+    from rich.table import Table
+
+    color = console.color_system is not None
+    top = view.top
+    info = view.sae_info
+    what = ", ".join(f"{k} {info[k]}" for k in ("model_id", "width", "architecture", "sparsity", "hook") if info.get(k))
+    console.print(f"[bold]{view.sae}[/] · feature [bold]{view.feature}[/] · run {view.run}" + (f"  ({what})" if what else ""),
+                  highlight=False)
+    if view.latent:
+        lat = view.latent
+        console.print(
+            f"frequency {_num((lat.get('frequency') or 0) * 100)}% ({_num(lat.get('n_firings'))} firings) · "
+            f"max activation {_num(lat.get('max_activation'))} · top example {_num(lat.get('top_activation'))} · "
+            + ("alive" if lat.get("alive") else "[red]dead[/]"), highlight=False)
+
+    stats_by_gen = {s["generator"]: s for s in view.stats}
+    gens = list(dict.fromkeys([s["generator"] for s in view.stats] + [g["generator"] for g in view.generations]))
+    if gens:
+        t = Table(title="sensitivity", title_justify="left", header_style="bold cyan")
+        for c in ("generator", "generated", "n", "original (text)", "original (window)", "mean max act.", "flags"):
+            t.add_column(c)
+        for g in gens:
+            s = stats_by_gen.get(g) or {}
+            flags = generator_flags(view, g, s or None)
+            t.add_row(g, _num(s.get("generated_sensitivity")), _num(s.get("n_generated")),
+                      _num(s.get("original_sensitivity")), _num(s.get("original_sensitivity_window")),
+                      _num(s.get("mean_max_activation")), "[yellow]" + "; ".join(flags) + "[/]" if flags else "")
+        console.print(t)
+    else:
+        console.print("[dim]no generated samples yet (sae-sens generate)[/]")
+
+    legend = ("tokens shaded by activation / top activation" if color
+              else f"{{{{marked}}}}: activation >= {MARK_FRACTION:.0%} of the top activation")
+    console.print(f"\n[bold]original examples[/] (top activation {_num(top)}; {legend})", highlight=False)
+    originals = {(r["sample_index"], r["variant"]): r for r in view.scores if r.get("source") == "original"}
+    for e in view.examples:
+        text = highlight(e.get("tokens") or [], e.get("activations") or [], top, color) if e.get("tokens") else None
+        marks = "".join(
+            f" {v[0]}{'✓' if r.get('active') else '✗'}" for v in ("text", "window")
+            if (r := originals.get((e["example_index"], v))) is not None and r.get("active") is not None)
+        head = f"{e['kind']:>3} {_num(e.get('max_activation')):>7}{marks:<6} "
+        line = console.render_str(head, highlight=False)
+        line.append_text(text if text is not None else console.render_str(e.get("text") or "", markup=False))
+        console.print(line, soft_wrap=True)
+
+    from ..report.summary import looks_like_preamble
+
+    scored = {(r["generator"], r["sample_index"]): r for r in view.scores if r.get("source") == "generated"}
+    for g in gens:
+        samples = sorted((s for s in view.generations if s["generator"] == g), key=lambda s: s["sample_index"])
+        if not samples:
+            samples = sorted(({"generator": g, "sample_index": k[1], "text": r.get("text")}
+                              for k, r in scored.items() if k[0] == g), key=lambda s: s["sample_index"])
+        console.print(f"\n[bold]generated by {g}[/] ({len(samples)} samples)", highlight=False)
+        for s in samples[:max_samples] if max_samples else samples:
+            r = scored.get((g, s["sample_index"]))
+            if r is None:
+                head = "   not scored  "
+            elif r.get("empty"):
+                head = "   empty       "
+            else:
+                share = r.get("frac_of_top")
+                share_text = f"{share:>4.0%}" if isinstance(share, float) and share == share else "   –"
+                head = f"{'✓' if r.get('active') else '✗'} {_num(r.get('max_activation')):>7} {share_text}  "
+            line = console.render_str(head, highlight=False)
+            if r is not None and r.get("tokens"):
+                line.append_text(highlight(r["tokens"], r.get("activations") or [], top, color))
+            else:
+                line.append(s.get("text") or "")
+            if r is not None and r.get("truncated"):
+                line.append("  [truncated]", style="yellow")
+            if looks_like_preamble(s.get("text")):
+                line.append("  [preamble?]", style="yellow")
+            console.print(line, soft_wrap=True)
+
+
+@app.command("show")
+def show_command(
+    feature: Annotated[int, typer.Argument(help="The SAE latent index.", min=0, show_default=False)],
+    sae: Annotated[str, typer.Option("--sae", "-s", help="The SAE (its name in the store).", show_default=False)],
+    store: StoreOpt = None,
+    run: RunOpt = "default",
+    generator: Annotated[list[str] | None, typer.Option(
+        "--generator", "-g", help="Only these generators; repeat for several (default: all).", show_default=False,
+    )] = None,
+    samples: Annotated[int | None, typer.Option(
+        "--samples", min=1, help="Show at most this many generated samples per generator.", show_default=False,
+    )] = None,
+) -> None:
+    """One feature in the terminal: its stats and flags, its original examples and every generated
+    sample, tokens highlighted by activation (✓ active, ✗ not; the share of the feature's top
+    activation after the max).
+
+    Example: sae-sens show --run demo --sae smol_576_topk 25
+    """
+    from ..store import Store
+    from .output import console
+
+    st = Store(store)
+    if not any(st.has_table(r, sae, "examples") for r in [run, *st.runs()]):
+        known = sorted({s for _, s in st.iter_run_saes()})
+        raise MissingTableError(f"no SAE {sae!r} with examples in {st.root}",
+                                f"SAEs there: {', '.join(known) or 'none yet'} (sae-sens runs lists them)")
+    render(load_feature(st, run, sae, feature, generator), console, max_samples=samples)

@@ -1,0 +1,154 @@
+"""`sae-sens sql`: the duckdb CLI (PyPI's duckdb-cli) over the report views, or a built-in prompt."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .base import app
+from .options import OptionalSaeOpt, StoreOpt
+from .output import console, err_console, rich_table
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ..report.shell import SqlShell
+
+RunsFilterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--run", "-r", help="Limit to these runs; repeat for several (default: all).", show_default=False),
+]
+MAX_ROWS = 40  # the built-in prompt prints at most this many rows of a result
+MAX_CELL = 60  # and this many characters of a cell (lists of activations are long)
+PROMPT = "sae-sens sql> "
+CONTINUE = "         ...> "
+
+
+def duckdb_cli() -> list[str] | None:
+    """The command that starts the duckdb CLI: ``duckdb`` on PATH, else the duckdb-cli package of this
+    Python (installed with sae-sens, so it is there even when the venv is not activated)."""
+    found = shutil.which("duckdb")
+    if found:
+        return [found]
+    if importlib.util.find_spec("duckdb_cli") is not None:
+        return [sys.executable, "-m", "duckdb_cli"]
+    return None
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list):
+        head = ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in value[:4])
+        value = f"[{head}{', …' if len(value) > 4 else ''}] ({len(value)})"
+    if isinstance(value, str) and len(value) > MAX_CELL:
+        return value[: MAX_CELL - 1] + "…"
+    return value
+
+
+def show_bounded(table: pa.Table) -> None:
+    """A result as a table of at most ``MAX_ROWS`` rows with cells cut to ``MAX_CELL`` characters."""
+    head = table.slice(0, MAX_ROWS)
+    rows = [[_cell(v) for v in row] for row in zip(*(c.to_pylist() for c in head.columns), strict=True)]
+    console.print(rich_table(head.column_names, rows))
+    if table.num_rows > MAX_ROWS:
+        err_console.print(f"({MAX_ROWS} of {table.num_rows:,} rows shown; add LIMIT, or write them all with "
+                          "sae-sens report --sql \"...\" --format csv -o FILE)", highlight=False)
+
+
+def _history_file() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(base) / "sae-sens" / "sql_history"
+
+
+def interactive(shell: SqlShell) -> None:
+    """The prompt on a terminal: line editing and history (readline), a continuation prompt while a
+    statement is open; Ctrl-C drops the statement being typed, Ctrl-D leaves."""
+    try:
+        import readline
+    except ImportError:  # pragma: no cover  (Windows)
+        readline = None  # type: ignore[assignment]
+    history = _history_file()
+    if readline is not None:
+        try:
+            readline.read_history_file(history)
+        except OSError:
+            pass
+    try:
+        while True:
+            try:
+                line = input(CONTINUE if shell.pending else PROMPT)
+            except KeyboardInterrupt:
+                shell.discard()
+                print()
+                continue
+            except EOFError:
+                print()
+                break
+            if not shell.feed(line):
+                break
+        shell.close()
+    finally:
+        if readline is not None:
+            try:
+                history.parent.mkdir(parents=True, exist_ok=True)
+                readline.set_history_length(1000)
+                readline.write_history_file(history)
+            except OSError:
+                pass
+
+
+@app.command("sql")
+def sql_command(
+    store: StoreOpt = None,
+    run: RunsFilterOpt = None,
+    sae: OptionalSaeOpt = None,
+    builtin: Annotated[bool, typer.Option("--builtin", help="Use the built-in prompt even if the duckdb CLI "
+                                                           "is installed.")] = False,
+) -> None:
+    """An interactive DuckDB SQL shell with the report views defined.
+
+    Opens the duckdb CLI (the duckdb-cli package, installed with sae-sens, or `duckdb` on PATH) with
+    every view defined: features, latents, examples, candidates, queries, generations, scores,
+    feature_stats, saes, runs, stages. Without it, or with --builtin, a small prompt with history
+    (statements end with ';'; .tables, .help, .quit). Piped SQL runs too, and the exit status is
+    non-zero when a statement fails.
+
+    Example:
+
+      sae-sens sql --store evals
+
+      echo "SELECT sae, avg(generated_sensitivity) FROM feature_stats GROUP BY sae;" | sae-sens sql
+    """
+    from ..report.shell import SqlShell
+    from ..report.views import connect, has_results, write_init_sql
+    from ..store import Store
+
+    st = Store(store)
+    command = None if builtin else duckdb_cli()
+    if command is not None:
+        with tempfile.TemporaryDirectory(prefix="sae-sens-sql-") as tmp:
+            init = write_init_sql(st, Path(tmp), run, sae)
+            code = subprocess.call([*command, "-init", str(init)])
+        sys.exit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which drops its code
+    con = connect(st, run, sae)
+    if not has_results(con):
+        err_console.print(f"note: no runs in {st.root} yet, so the views are empty; run `sae-sens run` first")
+    shell = SqlShell(con, show=show_bounded, note=lambda msg: err_console.print(msg, highlight=False, soft_wrap=True))
+    if sys.stdin.isatty():
+        err_console.print("sae-sens sql: end statements with ';', .tables lists the views, .quit leaves")
+        interactive(shell)
+        return
+    for line in sys.stdin:
+        if not shell.feed(line):
+            break
+    else:
+        shell.close()
+    if shell.errors:
+        sys.exit(1)  # a script or pipe must be able to tell that a statement failed

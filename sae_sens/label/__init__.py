@@ -1,0 +1,14 @@
+"""``sae-sens label``: humans take the judge's blind pairwise test on a local page.
+
+    pairs = label_pairs(store, run, sae)               # the judge's pairs for the same seed
+    server = make_server(LabelBook(store, pairs, 42), rater="ana")   # 127.0.0.1, a free port
+    server.serve_forever()
+
+Answers go to the ``labels`` table, one row per rater and pair, as they are given.
+"""
+
+from .pairs import Pair, build_pairs
+from .server import ANSWERS, LabelBook, make_server
+from .store import label_pairs
+
+__all__ = ["ANSWERS", "LabelBook", "Pair", "build_pairs", "label_pairs", "make_server"]

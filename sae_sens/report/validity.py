@@ -1,0 +1,315 @@
+"""Validity summaries: is a low sensitivity the feature's doing, or the generator's, or the threshold's?
+
+* ``threshold_summary``: per run × SAE × generator, mean sensitivity at the absolute threshold and at
+  each threshold relative to the feature's top activation (``feature_stats.sensitivity_relative``),
+  with bootstrap intervals over features, and the mean ``frac_of_top``;
+* ``apply_min_original``: the paper's feature filter (keep features whose own examples still fire at
+  least ``min_original`` of the time) applied to the connection's ``feature_stats`` view, so every
+  summary after it sees only the kept features; returns what each SAE lost;
+* ``write_threshold_plot``: sensitivity against the threshold, one line per SAE × generator.
+
+Kept apart from ``summary.py`` so the main summary's columns do not change with these options.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ..errors import UsageError
+from .summary import N_RESAMPLES, bootstrap_mean_ci
+from .views import query
+
+
+def _generator_where(generators: Sequence[str] | None, prefix: str = "WHERE") -> tuple[str, list[str]]:
+    if not generators:
+        return "", []
+    return f"{prefix} generator IN ({', '.join('?' for _ in generators)})", list(generators)
+
+
+def level_label(r: float | None, absolute: float | None = None) -> str:
+    """``1%`` for a relative threshold r = 0.01; the absolute threshold as ``> 1e-06``."""
+    if r is None:
+        return f"> {absolute:g}" if absolute is not None else "absolute"
+    return f"{r * 100:g}%"
+
+
+def with_intervals(table: pa.Table, values: str, mean_at: str, *, n_resamples: int, seed: int) -> pa.Table:
+    """Replace the list column ``values`` (per-feature values of each row's group) by ``ci_low`` and
+    ``ci_high`` placed after ``mean_at``: 95% bootstrap intervals of the mean, as in the main summary."""
+    col = table.column(values).combine_chunks()
+    lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    codes = np.repeat(np.arange(table.num_rows), lengths)
+    low, high = bootstrap_mean_ci(codes, flat, table.num_rows, n_resamples=n_resamples, seed=seed)
+    table = table.drop_columns([values])
+    at = table.column_names.index(mean_at) + 1
+    return (table.add_column(at, f"{mean_at}_low", pa.array(low, from_pandas=True))
+            .add_column(at + 1, f"{mean_at}_high", pa.array(high, from_pandas=True)))
+
+
+def threshold_levels(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                     n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
+    """Long form: per run × SAE × generator × level (the absolute threshold, then each relative one),
+    features, mean sensitivity and its 95% interval over features."""
+    where, params = _generator_where(generators)
+    sql = f"""
+        WITH fs AS (SELECT * FROM feature_stats {where}),
+        rel AS (
+            SELECT run, sae, generator, feature_index,
+                unnest(relative_thresholds) AS r, unnest(sensitivity_relative) AS s
+            FROM fs
+        ),
+        levels AS (
+            SELECT run, sae, generator, feature_index, CAST(NULL AS DOUBLE) AS r, threshold AS absolute,
+                generated_sensitivity AS s FROM fs
+            UNION ALL
+            SELECT run, sae, generator, feature_index, r, NULL, s FROM rel
+        )
+        SELECT run, sae, generator, r AS relative, any_value(absolute) AS absolute,
+            count(s) AS features, avg(s) AS sensitivity, list(s) FILTER (WHERE s IS NOT NULL) AS _values
+        FROM levels GROUP BY run, sae, generator, r
+        ORDER BY run, sae, generator, r NULLS FIRST
+    """
+    table = query(con, sql, params)
+    labels = [level_label(r, a) for r, a in zip(table.column("relative").to_pylist(),
+                                                 table.column("absolute").to_pylist(), strict=True)]
+    table = table.add_column(3, "level", pa.array(labels, pa.string()))
+    return with_intervals(table, "_values", "sensitivity", n_resamples=n_resamples, seed=seed)
+
+
+def threshold_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                      n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
+    """Wide form, one row per run × SAE × generator: mean frac_of_top, then the mean sensitivity at
+    each level with its interval as ``[low, high]`` (columns ``sens > 1e-06``, ``sens 1%``, ...)."""
+    long = threshold_levels(con, generators, n_resamples=n_resamples, seed=seed).to_pylist()
+    where, params = _generator_where(generators)
+    frac = {(r["run"], r["sae"], r["generator"]): (r["features"], r["mean_frac_of_top"]) for r in query(con, f"""
+        SELECT run, sae, generator, count(generated_sensitivity) AS features, avg(mean_frac_of_top) AS mean_frac_of_top
+        FROM feature_stats {where} GROUP BY ALL""", params).to_pylist()}
+    rows: dict[tuple[str, str, str], dict[str, object]] = {}
+    for r in long:
+        key = (r["run"], r["sae"], r["generator"])
+        n, mean_frac = frac.get(key, (0, None))
+        row = rows.setdefault(key, {"run": key[0], "sae": key[1], "generator": key[2], "features": n,
+                                    "mean_frac_of_top": mean_frac})
+        name = "sens " + r["level"]
+        row[name] = r["sensitivity"]
+        row[name + " ci"] = (None if r["sensitivity_low"] is None
+                             else f"[{r['sensitivity_low']:.3g}, {r['sensitivity_high']:.3g}]")
+    columns: list[str] = []
+    for row in rows.values():
+        columns += [c for c in row if c not in columns]
+    return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows.values()])
+
+
+def apply_min_original(con: duckdb.DuckDBPyConnection, min_original: float) -> pa.Table:
+    """Keep only features with ``original_sensitivity >= min_original`` in the ``feature_stats`` view
+    (features whose originals were not scored are dropped too: they cannot pass). Returns per run ×
+    SAE: features before, kept, lost, and the share lost."""
+    if not 0 <= min_original <= 1:
+        raise UsageError(f"--min-original-sensitivity must be in [0, 1], got {min_original:g}", "e.g. 0.9")
+    (view_sql,) = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'feature_stats'").fetchone() or (None,)
+    if view_sql is None:
+        raise UsageError("no feature_stats view to filter")
+    renamed, n = re.subn(r"^\s*CREATE\s+(OR\s+REPLACE\s+)?VIEW\s+\"?feature_stats\"?\s",
+                         "CREATE OR REPLACE VIEW _feature_stats_all ", view_sql, count=1, flags=re.I)
+    if not n:
+        raise RuntimeError(f"unexpected view definition: {view_sql[:80]}")
+    con.execute(renamed)
+    con.execute(f"""CREATE OR REPLACE VIEW feature_stats AS
+        SELECT * FROM _feature_stats_all WHERE original_sensitivity >= {float(min_original)!r}""")
+    return query(con, f"""
+        WITH per_feature AS (
+            SELECT run, sae, feature_index, bool_and(coalesce(original_sensitivity >= {float(min_original)!r}, false)) AS kept
+            FROM _feature_stats_all GROUP BY ALL
+        )
+        SELECT run, sae, count(*) AS features, count(*) FILTER (WHERE kept) AS kept,
+            count(*) FILTER (WHERE NOT kept) AS lost, avg((NOT kept)::DOUBLE) AS share_lost
+        FROM per_feature GROUP BY ALL ORDER BY run, sae
+    """)
+
+
+def write_threshold_plot(con: duckdb.DuckDBPyConnection, path: str | Path, *,
+                         generators: Sequence[str] | None = None, n_resamples: int = N_RESAMPLES,
+                         seed: int = 0) -> Path:
+    """Mean sensitivity against the threshold (absolute, then relative levels in increasing order),
+    one line per SAE × generator with 95% interval bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    long = threshold_levels(con, generators, n_resamples=n_resamples, seed=seed).to_pylist()
+    levels: list[tuple[float, str]] = sorted({(-1.0 if r["relative"] is None else r["relative"], r["level"])
+                                              for r in long})
+    x_of = {label: i for i, (_, label) in enumerate(levels)}
+    lines: dict[str, list[dict[str, object]]] = {}
+    for r in long:
+        name = r["sae"] if not r["generator"] else f"{r['sae']} · {r['generator']}"
+        if r["run"] and len({x["run"] for x in long}) > 1:
+            name = f"{r['run']}/{name}"
+        lines.setdefault(name, []).append(r)
+    fig, ax = plt.subplots(figsize=(7.0, 4.5), dpi=150)
+    for name, rows in sorted(lines.items()):
+        rows = [r for r in rows if r["sensitivity"] is not None]
+        rows.sort(key=lambda r: x_of[str(r["level"])])
+        xs = [x_of[str(r["level"])] for r in rows]
+        ys = np.array([r["sensitivity"] for r in rows], dtype=float)
+        lo = np.array([r["sensitivity_low"] for r in rows], dtype=float)
+        hi = np.array([r["sensitivity_high"] for r in rows], dtype=float)
+        ax.errorbar(xs, ys, yerr=[np.clip(np.nan_to_num(ys - lo), 0, None), np.clip(np.nan_to_num(hi - ys), 0, None)], marker="o", capsize=3,
+                    label=name)
+    ax.set_xticks(range(len(levels)), [label for _, label in levels])
+    ax.set_xlabel("threshold (absolute, then fraction of the feature's top activation)")
+    ax.set_ylabel("mean generated sensitivity")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def threshold_plot_path(path: Path) -> Path:
+    """Where ``report --plot F.png`` puts the threshold curve: ``F_thresholds.png``."""
+    return path.with_name(f"{path.stem}_thresholds{path.suffix}")
+
+
+def _has_rows(con: duckdb.DuckDBPyConnection, view: str) -> bool:
+    try:
+        return bool(con.execute(f"SELECT count(*) FROM {view}").fetchall()[0][0])
+    except duckdb.Error:  # a view this store's connection does not define
+        return False
+
+
+def judge_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                  n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
+    """Per run × SAE × generator × judge, means over features with 95% intervals: sensitivity over
+    every judged text, sensitivity over the texts the judge called valid (direct check), the share
+    called valid, and the indistinguishable rate (share of blind pairs where the judge took the
+    generated text for the real one; 0.5 = it cannot tell). Unparsed answers count nowhere."""
+    where, params = _generator_where(generators, "AND")
+    sql = f"""
+        WITH texts AS (
+            SELECT DISTINCT run, sae, generator, judge, feature_index, sample_index FROM judgments
+            WHERE true {where}
+        ),
+        direct AS (
+            SELECT run, sae, generator, judge, feature_index, sample_index, any_value(valid) AS valid
+            FROM judgments WHERE task = 'direct' AND status = 'ok' GROUP BY ALL
+        ),
+        gen AS (
+            SELECT run, sae, generator, feature_index, sample_index, any_value(active) AS active
+            FROM scores WHERE source = 'generated' AND NOT empty GROUP BY ALL
+        ),
+        per_feature AS (
+            SELECT t.run, t.sae, t.generator, t.judge, t.feature_index,
+                avg(g.active::DOUBLE) AS sens_all,
+                avg(g.active::DOUBLE) FILTER (WHERE d.valid) AS sens_valid,
+                avg(d.valid::DOUBLE) AS valid_share
+            FROM texts t
+            LEFT JOIN gen g USING (run, sae, generator, feature_index, sample_index)
+            LEFT JOIN direct d USING (run, sae, generator, judge, feature_index, sample_index)
+            GROUP BY ALL
+        ),
+        pairs AS (
+            SELECT run, sae, generator, judge, feature_index, avg((NOT correct)::DOUBLE) AS indistinguishable,
+                count(*) AS n_pairs
+            FROM judgments WHERE task = 'pair' AND status = 'ok' GROUP BY ALL
+        )
+        SELECT run, sae, generator, judge, count(*) AS features,
+            avg(sens_all) AS sensitivity, list(sens_all) FILTER (WHERE sens_all IS NOT NULL) AS _v1,
+            avg(sens_valid) AS sensitivity_valid, list(sens_valid) FILTER (WHERE sens_valid IS NOT NULL) AS _v2,
+            avg(valid_share) AS valid_share, list(valid_share) FILTER (WHERE valid_share IS NOT NULL) AS _v3,
+            avg(indistinguishable) AS indistinguishable,
+            list(indistinguishable) FILTER (WHERE indistinguishable IS NOT NULL) AS _v4,
+            coalesce(sum(n_pairs), 0)::BIGINT AS pairs
+        FROM per_feature LEFT JOIN pairs USING (run, sae, generator, judge, feature_index)
+        GROUP BY ALL ORDER BY run, sae, generator, judge
+    """
+    table = query(con, sql, params)
+    for values, mean in (("_v1", "sensitivity"), ("_v2", "sensitivity_valid"), ("_v3", "valid_share"),
+                         ("_v4", "indistinguishable")):
+        table = with_intervals(table, values, mean, n_resamples=n_resamples, seed=seed)
+    return table
+
+
+def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
+    """Cohen's kappa of two raters' labels on the same items (None without items, or when chance
+    agreement is already 1: both always gave the one same label)."""
+    if not a or len(a) != len(b):
+        return None
+    labels = sorted(set(a) | set(b))
+    n = len(a)
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    expected = sum((a.count(k) / n) * (b.count(k) / n) for k in labels)
+    return None if expected >= 1 else (observed - expected) / (1 - expected)
+
+
+def label_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                  n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
+    """Per run × SAE × generator (× judge, where the judge answered the same pairs): raters, answered
+    pairs (skips left out), human accuracy and human indistinguishable rate (means over features,
+    95% intervals), and the human vs judge agreement and Cohen's kappa on the pairs both answered."""
+    where, params = _generator_where(generators, "AND")
+    sql = f"""
+        WITH l AS (SELECT * FROM labels WHERE answer IN ('A', 'B') {where}),
+        per_feature AS (
+            SELECT run, sae, generator, feature_index, avg(correct::DOUBLE) AS accuracy,
+                avg((NOT correct)::DOUBLE) AS indistinguishable
+            FROM l GROUP BY ALL
+        )
+        SELECT run, sae, generator,
+            (SELECT count(DISTINCT rater) FROM l WHERE l.run = p.run AND l.sae = p.sae AND l.generator = p.generator)
+                AS raters,
+            (SELECT count(*) FROM l WHERE l.run = p.run AND l.sae = p.sae AND l.generator = p.generator) AS labels,
+            count(*) AS features,
+            avg(accuracy) AS accuracy, list(accuracy) AS _v1,
+            avg(indistinguishable) AS indistinguishable, list(indistinguishable) AS _v2
+        FROM per_feature p GROUP BY ALL ORDER BY run, sae, generator
+    """
+    table = query(con, sql, params)
+    for values, mean in (("_v1", "accuracy"), ("_v2", "indistinguishable")):
+        table = with_intervals(table, values, mean, n_resamples=n_resamples, seed=seed)
+    matched = query(con, f"""
+        SELECT l.run, l.sae, l.generator, j.judge, l.answer AS human, j.answer AS judge_answer
+        FROM labels l JOIN judgments j ON j.task = 'pair' AND j.status = 'ok' AND l.run = j.run AND l.sae = j.sae
+            AND l.generator = j.generator AND l.feature_index = j.feature_index AND l.sample_index = j.sample_index
+            AND l.real_example = j.real_example AND l.real_position = j.real_position
+        WHERE l.answer IN ('A', 'B') {where.replace('generator', 'l.generator')}
+    """, params).to_pylist() if _has_rows(con, "judgments") else []
+    pairs: dict[tuple[str, str, str], dict[str | None, tuple[list[str], list[str]]]] = {}
+    for m in matched:
+        h, j = pairs.setdefault((m["run"], m["sae"], m["generator"]), {}).setdefault(m["judge"], ([], []))
+        h.append(m["human"])
+        j.append(m["judge_answer"])
+    rows = []
+    for r in table.to_pylist():
+        judges = pairs.get((r["run"], r["sae"], r["generator"])) or {None: ([], [])}
+        for judge, (h, j) in sorted(judges.items(), key=lambda kv: kv[0] or ""):
+            rows.append({**r, "judge": judge, "matched": len(h),
+                         "agreement": sum(x == y for x, y in zip(h, j, strict=True)) / len(h) if h else None,
+                         "kappa": cohen_kappa(h, j)})
+    return pa.Table.from_pylist(rows) if rows else table
+
+
+def validity_tables(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
+                    n_resamples: int = N_RESAMPLES, seed: int = 0) -> list[tuple[str, pa.Table]]:
+    """The validity tables that have data, titled: the judge's summary, then the human labels'."""
+    out = []
+    if _has_rows(con, "judgments"):
+        out.append(("LLM judge: sensitivity over valid texts, valid share, indistinguishable rate (0.5 = cannot tell)",
+                    judge_summary(con, generators, n_resamples=n_resamples, seed=seed)))
+    if _has_rows(con, "labels"):
+        out.append(("human labels: accuracy, indistinguishable rate, agreement with the judge (Cohen's kappa)",
+                    label_summary(con, generators, n_resamples=n_resamples, seed=seed)))
+    return out

@@ -1,0 +1,122 @@
+"""`sae-sens sql`: the real duckdb CLI (PyPI's duckdb-cli) over every view, and the built-in prompt's
+bounded output, continuation prompt, history and exit status."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sae_sens.cli import main, sql_cmd
+from sae_sens.cli import output as cli_output
+from sae_sens.report.views import META_VIEWS, TABLE_VIEWS, connect
+from sae_sens.schemas import make_table
+from sae_sens.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN, SAE = "r1", "py_4k_topk_s0"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    st = Store(tmp_path / "evals")
+    st.write_table(RUN, SAE, "latents", make_table("latents", [
+        {"feature_index": i, "n_firings": 3 * i, "max_activation": float(i), "n_top": 2, "n_iw": 1,
+         "counted_tokens": 1000} for i in range(50)]))
+    st.write_table(RUN, SAE, "candidates", make_table("candidates", [
+        {"feature_index": i, "pool": "top", "rank": 0, "window_index": i, "position": 20, "activation": 1.0,
+         "key": float("nan"), "activations": [float(k) / 7 for k in range(21)]} for i in range(50)]))
+    st.write_table(RUN, SAE, "feature_stats", make_table("feature_stats", [
+        {"feature_index": i, "generator": "g", "generated_sensitivity": i / 10} for i in range(10)]))
+    return st
+
+
+def test_every_view_exists_including_latents(store: Store) -> None:
+    con = connect(store)
+    names = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert set(TABLE_VIEWS) | set(META_VIEWS) <= names and "latents" in TABLE_VIEWS
+    assert con.execute("SELECT count(*), sum(n_firings) FROM latents").fetchall() == [(50, 3 * 49 * 50 // 2)]
+
+
+def run_sql(store: Store, sql: str, *extra: str, path: str = "/usr/bin:/bin") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": path, "HOME": str(store.root.parent)}
+    return subprocess.run([sys.executable, "-m", "sae_sens", "sql", "--store", str(store.root), *extra], input=sql,
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def test_real_duckdb_cli_runs_piped_sql_over_the_views(store: Store) -> None:
+    assert sql_cmd.duckdb_cli() is not None, "duckdb-cli (a dependency) is not installed"
+    p = run_sql(store, "SELECT count(*) AS n_latents FROM latents;\nSELECT sae, width FROM saes;\n"
+                       "SELECT max(generated_sensitivity) AS top FROM feature_stats;\n")
+    assert p.returncode == 0, p.stderr
+    # the duckdb CLI's own box tables
+    assert "n_latents" in p.stdout and "│        50 │" in p.stdout
+    assert SAE in p.stdout and "4096" in p.stdout and "0.9" in p.stdout
+
+
+def test_real_duckdb_cli_exits_non_zero_on_a_failing_statement(store: Store) -> None:
+    p = run_sql(store, "SELECT * FROM no_such_view;\n")
+    assert p.returncode != 0 and "no_such_view" in p.stderr
+
+
+def test_duckdb_on_path_wins_else_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "duckdb"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert sql_cmd.duckdb_cli() == [str(fake)]
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert sql_cmd.duckdb_cli() == [sys.executable, "-m", "duckdb_cli"]
+
+
+def test_builtin_output_is_bounded(store: Store, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli_output.console, "_width", 300)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("SELECT * FROM candidates;\n"))
+    main(["sql", "--store", str(store.root), "--builtin"])
+    out, err = capsys.readouterr()
+    rows = [line for line in out.splitlines() if line.startswith("│ r1 ")]
+    assert len(rows) == sql_cmd.MAX_ROWS  # one line each
+    assert "[0, 0.143, 0.286, 0.429, …] (21)" in out  # a list cell, cut
+    assert f"({sql_cmd.MAX_ROWS} of 50 rows shown" in err
+
+
+def test_builtin_piped_errors_exit_non_zero(store: Store, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("SELECT 1 AS a;\n"))
+    main(["sql", "--store", str(store.root), "--builtin"])  # no error: returns, exit 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("SELECT 1 AS a;\nSELECT nope FROM latents;\nSELECT 2 AS b;\n"))
+    with pytest.raises(SystemExit) as e:
+        main(["sql", "--store", str(store.root), "--builtin"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 1 and "nope" in err and "│ 2 │" in out  # later statements still ran
+
+
+def test_interactive_prompt_continues_statements_and_keeps_history(store: Store, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from sae_sens.report.shell import SqlShell
+
+    readline = pytest.importorskip("readline")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    typed = iter(["SELECT count(*) AS n", "FROM latents;", ".quit"])
+    prompts: list[str] = []
+
+    def fake_input(prompt: str = "") -> str:
+        prompts.append(prompt)
+        line = next(typed)
+        readline.add_history(line)  # as the real input() does on a terminal
+        return line
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    shown = []
+    shell = SqlShell(connect(store), show=shown.append, note=print)
+    sql_cmd.interactive(shell)
+    assert prompts == [sql_cmd.PROMPT, sql_cmd.CONTINUE, sql_cmd.PROMPT]
+    assert shown[0].to_pylist() == [{"n": 50}]
+    history = (tmp_path / "state" / "sae-sens" / "sql_history").read_text().splitlines()
+    assert history[-3:] == ["SELECT count(*) AS n", "FROM latents;", ".quit"]
