@@ -31,14 +31,20 @@ def test_demo_pipeline_on_real_assets(tmp_path: Path, capsys: pytest.CaptureFixt
         assert {e["feature_index"] for e in examples} and all(e["max_activation"] > 0 for e in examples)
         assert len({e["feature_index"] for e in examples}) == 2
         gens = pq.read_table(run / sae / "generations.parquet").to_pylist()
-        assert {g["generator"] for g in gens} == {"hf:demo:smollm2"}
+        # the LLM generator, and the generator-free corpus control
+        assert {g["generator"] for g in gens} == {"hf:demo:smollm2", "corpus:demo:wiki-heldout"}
         assert all(g["text"].strip() for g in gens)
-        stats = pq.read_table(run / sae / "feature_stats.parquet").to_pylist()
+        all_stats = pq.read_table(run / sae / "feature_stats.parquet").to_pylist()
+        stats = [s for s in all_stats if s["generator"] == "hf:demo:smollm2"]
         assert len(stats) == 2
+        assert {s["generator"] for s in all_stats} == {"hf:demo:smollm2", "corpus:demo:wiki-heldout"}
+        judged = pq.read_table(run / sae / "judgments.parquet").to_pylist()
+        assert judged and {j["generator"] for j in judged} == {"hf:demo:smollm2"}
         for s in stats:
             assert s["n_generated"] >= 1
             assert 0.0 <= s["generated_sensitivity"] <= 1.0
             assert s["original_sensitivity_window"] is not None
     assert (run / "sensitivity.png").stat().st_size > 10_000
+    assert (run / "sensitivity_thresholds.png").stat().st_size > 10_000
     html = (run / "report.html").read_text()
     assert all(sae in html for sae in saes)
