@@ -32,6 +32,13 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # a long-lived process (a notebook, a test session) imported them before: the variables come too late
+    if "transformers" in sys.modules:
+        logging = sys.modules["transformers"].logging
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
 
 
 def _click_exceptions() -> tuple[type[Exception], type[Exception], type[Exception]]:
