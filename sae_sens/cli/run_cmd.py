@@ -99,7 +99,7 @@ def run_command(
     generate_cfg = GenerateConfig(
         generator=resolve_generator(generator, llm_model, from_table), from_table=from_table, base_url=base_url,
         samples_per_feature=samples_per_feature, max_workers=max_workers, max_cost=max_cost, max_tokens=max_tokens,
-        n_top=n_top, n_iw=n_iw, device=device, dtype=dtype,
+        n_top=n_top, n_iw=n_iw, device=device, dtype=dtype, batch_size=batch_size,  # hf: prompts per generate() call
     )
     generate_cfg.spec  # noqa: B018  (parsing the generator raises UsageError on an unknown one)
 
