@@ -77,9 +77,19 @@ def corpus_path() -> Path:
 
 
 def _file_key(path: Path) -> str:
-    """Cheap identity of a file (name, size, mtime): a changed asset gets a fresh cache entry."""
+    """Identity of a file by its content (name, size, SHA-256): a changed asset gets a fresh cache entry,
+    while reinstalling the same wheel (a fresh clone, a new venv: new mtimes) reuses the converted model."""
     st = path.stat()
-    return hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return _content_key(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_key(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256(f"{Path(path).name}:{size}:".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def _publish(final: Path, build: Callable[[Path], None]) -> Path:

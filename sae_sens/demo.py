@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=10, help="generated texts per feature")
     parser.add_argument("--max-tokens", type=int, default=384,
                         help="generation cap per answer: 11 short samples fit; the 135M model rambles past it")
-    parser.add_argument("--judge-texts", type=int, default=2,
+    parser.add_argument("--judge-texts", type=int, default=1,
                         help="generated texts per feature the judge checks (0 skips the judge)")
     parser.add_argument("--sae", action="append", help="only these demo SAEs (repeatable)")
     args = parser.parse_args(argv)
