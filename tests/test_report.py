@@ -628,3 +628,8 @@ def test_preamble_and_parse_flags(tmp_path: Path) -> None:
     (row,) = summarize(con).to_pylist()
     assert (row["preamble_samples"], row["fallback_parse"]) == (2, 1)
     assert any("2 generated samples look like preamble" in w for w in summary_warnings(summarize(con)))
+    # retrieved passages (the corpus control) were never parsed from an answer: not a fallback
+    store.write_table(RUN, "py_4k_topk_s0", "queries", make_table("queries", [
+        {"feature_index": f, "generator": "g", "status": "ok", "parse_method": "corpus"} for f in (0, 1)]))
+    (row,) = summarize(connect(store)).to_pylist()
+    assert row["fallback_parse"] == 0

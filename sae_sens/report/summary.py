@@ -189,7 +189,7 @@ def per_feature_sql(where: str = "") -> str:
         FROM feature_stats f LEFT JOIN saes s USING (run, sae)
         LEFT JOIN (SELECT run, sae, generator, feature_index,
                           string_agg(DISTINCT parse_method, ',' ORDER BY parse_method) AS parse_method,
-                          bool_or(parse_method NOT IN ('separator', 'table')) AS fallback_parse
+                          bool_or(parse_method NOT IN ('separator', 'table', 'corpus')) AS fallback_parse
                    FROM queries WHERE status <> 'error' GROUP BY ALL) q
             USING (run, sae, generator, feature_index)
         LEFT JOIN (SELECT run, sae, generator, feature_index,
