@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -27,10 +27,6 @@ from .options import (
     StoreOpt,
     WaitOpt,
 )
-
-
-def _money(v: Any) -> str:
-    return "n/a" if v is None else f"${v:.4f}"
 
 
 def resolve_generator(generator: str | None, llm_model: str | None, from_table: Path | None) -> str | None:
@@ -92,7 +88,7 @@ def generate_command(
     from ..generate import GenerateConfig, plan_generate, run_generate_many
     from ..store import Store
     from .base import RichProgress
-    from .output import console, emit
+    from .output import console, emit, money
 
     cfg = GenerateConfig(
         generator=resolve_generator(generator, llm_model, from_table),
@@ -114,7 +110,7 @@ def generate_command(
                     console.print(f"[yellow]warning[/]: {p['sae']}: {w}", highlight=False)
             return
         cols = ["sae", "generator", "features", "done", "requests", "est_prompt_tokens", "est_completion_tokens"]
-        emit(cols + ["est_cost"], [[p[c] for c in cols] + [_money(p["est_cost_usd"])] for p in plans],
+        emit(cols + ["est_cost"], [[p[c] for c in cols] + [money(p["est_cost_usd"])] for p in plans],
              title="dry run: nothing sent")
         costs = [p["est_cost_usd"] for p in plans]
         total = "n/a (pass --price-in/--price-out)" if None in costs else f"${sum(costs):.4f}"
@@ -131,7 +127,7 @@ def generate_command(
         sent = {"table": "imported", "corpus": "retrieved"}.get(cfg.spec.kind, ex.get("n_requests", 0))
         rows.append([s, cfg.spec.label, "skipped (fresh)" if out.skipped else "done", ex.get("n_features"),
                      out.rows.get("generations"), sent, ex.get("n_cached", 0) + ex.get("n_resumed", 0),
-                     ex.get("n_retries", 0), _money(ex.get("cost_usd"))])
+                     ex.get("n_retries", 0), money(ex.get("cost_usd"))])
     emit(["sae", "generator", "status", "features", "texts", "requests", "reused", "retries", "table cost"], rows,
          title=f"generate · run {run}")
     if cfg.spec.kind not in ("table", "corpus"):

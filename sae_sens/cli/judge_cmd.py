@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -21,10 +21,6 @@ from .options import (
     SaeOpt,
     StoreOpt,
 )
-
-
-def _money(v: Any) -> str:
-    return "n/a" if v is None else f"${v:.4f}"
 
 
 @app.command("judge")
@@ -76,7 +72,7 @@ def judge_command(
     from ..stages import ModelOptions
     from ..store import Store
     from .base import RichProgress
-    from .output import console, emit
+    from .output import console, emit, money
 
     cfg = JudgeConfig(
         judge=judge, generator=generator, tasks=tuple(dict.fromkeys(task)) if task else ("pair", "direct"),
@@ -91,7 +87,7 @@ def judge_command(
         with RichProgress() as progress:
             plans = [plan_judge(st, run, s, cfg, opts, progress) for s in sae]
         cols = ["sae", "judge", "judgements", "pairs", "done", "requests", "est_prompt_tokens", "est_completion_tokens"]
-        emit(cols + ["est_cost"], [[p[c] for c in cols] + [_money(p["est_cost_usd"])] for p in plans],
+        emit(cols + ["est_cost"], [[p[c] for c in cols] + [money(p["est_cost_usd"])] for p in plans],
              title="dry run: nothing sent")
         costs = [p["est_cost_usd"] for p in plans]
         total = "n/a (pass --price-in/--price-out)" if None in costs else f"${sum(costs):.4f}"
@@ -104,6 +100,6 @@ def judge_command(
             ex = out.extra
             rows.append([s, cfg.spec.label, "skipped (fresh)" if out.skipped else "done", ex.get("n_pairs"),
                          ex.get("n_direct"), ex.get("n_unparsed"), ex.get("n_requests"),
-                         (ex.get("n_cached") or 0) + (ex.get("n_resumed") or 0), _money(ex.get("cost_usd"))])
+                         (ex.get("n_cached") or 0) + (ex.get("n_resumed") or 0), money(ex.get("cost_usd"))])
     emit(["sae", "judge", "status", "pairs", "direct", "unparsed", "requests", "reused", "cost"], rows,
          title=f"judge · run {run}")

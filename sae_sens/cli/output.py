@@ -225,3 +225,8 @@ def progress(transient: bool = False) -> Progress:
         console=err_console,
         transient=transient,
     )
+
+
+def money(v: Any) -> str:
+    """A cost cell: dollars to four places, or n/a when the price is unknown."""
+    return "n/a" if v is None else f"${v:.4f}"
