@@ -28,13 +28,13 @@ from sae_sens.report import (
     query,
     require_results,
     summarize,
-    write_init_sql,
+    write_snapshot_sql,
 )
 from sae_sens.report.html import render_html
 from sae_sens.report.plot import DPI, FIGSIZE, HIST_WIDTH, hist_height, hist_path
 from sae_sens.report.shell import sql_shell
 from sae_sens.report.summary import looks_like_preamble, summary_warnings
-from sae_sens.report.views import TABLE_VIEWS, parse_width
+from sae_sens.report.views import META_VIEWS, TABLE_VIEWS, parse_width
 from sae_sens.schemas import SCHEMAS, make_table
 from sae_sens.store import Store
 
@@ -201,10 +201,12 @@ def test_runs_view_shows_stage_status(store: Store) -> None:
         {"stage": "score", "status": "stale", "rows": len(GENERATORS) * N_FEATURES}]
 
 
-def test_init_sql_defines_the_same_views_for_the_duckdb_cli(store: Store, tmp_path: Path) -> None:
-    init = write_init_sql(store, tmp_path / "init")
+def test_snapshot_sql_copies_the_same_views_for_the_duckdb_cli(store: Store, tmp_path: Path) -> None:
+    build = write_snapshot_sql(store, tmp_path / "snap")
     fresh = duckdb.connect()
-    fresh.execute(init.read_text())
+    fresh.execute(build.read_text())
+    assert {r[0] for r in fresh.execute("SELECT table_name FROM duckdb_tables()").fetchall()} == {
+        *TABLE_VIEWS, *META_VIEWS}
     sql = "SELECT s.width, count(*) FROM feature_stats f JOIN saes s USING (run, sae) GROUP BY ALL ORDER BY ALL"
     assert fresh.execute(sql).fetchall() == connect(store).execute(sql).fetchall() == [(4096, 40), (16384, 20)]
 
@@ -494,8 +496,9 @@ def test_cli_sql_shell_builtin_reads_stdin(store: Store, monkeypatch: pytest.Mon
 
 def test_cli_sql_shell_uses_duckdb_cli_when_installed(store: Store, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    # A stand-in `duckdb` on PATH that runs the init script with the duckdb Python package
-    # and records what a query over the views returns.
+    # A stand-in `duckdb` on PATH, run twice: first it builds the snapshot from the script on stdin
+    # (with the duckdb Python package), then it is opened on it -safe -readonly and records what a
+    # query over the copied tables returns.
     bindir = tmp_path / "bin"
     bindir.mkdir()
     result = tmp_path / "result.json"
@@ -503,9 +506,11 @@ def test_cli_sql_shell_uses_duckdb_cli_when_installed(store: Store, tmp_path: Pa
     script.write_text(
         f"#!{sys.executable}\n"
         "import duckdb, json, sys\n"
-        "assert sys.argv[1] == '-init'\n"
-        "con = duckdb.connect()\n"
-        "con.execute(open(sys.argv[2]).read())\n"
+        "if sys.argv[1] == '-bail':\n"
+        "    duckdb.connect(sys.argv[-1]).execute(sys.stdin.read()).close()\n"
+        "    sys.exit(0)\n"
+        "assert sys.argv[1:3] == ['-safe', '-readonly'], sys.argv\n"
+        "con = duckdb.connect(sys.argv[3], read_only=True)\n"
         "rows = con.execute('SELECT architecture, count(*) FROM saes GROUP BY ALL ORDER BY ALL').fetchall()\n"
         f"json.dump(rows, open({str(result)!r}, 'w'))\n"
         "sys.exit(3)\n"
@@ -516,6 +521,19 @@ def test_cli_sql_shell_uses_duckdb_cli_when_installed(store: Store, tmp_path: Pa
         cli("sql", "--store", str(store.root))
     assert exc.value.code == 3  # its exit status is passed on
     assert json.loads(result.read_text()) == [["relu", 1], ["topk", 2]]
+
+
+def test_cli_sql_snapshot_failure_is_one_line(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "duckdb"
+    script.write_text("#!/bin/sh\necho 'IO Error: No space left on device' >&2\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    code, err = cli_fails(capsys, "sql", "--store", str(store.root))
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "No space left on device" in err and "TMPDIR" in err and "--builtin" in err
 
 
 def test_compare_runs_and_groups_without_generated_samples(store: Store) -> None:

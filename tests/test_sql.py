@@ -4,6 +4,7 @@ bounded output, continuation prompt, history and exit status."""
 from __future__ import annotations
 
 import builtins
+import importlib.util
 import io
 import os
 import subprocess
@@ -64,14 +65,20 @@ def test_real_duckdb_cli_exits_non_zero_on_a_failing_statement(store: Store) -> 
     assert p.returncode != 0 and "no_such_view" in p.stderr
 
 
-def test_duckdb_on_path_wins_else_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_duckdb_on_path_wins_else_the_bundled_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = tmp_path / "duckdb"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert sql_cmd.duckdb_cli() == [str(fake)]
+    assert sql_cmd.duckdb_cli() == str(fake)
+    spec = importlib.util.find_spec("duckdb_cli")
+    assert spec is not None and spec.origin
+    bundled = str(Path(spec.origin).parent / "duckdb")
+    # duckdb-cli's own console script adds a -cmd that safe mode refuses: its binary is used instead
+    fake.write_text("#!/usr/bin/python3\nfrom duckdb_cli.__main__ import main\n")
+    assert sql_cmd.duckdb_cli() == bundled
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
-    assert sql_cmd.duckdb_cli() == [sys.executable, "-m", "duckdb_cli"]
+    assert sql_cmd.duckdb_cli() == bundled and Path(bundled).is_file()
 
 
 def test_builtin_output_is_bounded(store: Store, monkeypatch: pytest.MonkeyPatch,

@@ -401,22 +401,42 @@ def test_sql_shell_refuses_writes_statement_by_statement(sql_store: Store, tmp_p
     assert _snapshot(sql_store.root) == before
 
 
-def test_duckdb_cli_init_file_confines_the_cli(sql_store: Store, tmp_path: Path) -> None:
-    duckdb_cli = shutil.which("duckdb") or str(Path(sys.executable).parent / "duckdb")
-    if not Path(duckdb_cli).exists():
-        pytest.skip("no duckdb CLI")
-    from sae_sens.report.views import write_init_sql
+def test_duckdb_cli_of_sae_sens_sql_cannot_write_anything(sql_store: Store, tmp_path: Path) -> None:
+    """The real duckdb CLI that `sae-sens sql` opens: every write is refused, even a COPY in place over a
+    store table (which DuckDB's allowed_paths alone would let through), and reads still work."""
+    from sae_sens.cli.sql_cmd import duckdb_cli
 
-    init = write_init_sql(sql_store, tmp_path / "init")
+    assert duckdb_cli() is not None, "duckdb-cli (a dependency) is not installed"
     before = _snapshot(sql_store.root)
     target = sql_store.table_path("r", "sae-a", "generations")
-    script = (f"COPY (SELECT 1) TO '{tmp_path}/x.csv';\nATTACH '{tmp_path}/a.db';\nINSTALL spatial;\n"
-              f"COPY (SELECT 1 AS a) TO '{target}' (FORMAT parquet);\nSET enable_external_access = true;\n"
-              "SELECT count(*) AS n FROM generations;\n")
-    res = subprocess.run([duckdb_cli, "-init", str(init), "-csv", ":memory:"], input=script, capture_output=True,
-                         text=True, timeout=120)
-    assert "n\n30" in res.stdout, res
-    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "a.db").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    script = "\n".join([
+        f"COPY (SELECT 1 AS a) TO '{target}' (FORMAT parquet, USE_TMP_FILE false);",
+        f"COPY (SELECT 1 AS a) TO '{target}' (FORMAT parquet);",
+        f"COPY (SELECT 1) TO '{out}/x.csv';",
+        f"ATTACH '{out}/a.db';",
+        "INSTALL spatial;",
+        "LOAD json;",
+        "SET enable_external_access = true;",
+        "CREATE TABLE t AS SELECT 1;",
+        "DROP TABLE generations;",
+        f".shell touch {out}/shell",
+        f".output {out}/output.txt",
+        f"SELECT * FROM read_csv('{tmp_path}/outside.csv');",
+        "CREATE TEMP TABLE mine AS SELECT count(*) AS n FROM generations;",  # scratch work is fine
+        ".mode csv",
+        "SELECT n FROM mine;",
+    ]) + "\n"
+    (tmp_path / "outside.csv").write_text("a\n1\n")
+    proc = subprocess.run([sys.executable, "-m", "sae_sens", "sql", "--store", str(sql_store.root)], input=script,
+                          capture_output=True, text=True, cwd=ROOT, env={**env(), "HOME": str(tmp_path)}, timeout=120)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout.splitlines()[-2:] == ["n", "30"], (stdout, stderr)
+    assert proc.returncode != 0  # the refused statements
+    assert stderr.count("disabled by configuration") >= 4 and "read-only mode" in stderr, stderr
+    assert "cannot be used in -safe mode" in stderr
+    assert list(out.iterdir()) == []
     assert _snapshot(sql_store.root) == before
 
 

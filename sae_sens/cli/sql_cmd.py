@@ -1,4 +1,5 @@
-"""`sae-sens sql`: the duckdb CLI (PyPI's duckdb-cli) over the report views, or a built-in prompt."""
+"""`sae-sens sql`: the duckdb CLI (PyPI's duckdb-cli) on a read-only snapshot of the report views, or a
+built-in prompt over the live files."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..errors import StoreError
 from .base import app
 from .options import OptionalSaeOpt, StoreOpt
 from .output import console, err_console, rich_table
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from ..report.shell import SqlShell
+    from ..store import Store
 
 RunsFilterOpt = Annotated[
     list[str] | None,
@@ -32,15 +35,57 @@ PROMPT = "sae-sens sql> "
 CONTINUE = "         ...> "
 
 
-def duckdb_cli() -> list[str] | None:
-    """The command that starts the duckdb CLI: ``duckdb`` on PATH, else the duckdb-cli package of this
+SNAPSHOT_NOTE_BYTES = 64 << 20  # say that the snapshot is being made when it copies more than this
+
+
+def _is_pip_wrapper(path: str) -> bool:
+    """duckdb-cli's console script: a Python launcher that adds its own ``-cmd``, which ``-safe`` refuses."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and b"duckdb_cli" in head
+
+
+def duckdb_cli() -> str | None:
+    """The duckdb CLI's binary: ``duckdb`` on PATH, else the one bundled in the duckdb-cli package of this
     Python (installed with sae-sens, so it is there even when the venv is not activated)."""
     found = shutil.which("duckdb")
-    if found:
-        return [found]
-    if importlib.util.find_spec("duckdb_cli") is not None:
-        return [sys.executable, "-m", "duckdb_cli"]
+    if found and not _is_pip_wrapper(found):
+        return found
+    spec = importlib.util.find_spec("duckdb_cli")
+    if spec is not None and spec.origin:
+        bundled = Path(spec.origin).parent / ("duckdb.exe" if sys.platform == "win32" else "duckdb")
+        if bundled.is_file():
+            return str(bundled)
     return None
+
+
+def open_duckdb_cli(binary: str, store: Store, runs: list[str] | None, saes: list[str] | None) -> int:
+    """Copy the views' rows into a scratch database, open it in the duckdb CLI read-only and in safe mode
+    (no file access, no ATTACH, no INSTALL, no shell), and return the CLI's exit status."""
+    from ..report.views import snapshot_bytes, write_snapshot_sql
+
+    with tempfile.TemporaryDirectory(prefix="sae-sens-sql-") as tmp:
+        build = write_snapshot_sql(store, Path(tmp), runs, saes)
+        size = snapshot_bytes(store, runs, saes)
+        if size > SNAPSHOT_NOTE_BYTES:
+            err_console.print(f"copying {size / 2**20:,.0f} MiB of tables into a read-only snapshot for the "
+                              "duckdb CLI (narrow it with --run/--sae, or read the files in place with --builtin) ...",
+                              highlight=False, soft_wrap=True)
+        db = Path(tmp) / "store.duckdb"  # "store" is the catalog name the CLI shows
+        quiet = Path(tmp) / "empty.sql"  # the copy runs none of the user's ~/.duckdbrc; the session does
+        quiet.write_text("")
+        with build.open() as script:
+            made = subprocess.run([binary, "-bail", "-init", str(quiet), str(db)], stdin=script,
+                                  capture_output=True, text=True)
+        if made.returncode != 0:
+            first = next((line for line in made.stderr.splitlines() if line.strip()), f"exit {made.returncode}")
+            raise StoreError(f"could not copy the store {store.root} into a snapshot for the duckdb CLI: {first}",
+                             f"check the free space in {Path(tmp).parent} (set TMPDIR to a folder with room), "
+                             "or use sae-sens sql --builtin")
+        return subprocess.call([binary, "-safe", "-readonly", str(db)])
 
 
 def _cell(value: Any) -> Any:
@@ -114,11 +159,13 @@ def sql_command(
 ) -> None:
     """An interactive DuckDB SQL shell with the report views defined.
 
-    Opens the duckdb CLI (the duckdb-cli package, installed with sae-sens, or `duckdb` on PATH) with
-    every view defined: features, latents, examples, candidates, queries, generations, scores,
-    feature_stats, saes, runs, stages. Without it, or with --builtin, a small prompt with history
-    (statements end with ';'; .tables, .help, .quit). Piped SQL runs too, and the exit status is
-    non-zero when a statement fails.
+    Opens the duckdb CLI (the duckdb-cli package, installed with sae-sens, or `duckdb` on PATH) on a
+    read-only snapshot of the store with every table: features, latents, examples, candidates, queries,
+    generations, scores, feature_stats, judgments, labels, saes, runs, stages. The CLI runs in its safe
+    mode: it cannot write files, attach, install or run shell commands (TEMP tables and views work); the
+    snapshot is taken when it starts. Without it, or with --builtin, a small prompt with history over
+    the live files (statements end with ';'; .tables, .help, .quit). Piped SQL runs too, and the exit
+    status is non-zero when a statement fails.
 
     Example:
 
@@ -127,16 +174,14 @@ def sql_command(
       echo "SELECT sae, avg(generated_sensitivity) FROM feature_stats GROUP BY sae;" | sae-sens sql
     """
     from ..report.shell import SqlShell
-    from ..report.views import connect, has_results, write_init_sql
+    from ..report.views import connect, has_results
     from ..store import Store
 
     st = Store(store)
-    command = None if builtin else duckdb_cli()
-    if command is not None:
-        with tempfile.TemporaryDirectory(prefix="sae-sens-sql-") as tmp:
-            init = write_init_sql(st, Path(tmp), run, sae)
-            code = subprocess.call([*command, "-init", str(init)])
-        sys.exit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which drops its code
+    binary = None if builtin else duckdb_cli()
+    if binary is not None:
+        # not typer.Exit: main() runs click with standalone_mode=False, which drops its code
+        sys.exit(open_duckdb_cli(binary, st, run, sae))
     con = connect(st, run, sae)
     if not has_results(con):
         err_console.print(f"note: no runs in {st.root} yet, so the views are empty; run `sae-sens run` first")

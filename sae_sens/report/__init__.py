@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .plot import write_plots
     from .shell import sql_shell
     from .summary import Comparison, bootstrap_mean_ci, compare, summarize
-    from .views import connect, parse_sae_name, query, require_results, write_init_sql
+    from .views import connect, parse_sae_name, query, require_results, write_snapshot_sql
 
 _WHERE = {
     "render_html": "html",
@@ -29,7 +29,7 @@ _WHERE = {
     "parse_sae_name": "views",
     "query": "views",
     "require_results": "views",
-    "write_init_sql": "views",
+    "write_snapshot_sql": "views",
 }
 
 
@@ -51,6 +51,6 @@ __all__ = [
     "sql_shell",
     "summarize",
     "write_html",
-    "write_init_sql",
+    "write_snapshot_sql",
     "write_plots",
 ]

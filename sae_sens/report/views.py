@@ -12,7 +12,8 @@ per connection, into Arrow tables registered with DuckDB.
 SQL over the store is read-only and stays inside it: user SQL (``query``) may only be SELECT-like
 statements (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN), checked with DuckDB's own
 parser, and every connection is locked down after its views exist: no file access outside the store,
-no extension installs, no changing settings (``lockdown_settings``).
+no extension installs, no changing settings (``lockdown_settings``). The ``duckdb`` CLI gets a
+snapshot instead (``write_snapshot_sql``): a database of its own, opened read-only in safe mode.
 """
 
 from __future__ import annotations
@@ -306,20 +307,18 @@ def _view_statements(store: Store, scope: Scope, status: bool, *,
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
 
 
-def lockdown_settings(*, directories: Sequence[Path] = (), paths: Sequence[Path] = (), lock: bool = True) -> list[str]:
-    """SET statements that confine a connection (ours, or the duckdb CLI's through its init file): files
-    only under ``directories`` or exactly ``paths``, no extension installs. Run them after the views are
-    defined. DuckDB refuses to re-enable external access or widen the allowed paths afterwards;
-    ``lock`` also locks every other setting (not for the duckdb CLI, which sets some after its init)."""
+def lockdown_settings(*, directories: Sequence[Path] = ()) -> list[str]:
+    """SET statements that confine a connection: files only under ``directories``, no extension
+    installs, every setting then locked. Run them after the views are defined; DuckDB refuses to
+    re-enable external access or widen the allowed directories afterwards."""
     out = []
     if directories:
         out.append(f"SET allowed_directories = [{', '.join(_sql_str(str(d.resolve()) + '/') for d in directories)}]")
-    if paths:
-        out.append(f"SET allowed_paths = [{', '.join(_sql_str(str(p.resolve())) for p in paths)}]")
     return out + [
         "SET autoinstall_known_extensions = false",
         "SET enable_external_access = false",
-    ] + (["SET lock_configuration = true"] if lock else [])
+        "SET lock_configuration = true",
+    ]
 
 
 def check_read_only(sql: str) -> None:
@@ -365,26 +364,39 @@ def connect(
     return con
 
 
-def write_init_sql(store: Store, folder: Path, runs: Sequence[str] | None = None,
-                   saes: Sequence[str] | None = None) -> Path:
-    """An init script for the ``duckdb`` CLI defining the same views as ``connect`` (the manifest
-    tables are written next to it as Parquet, since the CLI cannot see Python objects)."""
+def write_snapshot_sql(store: Store, folder: Path, runs: Sequence[str] | None = None,
+                       saes: Sequence[str] | None = None) -> Path:
+    """A script that copies every view's rows into tables of a fresh DuckDB database, for the ``duckdb``
+    CLI (the manifest tables are written next to it as Parquet first, since the CLI cannot see Python
+    objects).
+
+    The CLI then opens that database ``-safe -readonly``: external access is off and locked from its first
+    statement, so nothing typed there can write a file (not even over a store table, which ``allowed_paths``
+    alone would permit: DuckDB does not tell a read of an allowed file from a write to it), attach,
+    install, or run a shell command; the store's files are not open at all while it runs.
+    """
     scope = Scope.of(runs, saes)
     statements, meta = _view_statements(store, scope, status=True, explicit=True)
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [sql + ";" for sql in statements]
-    files = [d / f"{t}.parquet" for d in scope.sae_dirs(store) for t in TABLE_VIEWS]
+    lines = [sql.replace("CREATE OR REPLACE VIEW", "CREATE TABLE", 1) + ";" for sql in statements]
     for name, table in meta.items():
         pq.write_table(table, folder / f"{name}.parquet")
-        source = _sql_str(str(folder / f"{name}.parquet"))
-        lines.append(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({source});")
-        files.append(folder / f"{name}.parquet")
-    # the CLI reads exactly these files and nothing else (no directory is allowed, so no new file
-    # can be created next to them); statements are not filtered there, unlike ``query``
-    lines += [sql + ";" for sql in lockdown_settings(paths=[f for f in files if f.exists()], lock=False)]
-    path = folder / "init.sql"
+        lines.append(f"CREATE TABLE {name} AS SELECT * FROM read_parquet({_sql_str(str(folder / f'{name}.parquet'))});")
+    path = folder / "snapshot.sql"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def snapshot_bytes(store: Store, runs: Sequence[str] | None = None, saes: Sequence[str] | None = None) -> int:
+    """How many bytes of Parquet a snapshot of this scope copies (to say so when it takes a while)."""
+    total = 0
+    for d in Scope.of(runs, saes).sae_dirs(store):
+        for t in TABLE_VIEWS:
+            try:
+                total += (d / f"{t}.parquet").stat().st_size
+            except OSError:
+                pass
+    return total
 
 
 def has_results(con: duckdb.DuckDBPyConnection) -> bool:
