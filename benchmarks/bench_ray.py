@@ -5,7 +5,9 @@ the CLI, each command in its own process and its own fresh store: once with the 
 (the groups one after the other, torch free to use every core) and once with ``--executor ray``
 (a local cluster with one worker per core; each group one task). Both times include starting
 Python and loading the models; the Ray time also includes starting the cluster and its workers.
-Prints the ratio (target >= 1.7x with 2 workers on 2 cores) and, from the measured per-group
+Prints the ratio (target >= 1.7x with 2 workers on 2 cores), how each time splits into the part that
+can run in parallel (first model load to last score) and the rest (Python, imports, Ray's start and
+exit), and, from the measured per-group
 time, the projected wall time of the 252-SAE SAEBench grid on 8 GPUs, with its assumptions.
 
 Run: python benchmarks/bench_ray.py [--tokens N]
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +63,18 @@ def build(root: Path) -> tuple[Path, list[str], Path]:
     return corpus, saes, texts
 
 
+@dataclass
+class Timing:
+    total: float  # the command's wall time, Python start to exit
+    work: float   # from the first model load to the last score line: the part that can run in parallel
+
+    @property
+    def fixed(self) -> float:
+        return self.total - self.work
+
+
 def timed_run(root: Path, name: str, corpus: Path, saes: list[str], texts: Path, tokens: int,
-              extra: list[str], env_extra: dict[str, str] | None = None) -> float:
+              extra: list[str], env_extra: dict[str, str] | None = None) -> Timing:
     args = [sys.executable, "-m", "sae_sens", "run", "--store", str(root / f"store-{name}"), "--run", "bench",
             *(x for s in saes for x in ("--sae", s)), "--corpus", str(corpus), "--total-tokens", str(tokens),
             "--context-size", "128", "--features", "5", "--from-table", str(texts), "--generator", "texts",
@@ -69,11 +82,18 @@ def timed_run(root: Path, name: str, corpus: Path, saes: list[str], texts: Path,
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
            **(env_extra or {})}
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    # the progress lines (off a terminal, one per event) timestamped as they arrive
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    lines = [(time.perf_counter() - start, line) for line in proc.stderr]
+    proc.wait()
     took = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"{name} run failed:\n{proc.stderr[-3000:]}")
-    return took
+        raise SystemExit(f"{name} run failed:\n{''.join(line for _, line in lines)[-3000:]}")
+    loads = [t for t, line in lines if "loading model" in line]
+    scored = [t for t, line in lines if " rows from " in line and "score " in line]
+    work = (max(scored) - min(loads)) if loads and scored else took
+    return Timing(took, work)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,21 +119,26 @@ def main(argv: list[str] | None = None) -> None:
     groups = 2
     print(f"2 groups x {SAES_PER_GROUP} SAEs ({HIDDEN}-wide {LAYERS}-layer model, {D_SAE}-latent SAEs), "
           f"{a.tokens:,} tokens per pass, {cores} cores")
-    print(f"  one process (local executor): {local:6.1f} s")
-    print(f"  one process, one torch thread: {one_thread:6.1f} s")
-    print(f"  --executor ray, {cores} workers:  {on_ray:6.1f} s (each worker one torch thread)")
-    print(f"  speed-up: {local / on_ray:.2f}x over one process (target >= 1.7x), {one_thread / on_ray:.2f}x over one "
-          "process with one thread (on a machine shared with other jobs these are indicative)")
+    for label, t in (("one process (local executor):  ", local), ("one process, one torch thread: ", one_thread),
+                     (f"--executor ray, {cores} workers:    ", on_ray)):
+        print(f"  {label}{t.total:6.1f} s = {t.work:5.1f} s models, collect and score + {t.fixed:4.1f} s start "
+              "and exit")
+    print(f"  speed-up: {local.total / on_ray.total:.2f}x over one process (target >= 1.7x), "
+          f"{one_thread.total / on_ray.total:.2f}x over one process with one thread")
+    print(f"  the parallel part alone: {local.work / on_ray.work:.2f}x over one process, "
+          f"{one_thread.work / on_ray.work:.2f}x over one thread; Ray's start and exit cost "
+          f"{on_ray.fixed - local.fixed:+.1f} s over one process's (on a machine shared with other jobs all of "
+          "these are indicative)")
     # per task: the Ray run's wall time, in which the two group tasks ran side by side on their own core
     # (cluster and worker start included, so an upper bound of one task's time)
-    per_task = on_ray if groups <= cores else local / groups
+    per_task = on_ray.total if groups <= cores else local.total / groups
     tasks = math.ceil(GRID_SAES / SAES_PER_GROUP)
     waves = math.ceil(tasks / GPUS)
     print(f"projection, SAEBench grid ({GRID_SAES} SAEs = {GRID_MODELS} models x 3 widths x 7 architectures x "
           f"6 sparsities) on {GPUS} GPUs, one task per GPU:")
     print(f"  {waves * per_task:,.0f} s ({waves * per_task / 3600:.1f} h) = {waves} waves x {per_task:.1f} s per task; "
           f"{tasks} tasks of {SAES_PER_GROUP} SAEs (--saes-per-task {SAES_PER_GROUP}); one process on one device: "
-          f"{tasks * local / groups:,.0f} s")
+          f"{tasks * local.total / groups:,.0f} s")
     print(f"  assumptions: a task of {SAES_PER_GROUP} SAEs on a GPU takes what one group's task took here "
           f"({per_task:.1f} s: same tokens, features, SAE count and startup; a real model on a GPU is faster, "
           "real SAEs are wider: put your own per-group time in); tasks are independent and evenly sized; "
