@@ -7,8 +7,10 @@ import builtins
 import importlib.util
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,32 @@ def test_interactive_prompt_continues_statements_and_keeps_history(store: Store,
     assert shown[0].to_pylist() == [{"n": 50}]
     history = (tmp_path / "state" / "sae-sens" / "sql_history").read_text().splitlines()
     assert history[-3:] == ["SELECT count(*) AS n", "FROM latents;", ".quit"]
+
+
+def test_ctrl_c_reaches_the_duckdb_cli_and_not_the_session(store: Store, tmp_path: Path) -> None:
+    # a stand-in duckdb: builds nothing, and in the session reports each SIGINT and goes on, as the
+    # real CLI does (it cancels the query); the test sends SIGINT to the whole process group, as a
+    # terminal's Ctrl-C does
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "duckdb").write_text(
+        f"#!{sys.executable}\n"
+        "import signal, sys\n"
+        "if sys.argv[1] == '-bail':\n"
+        "    sys.stdin.read(); sys.exit(0)\n"
+        "signal.signal(signal.SIGINT, lambda *_: print('interrupted', flush=True))\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+        "sys.exit(5)\n")
+    (bindir / "duckdb").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bindir}:/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-m", "sae_sens", "sql", "--store", str(store.root)], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)  # the parent ignores SIGINT right after the spawn
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.stdout.readline().strip() == "interrupted"
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 5, proc.stderr.read() if proc.stderr else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,7 +86,19 @@ def open_duckdb_cli(binary: str, store: Store, runs: list[str] | None, saes: lis
             raise StoreError(f"could not copy the store {store.root} into a snapshot for the duckdb CLI: {first}",
                              f"check the free space in {Path(tmp).parent} (set TMPDIR to a folder with room), "
                              "or use sae-sens sql --builtin")
-        return subprocess.call([binary, "-safe", "-readonly", str(db)])
+        return _run_interactive([binary, "-safe", "-readonly", str(db)])
+
+
+def _run_interactive(command: list[str]) -> int:
+    """Run an interactive child to its end and return its exit status. Ctrl-C on the terminal reaches the
+    child (the duckdb CLI cancels the running query and stays open) and is ignored here, where it would
+    otherwise kill the child with the whole session."""
+    proc = subprocess.Popen(command)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # after the spawn: the child keeps the default
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _cell(value: Any) -> Any:
