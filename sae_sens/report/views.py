@@ -182,13 +182,13 @@ def _empty_select(schema: pa.Schema) -> str:
     return f"SELECT {cols} WHERE false"
 
 
-def table_view_sql(store: Store, table: str, scope: Scope, sae_dirs: Sequence[Path], *, explicit: bool = False) -> str:
+def table_view_sql(store: Store, table: str, scope: Scope, sae_dirs: Sequence[Path], *, as_table: bool = False) -> str:
     """``CREATE VIEW <table>`` over the store's Parquet files (an empty typed view when none exist);
-    ``explicit`` lists the files instead of a glob (for a connection allowed only those paths)."""
+    ``as_table`` copies the rows instead (``CREATE TABLE`` over the files found now, for a snapshot)."""
     schema = pa.schema([("run", pa.string()), ("sae", pa.string()), *SCHEMAS[table]])
     files = (d / f"{table}.parquet" for d in sae_dirs)
     body = _empty_select(schema)
-    if scope.filtered or explicit:
+    if scope.filtered or as_table:
         source = ", ".join(_sql_str(str(f.resolve())) for f in files if f.exists())
         source = f"[{source}]" if source else ""
     elif any(f.exists() for f in files):  # a glob: sees SAEs added later, and reads well in `sae-sens sql`
@@ -197,7 +197,7 @@ def table_view_sql(store: Store, table: str, scope: Scope, sae_dirs: Sequence[Pa
         source = ""
     if source:
         body += f" UNION ALL BY NAME SELECT * FROM read_parquet({source}, union_by_name=true)"
-    return f"CREATE OR REPLACE VIEW {table} AS {body}"
+    return f"CREATE {'TABLE' if as_table else 'OR REPLACE VIEW'} {table} AS {body}"
 
 
 Manifests = list[tuple[Path, dict[str, Any]]]
@@ -292,7 +292,7 @@ def _check_scope(store: Store, scope: Scope, dirs: Sequence[Path]) -> None:
 
 
 def _view_statements(store: Store, scope: Scope, status: bool, *,
-                     explicit: bool = False) -> tuple[list[str], dict[str, pa.Table]]:
+                     as_table: bool = False) -> tuple[list[str], dict[str, pa.Table]]:
     """The table views' SQL, and the manifest-derived tables (saes; runs and stages if ``status``)."""
     dirs = scope.sae_dirs(store)
     _check_scope(store, scope, dirs)
@@ -300,7 +300,7 @@ def _view_statements(store: Store, scope: Scope, status: bool, *,
     meta = {"saes": saes_table(manifests)}
     if status:
         meta["runs"], meta["stages"] = stage_tables(store, manifests)
-    return [table_view_sql(store, t, scope, dirs, explicit=explicit) for t in TABLE_VIEWS], meta
+    return [table_view_sql(store, t, scope, dirs, as_table=as_table) for t in TABLE_VIEWS], meta
 
 
 # What user SQL may be: statements that only read (DESCRIBE, SHOW, SUMMARIZE and FROM-first parse as SELECT).
@@ -376,9 +376,9 @@ def write_snapshot_sql(store: Store, folder: Path, runs: Sequence[str] | None = 
     install, or run a shell command; the store's files are not open at all while it runs.
     """
     scope = Scope.of(runs, saes)
-    statements, meta = _view_statements(store, scope, status=True, explicit=True)
+    statements, meta = _view_statements(store, scope, status=True, as_table=True)
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [sql.replace("CREATE OR REPLACE VIEW", "CREATE TABLE", 1) + ";" for sql in statements]
+    lines = [sql + ";" for sql in statements]
     for name, table in meta.items():
         pq.write_table(table, folder / f"{name}.parquet")
         lines.append(f"CREATE TABLE {name} AS SELECT * FROM read_parquet({_sql_str(str(folder / f'{name}.parquet'))});")
