@@ -305,3 +305,27 @@ def test_device_check_asks_torch_when_the_build_has_cuda(monkeypatch: pytest.Mon
     with pytest.raises(UsageError, match="has 2 CUDA device"):
         devices.check_device("cuda:2")
     assert devices.check_device(None) == "auto" and devices.check_device("CPU") == "cpu"
+
+
+def test_help_prose_reflows_to_the_terminal_width() -> None:
+    from sae_sens.cli.commands import _reflow
+
+    doc = """First line.
+
+    Prose wrapped
+    in the source.
+
+    Example:
+
+      sae-sens run --sae a
+      --features 5
+    """
+    assert _reflow(doc) == ("First line.\n\nProse wrapped in the source.\n\nExample:\n\n"
+                            "  sae-sens run --sae a\n  --features 5")
+    env = {**os.environ, "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-m", "sae_sens", "sql", "--help"], capture_output=True, text=True,
+                         env=env).stdout
+    lines = [line.rstrip() for line in out.splitlines()]
+    # the source breaks after "on a": reflowed, the sentence runs on to fill the 80-column line
+    assert any("on a read-only snapshot of the store" in line for line in lines), out
+    assert max(len(line) for line in lines) <= 80
