@@ -160,7 +160,7 @@ def build_base(folder: Path, preset: Preset, max_tokens: int) -> Path:
     import torch
 
     from sae_sens.model import load_model
-    from sae_sens.testing import WORDS, build_tiny_model, tiny_corpus
+    from tests.support.testing import WORDS, build_tiny_model, tiny_corpus
 
     sample = folder / "hook_sample.pt"
     if sample.exists():
@@ -186,7 +186,7 @@ def build_assets(folder: Path, preset: Preset, width: int, max_tokens: int, n_sa
     a new width takes seconds)."""
     import torch
 
-    from sae_sens.testing import save_dictionary_learning_sae
+    from tests.support.testing import save_dictionary_learning_sae
 
     base = build_base(folder.parent, preset, max_tokens)
     names = ["sae", *(f"sae{k}" for k in range(2, n_saes + 1))]
@@ -246,9 +246,9 @@ def run_variant(folder: Path, variant: str, tokens: int, device: str) -> dict[st
         select_features,
         window_batch,
     )
-    from sae_sens.collect_reference import reference_collect
     from sae_sens.corpus import load_windows, resolve_corpus
     from sae_sens.stages import ModelOptions, open_model, open_sae
+    from tests.support.collect_reference import reference_collect
 
     opts = ModelOptions(device=device, dtype="float32", batch_size=BATCH)
     three = variant in ("onepass_3saes", "twopass_3saes")  # the others need (and may only have) one SAE

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sae_sens.model import load_model  # noqa: E402
-from sae_sens.testing import build_tiny_model, random_sae, tiny_corpus  # noqa: E402
+from tests.support.testing import build_tiny_model, random_sae, tiny_corpus  # noqa: E402
 
 HIDDEN, LAYERS, D_SAE = 256, 4, 2048
 SAES_PER_GROUP = 2

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sae_sens.sae import load_sae  # noqa: E402
-from sae_sens.testing import random_sae  # noqa: E402
+from tests.support.testing import random_sae  # noqa: E402
 
 D_IN, D_SAE, TOKENS, N_LATENTS, REPEATS = 768, 16384, 2048, 50, 3
 

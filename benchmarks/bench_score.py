@@ -28,7 +28,7 @@ from sae_sens.model import load_model  # noqa: E402
 from sae_sens.sae import Sae, load_sae  # noqa: E402
 from sae_sens.schemas import make_table  # noqa: E402
 from sae_sens.score import ScoreConfig, score_tables  # noqa: E402
-from sae_sens.testing import WORDS, build_tiny_model, save_dictionary_learning_sae  # noqa: E402
+from tests.support.testing import WORDS, build_tiny_model, save_dictionary_learning_sae  # noqa: E402
 
 HIDDEN, LAYERS, LAYER, D_SAE = 256, 8, 3, 4096
 N_FEATURES, PER_FEATURE, N_DISTINCT = 40, 10, 200

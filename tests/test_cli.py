@@ -269,7 +269,7 @@ def test_collect_off_a_terminal_prints_loading_and_stage_lines(tmp_path: Path,
     import torch
 
     from sae_sens.cli import main
-    from sae_sens.testing import build_tiny_model, save_dictionary_learning_sae, tiny_corpus
+    from tests.support.testing import build_tiny_model, save_dictionary_learning_sae, tiny_corpus
 
     docs = tiny_corpus(60, seed=3)
     model = build_tiny_model(tmp_path / "model", texts=docs, hidden=32, layers=1)

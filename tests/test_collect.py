@@ -13,13 +13,13 @@ import torch
 
 from sae_sens.cli import main
 from sae_sens.collect import CollectConfig, build_examples, collect_pass, run_collect
-from sae_sens.collect_reference import greedy_top_peaks, reference_collect
 from sae_sens.corpus import Windows, load_windows, resolve_corpus
 from sae_sens.model import HookedLM, load_model
 from sae_sens.sae import Sae, load_sae
 from sae_sens.stages import ModelOptions, open_model, open_sae
 from sae_sens.store import Store
-from sae_sens.testing import build_tiny_model, save_dictionary_learning_sae, tiny_corpus
+from tests.support.collect_reference import greedy_top_peaks, reference_collect
+from tests.support.testing import build_tiny_model, save_dictionary_learning_sae, tiny_corpus
 
 CTX = 48
 TOKENS = 96 * CTX

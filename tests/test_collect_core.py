@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae_sens.collect import PeakTracker
-from sae_sens.collect_reference import iw_sample
+from tests.support.collect_reference import iw_sample
 
 CHI2_999 = {4: 18.467, 5: 20.515, 6: 22.458}  # chi-square 0.999 quantiles by degrees of freedom
 
@@ -146,7 +146,7 @@ def test_state_round_trip_resumes_identically() -> None:
 
 def test_token_strings_concatenate_to_the_text_and_marks_wrap_runs() -> None:
     from sae_sens.collect import mark_text, token_strings
-    from sae_sens.testing import build_tokenizer
+    from tests.support.testing import build_tokenizer
 
     tok = build_tokenizer(["plain words only here"] * 5)
     text = "naïve café 日本語 done"
@@ -163,7 +163,7 @@ def test_token_strings_many_equals_decoding_each_prefix(which: str) -> None:
     wrapper adds nothing): same strings as decoding every prefix through ``batch_decode``, across
     chunk boundaries, multi-byte characters split over tokens and special tokens."""
     from sae_sens.collect import _split_prefixes, token_strings_many
-    from sae_sens.testing import build_tokenizer
+    from tests.support.testing import build_tokenizer
 
     if which == "tiny":
         tok = build_tokenizer(["plain words only here"] * 5)

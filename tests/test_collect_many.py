@@ -29,7 +29,7 @@ from sae_sens.model import HookedLM, load_model
 from sae_sens.progress import NullProgress
 from sae_sens.stages import ModelOptions, open_model, open_sae
 from sae_sens.store import Store
-from sae_sens.testing import build_tiny_model, random_sae, tiny_corpus
+from tests.support.testing import build_tiny_model, random_sae, tiny_corpus
 
 CTX = 48
 TOKENS = 96 * CTX

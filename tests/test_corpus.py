@@ -14,7 +14,7 @@ import pytest
 from sae_sens import corpus as corpus_mod
 from sae_sens.corpus import CORPUS_RESOLVERS, iter_documents, load_windows, resolve_corpus, window_documents
 from sae_sens.errors import CorpusError
-from sae_sens.testing import build_tokenizer, tiny_corpus
+from tests.support.testing import build_tokenizer, tiny_corpus
 
 DOCS = tiny_corpus(40, seed=3)
 

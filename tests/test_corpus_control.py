@@ -15,7 +15,7 @@ from sae_sens.collect import CollectConfig, run_collect
 from sae_sens.generate.corpus_control import retrieve_passages
 from sae_sens.stages import ModelOptions
 from sae_sens.store import Store
-from sae_sens.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
+from tests.support.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
 
 RUN = "c"
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from openai_server import ChatServer
 
 from sae_sens.cli import main
-from sae_sens.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
+from tests.support.openai_server import ChatServer
+from tests.support.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
 
 SECRET = "sk-test-e2e-secret-key-0123456789"
 

@@ -32,7 +32,7 @@ from sae_sens.model import HookedLM, load_model
 from sae_sens.sae import Sae, load_sae
 from sae_sens.schemas import make_table
 from sae_sens.score import ScoreConfig, original_text, score_tables
-from sae_sens.testing import build_tiny_model, tiny_corpus, token_detector_sae
+from tests.support.testing import build_tiny_model, tiny_corpus, token_detector_sae
 
 LAYER = 1
 HOOK = f"blocks.{LAYER}.hook_resid_post"

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from gen_support import plain, write_examples
-from openai_server import ChatServer, prompt_hash
 
 from sae_sens.cli import main
 from sae_sens.generate import GenerateConfig, make_requests, run_generate
 from sae_sens.generate.runner import Checkpoint, QueryCache
 from sae_sens.store import Store
+from tests.support.gen_support import plain, write_examples
+from tests.support.openai_server import ChatServer, prompt_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = list(range(0, 120, 5))  # 24 features

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from gen_support import plain
 
 from sae_sens.errors import ConfigError
 from sae_sens.generate import GenerateConfig, run_generate
 from sae_sens.model import MODEL_RESOLVERS
 from sae_sens.schemas import make_table
 from sae_sens.store import Store
-from sae_sens.testing import build_tiny_model
+from tests.support.gen_support import plain
+from tests.support.testing import build_tiny_model
 
 FEATURES = [2, 9, 4]
 

@@ -10,8 +10,6 @@ import sys
 import time
 
 import pytest
-from gen_support import plain, write_examples
-from openai_server import ChatServer, echo_samples, random_failures
 
 from sae_sens.errors import (
     ApiKeyError,
@@ -23,6 +21,8 @@ from sae_sens.errors import (
 from sae_sens.generate import GenerateConfig, make_requests, plan_generate, run_generate
 from sae_sens.generate.runner import Checkpoint
 from sae_sens.store import Store
+from tests.support.gen_support import plain, write_examples
+from tests.support.openai_server import ChatServer, echo_samples, random_failures
 
 FEATURES = list(range(0, 60, 5))  # 12 features
 

@@ -8,11 +8,11 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from gen_support import plain, write_examples
 
 from sae_sens.errors import ImportTableError, MissingTableError
 from sae_sens.generate import GenerateConfig, plan_generate, run_generate
 from sae_sens.store import Store
+from tests.support.gen_support import plain, write_examples
 
 FEATURES = [3, 8, 12]
 

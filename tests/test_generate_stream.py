@@ -13,7 +13,7 @@ import pytest
 from sae_sens.generate import GenerateConfig
 from sae_sens.generate.backends import Completion, HFBackend, Request, TransientError
 from sae_sens.generate.runner import Checkpoint, Runner, answer_record
-from sae_sens.testing import build_tiny_model
+from tests.support.testing import build_tiny_model
 
 CAP = 24
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-from gen_support import examples_table
 
 from sae_sens.errors import ConfigError, UsageError
 from sae_sens.generate import (
@@ -20,6 +19,7 @@ from sae_sens.generate.backends import parse_retry_after
 from sae_sens.generate.core import make_requests
 from sae_sens.generate.pricing import Price
 from sae_sens.generate.runner import Budget, Checkpoint, QueryCache, Runner
+from tests.support.gen_support import examples_table
 
 SEP = "<SEP>"
 

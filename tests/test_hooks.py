@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sae_sens.errors import ConfigError, ModelError
 from sae_sens.model import FAMILIES, HookedLM, _get_attr_path, load_model
-from sae_sens.testing import build_tiny_model, random_sae, tiny_corpus
+from tests.support.testing import build_tiny_model, random_sae, tiny_corpus
 
 LAYER = 1  # of 3: neither the first nor the last (HF applies the final norm to the last hidden state)
 TEXTS = tiny_corpus(4, seed=3)

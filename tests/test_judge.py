@@ -1,4 +1,4 @@
-"""The judge stage against the real OpenAI-compatible server in tests/openai_server.py, on a store
+"""The judge stage against the real OpenAI-compatible server in tests/support/openai_server.py, on a store
 made by the real collect, generate and score stages (tiny real model, token-detector SAE): scripted
 answers give rates we compute exactly; pair order is seeded and recorded; no held-out example was
 ever shown to the generator; cache, resume after an interrupted run, and --dry-run."""
@@ -11,7 +11,6 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from openai_server import ChatServer
 
 from sae_sens.cli import main
 from sae_sens.collect import CollectConfig, run_collect
@@ -25,7 +24,8 @@ from sae_sens.schemas import make_table
 from sae_sens.score import ScoreConfig, run_score
 from sae_sens.stages import ModelOptions
 from sae_sens.store import Store
-from sae_sens.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
+from tests.support.openai_server import ChatServer
+from tests.support.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
 
 RUN = "j"
 GEN = "openai:gen-model"

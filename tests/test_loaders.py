@@ -13,7 +13,7 @@ import torch
 from sae_sens import hub, names
 from sae_sens.errors import SaeLoadError, UnknownSaeError
 from sae_sens.sae import load_sae
-from sae_sens.testing import put_in_hub_cache, random_sae, save_dictionary_learning_sae
+from tests.support.testing import put_in_hub_cache, random_sae, save_dictionary_learning_sae
 
 D_IN = 16
 SECRET = "hf_thisIsNotARealTokenButMustNeverBeRecorded"

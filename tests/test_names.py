@@ -10,7 +10,7 @@ import torch
 
 from sae_sens import names
 from sae_sens.errors import UnknownSaeError
-from sae_sens.testing import save_dictionary_learning_sae
+from tests.support.testing import save_dictionary_learning_sae
 
 # The facts from the issue, written out independently of sae_sens.names.
 ADAM_FOLDER = {"btopk": "BatchTopK", "matbtopk": "MatryoshkaBatchTopK", "gated": "GatedSAE", "jumprelu": "JumpRelu",

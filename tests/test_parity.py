@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sae_sens.model import FAMILIES, _get_attr_path
 from sae_sens.sae import Sae, load_sae
 from sae_sens.stages import ModelOptions, open_model
-from sae_sens.testing import build_tiny_model, random_sae, tiny_corpus
+from tests.support.testing import build_tiny_model, random_sae, tiny_corpus
 
 LAYER = 1
 D_SAE = 128

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai_server import ChatServer
+
+from tests.support.openai_server import ChatServer
 
 ray = pytest.importorskip("ray")
 
@@ -33,7 +34,7 @@ from sae_sens.pipeline import run_pipeline  # noqa: E402
 from sae_sens.score import ScoreConfig  # noqa: E402
 from sae_sens.stages import ModelOptions  # noqa: E402
 from sae_sens.store import Store  # noqa: E402
-from sae_sens.testing import build_tiny_model, random_sae, tiny_corpus  # noqa: E402
+from tests.support.testing import build_tiny_model, random_sae, tiny_corpus  # noqa: E402
 
 CTX = 48
 TOKENS = 64 * CTX

@@ -17,7 +17,7 @@ from sae_sens.progress import NullProgress
 from sae_sens.sae import Sae, load_sae
 from sae_sens.schemas import make_table
 from sae_sens.score import Checkpoint, ScoreConfig, original_text, score_tables, window_ids
-from sae_sens.testing import WORDS, build_tiny_model, save_dictionary_learning_sae, token_detector_sae
+from tests.support.testing import WORDS, build_tiny_model, save_dictionary_learning_sae, token_detector_sae
 
 LAYER = 1
 HOOK = f"blocks.{LAYER}.hook_resid_post"

@@ -1,6 +1,6 @@
 """The store under stress: concurrent writers (real processes), SAEs with the same folder name,
 damaged tables, a server that rejects everything, a read-only store. Requests are counted at the
-real OpenAI-compatible server in tests/openai_server.py.
+real OpenAI-compatible server in tests/support/openai_server.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from gen_support import write_examples
-from openai_server import ChatServer
 
 from sae_sens.errors import LockedError, StoreError
 from sae_sens.locking import file_lock
 from sae_sens.runs import list_runs
 from sae_sens.store import Store
+from tests.support.gen_support import write_examples
+from tests.support.openai_server import ChatServer
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = list(range(0, 60, 3))  # 20 features
@@ -442,7 +442,7 @@ def test_duckdb_cli_of_sae_sens_sql_cannot_write_anything(sql_store: Store, tmp_
 
 # ----- collect while scoring, on a tiny real model -----------------------------------------------------
 def test_collect_while_scoring_loses_nothing(tmp_path: Path) -> None:
-    from sae_sens.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
+    from tests.support.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
 
     docs = tiny_corpus(240, seed=11)  # the e2e test's: its detector tokens are separable
     model = build_tiny_model(tmp_path / "tiny", texts=docs, family="llama", layers=2)
@@ -546,7 +546,7 @@ def test_full_disk_is_one_line_and_keeps_the_old_table(tmp_path: Path, monkeypat
 
 def test_tables_and_manifests_follow_the_umask(tmp_path: Path) -> None:
     script = ("import os, sys; os.umask(int(sys.argv[2], 8))\n"
-              "sys.path.insert(0, 'tests'); from gen_support import write_examples\n"
+              "from tests.support.gen_support import write_examples\n"
               "from sae_sens.store import Store\n"
               "s = Store(sys.argv[1]); write_examples(s, 'r', 'a', [1])\n"
               "print(oct(os.stat(s.table_path('r', 'a', 'examples')).st_mode & 0o777),"

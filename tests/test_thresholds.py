@@ -17,7 +17,7 @@ from sae_sens.sae import Sae, load_sae
 from sae_sens.schemas import make_table
 from sae_sens.score import ScoreConfig, feature_stats, score_tables
 from sae_sens.store import Store
-from sae_sens.testing import build_tiny_model, token_detector_sae
+from tests.support.testing import build_tiny_model, token_detector_sae
 
 LAYER = 1
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .collect import CollectConfig, window_batch
-from .corpus import Windows
-from .model import HookedLM
-from .sae import Sae
+from sae_sens.collect import CollectConfig, window_batch
+from sae_sens.corpus import Windows
+from sae_sens.model import HookedLM
+from sae_sens.sae import Sae
 
 Peak = tuple[int, int, float]  # (window, position, activation)
 

@@ -219,7 +219,7 @@ def token_detector_sae(
     stream keeps each token's identity linearly readable), then the bias is set halfway between the
     weakest on-token and strongest off-token projection. Extra random latents make it a real SAE.
     """
-    from .model import load_model
+    from sae_sens.model import load_model
 
     lm = load_model(str(model_dir), f"blocks.{layer}.hook_resid_post", device="cpu", dtype="float32")
     docs = list(texts or tiny_corpus(100, seed=seed + 1))
