@@ -10,40 +10,30 @@ from typing import Any
 
 import pytest
 
-from sae_sens.cli import main
 from sae_sens.collect import CollectConfig, run_collect
 from sae_sens.generate.corpus_control import retrieve_passages
 from sae_sens.stages import ModelOptions
 from sae_sens.store import Store
-from tests.support.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
+from tests.support.cli import CliRunner
+from tests.support.testing import TinyWorld
 
 RUN = "c"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def world(tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny world collected (features 0-2) into a store of this module's."""
     root = tmp_path_factory.mktemp("corpus_control")
-    docs = tiny_corpus(240, seed=11)
-    model = build_tiny_model(root / "tiny-llama", texts=docs, family="llama", layers=2)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    single = [w for w in dict.fromkeys(WORDS) if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1]
-    targets = single[1:4]
-    target_ids = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in targets]
-    sae = token_detector_sae(root / "sae", model, target_ids, layer=1, texts=docs[:80])
-    corpus = root / "docs.jsonl"
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     store = Store(root / "store")
-    run_collect(store, RUN, str(sae), CollectConfig(corpus=str(corpus), total_tokens=3000, context_size=48,
-                                                    features=None, feature_ids=(0, 1, 2)),
-                ModelOptions(model=str(model), device="cpu"))
-    return {"root": root, "store": store, "sae": str(sae), "model": str(model), "docs": docs, "targets": targets,
-            "tok": tok}
+    run_collect(store, RUN, str(tiny_world.sae), CollectConfig(corpus=str(tiny_world.corpus), total_tokens=3000,
+                                                               context_size=48, features=None, feature_ids=(0, 1, 2)),
+                ModelOptions(model=str(tiny_world.model), device="cpu"))
+    return {"root": root, "store": store, "sae": str(tiny_world.sae), "model": str(tiny_world.model),
+            "docs": tiny_world.docs, "targets": tiny_world.targets, "tok": tiny_world.tokenizer}
 
 
 def test_passages_come_from_unread_text_and_missing_tokens_give_fewer(world: dict[str, Any],
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                                                      cli: CliRunner) -> None:
     docs, targets, store, sae = world["docs"], world["targets"], world["store"], world["sae"]
     # which documents collect read: those behind its windows (doc_index counts non-blank documents)
     windows = next((store.cache_dir / "windows").glob("*.parquet"))
@@ -59,12 +49,9 @@ def test_passages_come_from_unread_text_and_missing_tokens_give_fewer(world: dic
     two = [f"a quiet {lacking} by the lake", f"under the old bridge one {lacking} waited"]
     source = world["root"] / "control.jsonl"
     source.write_text("".join(json.dumps({"text": d}) + "\n" for d in read[:20] + unread + two))
-    try:
-        main(["generate", "--store", str(store.root), "--run", RUN, "--sae", sae, "--generator",
-              f"corpus:{source}", "--samples-per-feature", "5", "--device", "cpu"])
-    except SystemExit as e:
-        assert not e.code, capsys.readouterr().err
-    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    err = cli.ok("generate", "--store", str(store.root), "--run", RUN, "--sae", sae, "--generator",
+                 f"corpus:{source}", "--samples-per-feature", "5", "--device", "cpu").err
+    err = " ".join(err.split())  # the console wraps long lines
     label = f"corpus:{source}"
     gens = [g for g in store.read_table(RUN, sae, "generations").to_pylist() if g["generator"] == label]
     by_f = {f: [g["text"] for g in gens if g["feature_index"] == f] for f in (0, 1, 2)}
@@ -80,11 +67,8 @@ def test_passages_come_from_unread_text_and_missing_tokens_give_fewer(world: dic
             assert not any(t.strip() in d for d in read)  # never from text collect read
 
     # scored like any generator; the token detectors fire on every retrieved passage
-    try:
-        main(["score", "--store", str(store.root), "--run", RUN, "--sae", sae, "--model", world["model"],
-              "--device", "cpu", "--generator", label])
-    except SystemExit as e:
-        assert not e.code, capsys.readouterr().err
+    cli.ok("score", "--store", str(store.root), "--run", RUN, "--sae", sae, "--model", world["model"],
+           "--device", "cpu", "--generator", label)
     stats = {r["feature_index"]: r for r in store.read_table(RUN, sae, "feature_stats").to_pylist()
              if r["generator"] == label}
     assert {f: stats[f]["n_generated"] for f in stats} == {0: 5, 1: 5, 2: 2}

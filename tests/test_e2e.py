@@ -13,40 +13,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from sae_sens.cli import main
+from tests.support.cli import CliRunner
 from tests.support.openai_server import ChatServer
-from tests.support.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
+from tests.support.testing import TinyWorld
 
 SECRET = "sk-test-e2e-secret-key-0123456789"
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("e2e")
-    docs = tiny_corpus(240, seed=11)
-    model = build_tiny_model(root / "tiny-llama", texts=docs, family="llama", layers=2)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    # words that are one token with a leading space: the SAE's latents detect exactly those tokens
-    single = [w for w in dict.fromkeys(WORDS) if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1]
-    targets = single[1:4]  # not "the": every window would be about it
-    others = [w for w in single if w not in targets]
-    target_ids = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in targets]
-    sae = token_detector_sae(root / "sae", model, target_ids, layer=1, texts=docs[:80])
-    corpus = root / "docs.jsonl"
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    return {"root": root, "model": model, "sae": sae, "corpus": corpus, "targets": targets, "others": others}
 
 
 def _feature_stats(store: Path, run: str) -> dict[tuple[str, int], dict[str, Any]]:
@@ -54,13 +25,13 @@ def _feature_stats(store: Path, run: str) -> dict[tuple[str, int], dict[str, Any
     return {(r["generator"], r["feature_index"]): r for r in rows}
 
 
-def test_pipeline_end_to_end(world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_pipeline_end_to_end(tiny_world: TinyWorld, tmp_path: Path, cli: CliRunner,
                              monkeypatch: pytest.MonkeyPatch) -> None:
-    store, sae, model = tmp_path / "store", str(world["sae"]), str(world["model"])
+    store, sae, model = tmp_path / "store", str(tiny_world.sae), str(tiny_world.model)
     common = ["--store", str(store), "--run", "e2e", "--sae", sae]
     model_opts = ["--model", model, "--device", "cpu"]
 
-    code, out, err = cli(capsys, "collect", *common, *model_opts, "--corpus", str(world["corpus"]),
+    code, out, err = cli("collect", *common, *model_opts, "--corpus", str(tiny_world.corpus),
                          "--total-tokens", "3000", "--context-size", "48", "--feature-ids", "0,1,2")
     assert code == 0, err
     examples = pq.read_table(next(store.glob("e2e/*/examples.parquet"))).to_pylist()
@@ -71,7 +42,7 @@ def test_pipeline_end_to_end(world: dict[str, Any], tmp_path: Path, capsys: pyte
         assert "{{" in e["text"] and "}}" in e["text"]
         assert e["activations"][e["peak_offset"]] == pytest.approx(e["max_activation"], rel=1e-4)
     for e in examples:
-        assert world["targets"][e["feature_index"]] in e["text"]
+        assert tiny_world.targets[e["feature_index"]] in e["text"]
 
     # an imported table of the original texts (marks stripped) must give sensitivity 1.0
     originals = tmp_path / "originals.csv"
@@ -80,29 +51,29 @@ def test_pipeline_end_to_end(world: dict[str, Any], tmp_path: Path, capsys: pyte
         w.writerow(["feature_index", "text"])
         for e in examples:
             w.writerow([e["feature_index"], e["text"].replace("{{", "").replace("}}", "")])
-    code, out, err = cli(capsys, "generate", *common, "--from-table", str(originals), "--generator", "originals")
+    code, out, err = cli("generate", *common, "--from-table", str(originals), "--generator", "originals")
     assert code == 0, err
 
     # texts made only of other words cannot activate the token detectors: sensitivity 0.0
     negatives = tmp_path / "negatives.jsonl"
     negatives.write_text("".join(
-        json.dumps({"feature_index": f, "text": " ".join(world["others"][(f + i) % len(world["others"])]
+        json.dumps({"feature_index": f, "text": " ".join(tiny_world.others[(f + i) % len(tiny_world.others)]
                                                           for i in range(8))}) + "\n"
         for f in range(3) for _ in range(2)))
-    code, out, err = cli(capsys, "generate", *common, "--from-table", str(negatives), "--generator", "negatives")
+    code, out, err = cli("generate", *common, "--from-table", str(negatives), "--generator", "negatives")
     assert code == 0, err
 
     # the openai client against a real OpenAI-compatible server on 127.0.0.1
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with ChatServer(models=("tiny-chat",), api_key=SECRET, n_samples=5) as server:
-        code, out, err = cli(capsys, "generate", *common, "--generator", "openai:tiny-chat",
+        code, out, err = cli("generate", *common, "--generator", "openai:tiny-chat",
                              "--base-url", server.base_url, "--samples-per-feature", "4")
         assert code == 0, err
         assert server.count(200) == 3  # one request per feature
         seen = json.dumps(server.bodies)
-        assert world["targets"][0] in seen  # the prompt carried the feature's examples
+        assert tiny_world.targets[0] in seen  # the prompt carried the feature's examples
 
-    code, out, err = cli(capsys, "score", *common, *model_opts)
+    code, out, err = cli("score", *common, *model_opts)
     assert code == 0, err
     stats = _feature_stats(store, "e2e")
     for f in range(3):
@@ -111,7 +82,7 @@ def test_pipeline_end_to_end(world: dict[str, Any], tmp_path: Path, capsys: pyte
         assert stats[("openai:tiny-chat", f)]["n_generated"] == 4
         assert stats[("originals", f)]["original_sensitivity_window"] == 1.0
 
-    code, out, err = cli(capsys, "report", "--store", str(store), "--format", "json", "--sql",
+    code, out, err = cli("report", "--store", str(store), "--format", "json", "--sql",
                          "SELECT generator, feature_index, generated_sensitivity FROM feature_stats "
                          "WHERE generator IN ('originals', 'negatives') ORDER BY generator, feature_index")
     assert code == 0, err
@@ -119,13 +90,13 @@ def test_pipeline_end_to_end(world: dict[str, Any], tmp_path: Path, capsys: pyte
     assert rows == [{"generator": g, "feature_index": f, "generated_sensitivity": 1.0 if g == "originals" else 0.0}
                     for g in ("negatives", "originals") for f in range(3)]
 
-    code, out, err = cli(capsys, "report", "--store", str(store), "--format", "csv")
+    code, out, err = cli("report", "--store", str(store), "--format", "csv")
     assert code == 0, err
     summary = {r["generator"]: r for r in csv.DictReader(out.splitlines())}
     assert float(summary["originals"]["sensitivity"]) == 1.0
     assert float(summary["negatives"]["sensitivity"]) == 0.0
 
-    code, out, err = cli(capsys, "runs", "--store", str(store), "--format", "json")
+    code, out, err = cli("runs", "--store", str(store), "--format", "json")
     assert code == 0, err
     (status,) = json.loads(out)
     assert (status["collect"], status["generate"], status["score"]) == ("done", "done", "done")
@@ -137,34 +108,34 @@ def test_pipeline_end_to_end(world: dict[str, Any], tmp_path: Path, capsys: pyte
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_run_command_does_every_stage_and_is_fresh_on_rerun(world: dict[str, Any], tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_command_does_every_stage_and_is_fresh_on_rerun(tiny_world: TinyWorld, tmp_path: Path,
+                                                             cli: CliRunner) -> None:
     store = tmp_path / "store"
     texts = tmp_path / "texts.csv"
-    texts.write_text("feature_index,text\n" + "".join(f"{f},the {world['targets'][f]} sat on a mat\n" for f in range(3)))
-    args = ["run", "--store", str(store), "--run", "r", "--sae", str(world["sae"]), "--model", str(world["model"]),
-            "--device", "cpu", "--corpus", str(world["corpus"]), "--total-tokens", "3000", "--context-size", "48",
+    texts.write_text("feature_index,text\n" + "".join(f"{f},the {tiny_world.targets[f]} sat on a mat\n" for f in range(3)))
+    args = ["run", "--store", str(store), "--run", "r", "--sae", str(tiny_world.sae), "--model", str(tiny_world.model),
+            "--device", "cpu", "--corpus", str(tiny_world.corpus), "--total-tokens", "3000", "--context-size", "48",
             "--feature-ids", "0,1,2", "--from-table", str(texts), "--generator", "mine"]
-    code, out, err = cli(capsys, *args)
+    code, out, err = cli(*args)
     assert code == 0, err
     stats = _feature_stats(store, "r")
     assert [stats[("mine", f)]["generated_sensitivity"] for f in range(3)] == [1.0, 1.0, 1.0]
     assert "ran" in out and "sensitivity" in out
-    code, out, err = cli(capsys, *args)
+    code, out, err = cli(*args)
     assert code == 0, err
     assert out.count("up to date") >= 3  # every stage skipped: nothing changed
 
 
-def test_bad_inputs_are_one_line_errors(world: dict[str, Any], tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_inputs_are_one_line_errors(tiny_world: TinyWorld, tmp_path: Path,
+                                        cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     store = str(tmp_path / "store")
     cases = [
         (["collect", "--store", store, "--sae", "py_3k_topk_s0"], "py_4k_topk_s0"),  # unknown SAE, suggestion
-        (["score", "--store", store, "--sae", str(world["sae"]), "--model", str(world["model"])], "sae-sens"),
+        (["score", "--store", store, "--sae", str(tiny_world.sae), "--model", str(tiny_world.model)], "sae-sens"),
     ]
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    cases.append((["collect", "--store", store, "--sae", str(world["sae"]), "--model", str(world["model"]),
+    cases.append((["collect", "--store", store, "--sae", str(tiny_world.sae), "--model", str(tiny_world.model),
                    "--corpus", str(empty), "--total-tokens", "1000", "--context-size", "48"], "token"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -182,7 +153,7 @@ def test_bad_inputs_are_one_line_errors(world: dict[str, Any], tmp_path: Path,
     cases.append((["generate", "--store", store, "--run", "x", "--sae", "s", "--generator", "openai:gpt-4.1-mini"],
                   "OPENAI_API_KEY"))
     for args, needle in cases:
-        code, out, err = cli(capsys, *args)
+        code, out, err = cli(*args)
         assert code != 0, args
         # off a terminal, progress and "loading …" lines may come first (issue 16): one error line
         lines = [line for line in err.strip().splitlines() if line.startswith("error")]

@@ -32,6 +32,7 @@ from sae_sens.model import HookedLM, load_model
 from sae_sens.sae import Sae, load_sae
 from sae_sens.schemas import make_table
 from sae_sens.score import ScoreConfig, original_text, score_tables
+from tests.support.cli import CliRunner
 from tests.support.testing import build_tiny_model, tiny_corpus, token_detector_sae
 
 LAYER = 1
@@ -115,13 +116,9 @@ def test_alive_rule_is_recorded_and_checked() -> None:
         CollectConfig(alive_rule="bogus")
 
 
-def test_cli_rejects_an_unknown_alive_rule(capsys: pytest.CaptureFixture[str]) -> None:
-    from sae_sens.cli.app import main
-
-    with pytest.raises(SystemExit) as e:
-        main(["collect", "--sae", "py_4k_topk_s0", "--alive-rule", "bogus"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "Traceback" not in err
+def test_cli_rejects_an_unknown_alive_rule(cli: CliRunner) -> None:
+    code, _, err = cli("collect", "--sae", "py_4k_topk_s0", "--alive-rule", "bogus")
+    assert code == 2 and "Traceback" not in err
     assert "alive rule 'bogus'" in err and "original, count" in err
 
 
@@ -237,18 +234,8 @@ MARKED = ["the {{cat}} sat", "a{{ cat}} and a dog", "{{the}}{{ cat}}", "no marks
           "}{{} the cat"]
 
 
-def cli(*args: str) -> int:
-    from sae_sens.cli.app import main
-
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
 def test_imported_texts_with_marks_score_as_without(tmp_path: Path, model_dir: Path, detector: Path,
-                                                    lm: HookedLM, capsys: pytest.CaptureFixture[str]) -> None:
+                                                    lm: HookedLM, cli: CliRunner) -> None:
     import csv
 
     from sae_sens.store import Store
@@ -266,15 +253,13 @@ def test_imported_texts_with_marks_score_as_without(tmp_path: Path, model_dir: P
             w = csv.writer(f)
             w.writerow(["feature_index", "text"])
             w.writerows([0, t] for t in texts)
-        assert cli("generate", "--store", str(store.root), "--run", "r", "--sae", sae,
-                   "--from-table", str(tmp_path / f"{name}.csv"), "--generator", name) == 0
+        cli.ok("generate", "--store", str(store.root), "--run", "r", "--sae", sae,
+               "--from-table", str(tmp_path / f"{name}.csv"), "--generator", name)
     gens = store.read_table("r", sae, "generations").to_pylist()
     assert [g["text"] for g in gens if g["generator"] == "marked"] == MARKED  # the import keeps them as given
 
-    capsys.readouterr()
-    assert cli("score", "--store", str(store.root), "--run", "r", "--sae", sae, "--model", str(model_dir),
-               "--device", "cpu") == 0
-    err = capsys.readouterr().err
+    err = cli.ok("score", "--store", str(store.root), "--run", "r", "--sae", sae, "--model", str(model_dir),
+                 "--device", "cpu").err
     assert "5 generated texts had {{ }} marks; stripped before scoring" in " ".join(err.split())
 
     scores = store.read_table("r", sae, "scores").to_pylist()

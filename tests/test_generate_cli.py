@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from sae_sens.cli import main
 from sae_sens.generate import GenerateConfig, make_requests, run_generate
 from sae_sens.generate.runner import Checkpoint, QueryCache
 from sae_sens.store import Store
@@ -32,7 +31,7 @@ def _clean_env(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
 
 
-def cli(store: Path, base_url: str, *extra: str) -> subprocess.Popen:
+def start_cli(store: Path, base_url: str, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["PYTHONPATH"] = str(ROOT)
     args = [sys.executable, "-m", "sae_sens", "generate", "--store", str(store), "--run", "r", "--sae", "sae-a",
@@ -46,7 +45,7 @@ def wait_for_answers(srv: ChatServer, proc: subprocess.Popen, n: int) -> None:
         time.sleep(0.01)
 
 
-def test_killed_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, capsys):
+def test_killed_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, cli):
     store_path = tmp_path / "store"
     store = Store(store_path)
     examples = write_examples(store, "r", "sae-a", FEATURES)
@@ -64,12 +63,12 @@ def test_killed_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, capsy
             _thread.interrupt_main()
 
         threading.Thread(target=interrupt_after, args=(3,), daemon=True).start()
-        code, _, err = run_main(capsys, "generate", "--store", str(store_path), "--run", "r", "--sae", "sae-a",
-                                "--generator", "openai:test-model", "--base-url", srv.base_url, "--max-workers", "2")
+        code, _, err = cli("generate", "--store", str(store_path), "--run", "r", "--sae", "sae-a",
+                           "--generator", "openai:test-model", "--base-url", srv.base_url, "--max-workers", "2")
         assert code == 130 and "rerun the same command to resume" in err
         assert 1 <= len(journal.load()) <= 3 + 2
         # 2. SIGKILL (no chance to clean up) after a few more answers
-        proc = cli(store_path, srv.base_url)
+        proc = start_cli(store_path, srv.base_url)
         wait_for_answers(srv, proc, len(srv.answered()) + 6)
         proc.kill()
         proc.wait()
@@ -85,8 +84,8 @@ def test_killed_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, capsy
 
         # 3. rerun to the end (in this process, same CLI): only missing features are sent
         srv.reset()
-        code, _, err = run_main(capsys, "generate", "--store", str(store_path), "--run", "r", "--sae", "sae-a",
-                                "--generator", "openai:test-model", "--base-url", srv.base_url)
+        code, _, err = cli("generate", "--store", str(store_path), "--run", "r", "--sae", "sae-a",
+                           "--generator", "openai:test-model", "--base-url", srv.base_url)
         assert code == 0, err
         resent = srv.answered()
         assert sorted(resent) == sorted(server_hash[f] for f in FEATURES if f not in done)
@@ -103,17 +102,7 @@ def test_killed_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, capsy
     assert store.status("r", "sae-a")[STAGE] == "done" and not journal.path.exists()
 
 
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_cli_generates_prints_a_summary_and_reuses_on_rerun(tmp_path, capsys, monkeypatch):
+def test_cli_generates_prints_a_summary_and_reuses_on_rerun(tmp_path, cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     store = Store(tmp_path / "s")
     write_examples(store, "r", "sae-a", FEATURES[:4])
@@ -121,27 +110,27 @@ def test_cli_generates_prints_a_summary_and_reuses_on_rerun(tmp_path, capsys, mo
     with ChatServer(models=("m1",)) as srv:
         base = ["generate", "--store", str(store.root), "--run", "r", "--sae", "sae-a", "--sae", "sae-b",
                 "--base-url", srv.base_url, "--llm-model", "m1", "--price-in", "1", "--price-out", "2"]
-        code, out, err = run_main(capsys, *base, "--dry-run")
+        code, out, err = cli(*base, "--dry-run")
         assert code == 0 and srv.count() == 0
         assert "6 requests, estimated cost $" in out and "sae-a" in out and "sae-b" in out
-        code, out, err = run_main(capsys, *base, "-n", "4")
+        code, out, err = cli(*base, "-n", "4")
         assert code == 0, err
         assert srv.count() == 6 and "spent this time: $" in out
         assert "openai:m1" in out and "done" in out
         gens = store.read_table("r", "sae-b", "generations")
         assert gens.num_rows == 8 and set(gens["generator"].to_pylist()) == {"openai:m1"}
-        code, out, _ = run_main(capsys, *base, "-n", "4")
+        code, out, _ = cli(*base, "-n", "4")
         assert code == 0 and "skipped (fresh)" in out and srv.count() == 6
 
 
-def test_cli_import_under_a_label(tmp_path, capsys, monkeypatch):
+def test_cli_import_under_a_label(tmp_path, cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     store = Store(tmp_path / "s")
     write_examples(store, "r", "sae-a", [1, 2])
     table = tmp_path / "texts.csv"
     table.write_text("feature_index,text\n1,hello world\n2,other text\n9,unknown feature\n")
-    code, out, err = run_main(capsys, "generate", "--store", str(store.root), "--run", "r", "--sae", "sae-a",
-                              "--from-table", str(table), "--generator", "claude-x")
+    code, out, err = cli("generate", "--store", str(store.root), "--run", "r", "--sae", "sae-a",
+                         "--from-table", str(table), "--generator", "claude-x")
     assert code == 0, err
     assert "claude-x" in out and "imported" in out
     assert "dropped 1 of 3 rows: feature not in this run's examples (rows 3)" in out + err
@@ -157,14 +146,14 @@ def test_cli_import_under_a_label(tmp_path, capsys, monkeypatch):
     (["--generator", "openai:gpt-4.1-mini"], "OPENAI_API_KEY is not set"),
     (["--price-in", "1"], "--price-in and --price-out go together"),
 ])
-def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, message):
+def test_cli_bad_input_is_one_line(tmp_path, cli, argv, message):
     store = Store(tmp_path / "s")
     write_examples(store, "r", "sae-a", [1])
-    code, _, err = run_main(capsys, "generate", "--store", str(store.root), "--run", "r", "--sae", "sae-a", *argv)
+    code, _, err = cli("generate", "--store", str(store.root), "--run", "r", "--sae", "sae-a", *argv)
     assert code != 0 and message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_cli_missing_examples_says_to_collect(tmp_path, capsys):
-    code, _, err = run_main(capsys, "generate", "--store", str(tmp_path), "--sae", "sae-z", "--from-table", "x.csv")
+def test_cli_missing_examples_says_to_collect(tmp_path, cli):
+    code, _, err = cli("generate", "--store", str(tmp_path), "--sae", "sae-z", "--from-table", "x.csv")
     assert code == 1 and "no examples table" in err and "sae-sens collect" in err

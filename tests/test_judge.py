@@ -5,14 +5,12 @@ ever shown to the generator; cache, resume after an interrupted run, and --dry-r
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
-from sae_sens.cli import main
 from sae_sens.collect import CollectConfig, run_collect
 from sae_sens.errors import PermanentGenerationError, UsageError
 from sae_sens.generate import GenerateConfig, run_generate
@@ -24,8 +22,9 @@ from sae_sens.schemas import make_table
 from sae_sens.score import ScoreConfig, run_score
 from sae_sens.stages import ModelOptions
 from sae_sens.store import Store
+from tests.support.cli import CliRunner
 from tests.support.openai_server import ChatServer
-from tests.support.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
+from tests.support.testing import TinyWorld
 
 RUN = "j"
 GEN = "openai:gen-model"
@@ -46,21 +45,13 @@ def scripted_judge(messages: list[dict[str, Any]]) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def world(tiny_world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tiny world collected, generated for (a real server) and scored in a store of this module's."""
     root = tmp_path_factory.mktemp("judge")
-    docs = tiny_corpus(240, seed=11)
-    model = build_tiny_model(root / "tiny-llama", texts=docs, family="llama", layers=2)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    single = [w for w in dict.fromkeys(WORDS) if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1]
-    target_ids = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in single[1:4]]
-    sae = token_detector_sae(root / "sae", model, target_ids, layer=1, texts=docs[:80])
-    corpus = root / "docs.jsonl"
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    model, sae = tiny_world.model, tiny_world.sae
     store = Store(root / "store")
     opts = ModelOptions(model=str(model), device="cpu")
-    run_collect(store, RUN, str(sae), CollectConfig(corpus=str(corpus), total_tokens=4000, context_size=48,
+    run_collect(store, RUN, str(sae), CollectConfig(corpus=str(tiny_world.corpus), total_tokens=4000, context_size=48,
                                                     features=None, feature_ids=(0, 1, 2)), opts)
     with ChatServer(models=("gen-model",), n_samples=6) as server:
         run_generate(store, RUN, str(sae), GenerateConfig(generator=GEN, base_url=server.base_url,
@@ -155,11 +146,11 @@ def test_judge_rates_order_and_prompts(world: dict[str, Any]) -> None:
 
 
 
-def test_report_validity_cli(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_validity_cli(world: dict[str, Any], cli: CliRunner) -> None:
     store = world["store"]
     with ChatServer(models=("judge-model",), respond=scripted_judge) as server:
         _judge(world, server)
-    out = _cli(capsys, "report", "--store", str(store.root), "--validity", "--format", "csv")
+    out = cli.ok("report", "--store", str(store.root), "--validity", "--format", "csv").out
     (summary,) = judge_summary(connect(store)).to_pylist()
     header = next(line for line in out.splitlines() if line.startswith("run,sae,generator,judge,"))
     row = next(line for line in out.splitlines() if line.startswith(f"{RUN},") and JUDGE in line)
@@ -181,7 +172,7 @@ def test_pair_order_is_seeded(world: dict[str, Any]) -> None:
     assert orders[0] != orders[2]
 
 
-def test_cache_resume_and_dry_run(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cache_resume_and_dry_run(world: dict[str, Any], cli: CliRunner) -> None:
     store, sae = world["store"], world["sae"]
     # nothing of this config is cached yet (temperature 0.5); the server breaks (bad key) after 7 answers
     cfg = dict(tasks=("direct",), max_workers=1, temperature=0.5)
@@ -195,9 +186,9 @@ def test_cache_resume_and_dry_run(world: dict[str, Any], capsys: pytest.CaptureF
         assert len(journal.read_text().splitlines()) == 7
         broken["on"] = False
         server.reset()
-        out = _cli(capsys, "judge", "--store", str(store.root), "--run", RUN, "--sae", sae, "--judge", JUDGE,
-                   "--base-url", server.base_url, "--task", "direct", "--temperature", "0.5", "--dry-run",
-                   "--model", world["model"], "--device", "cpu")
+        out = cli.ok("judge", "--store", str(store.root), "--run", RUN, "--sae", sae, "--judge", JUDGE,
+                     "--base-url", server.base_url, "--task", "direct", "--temperature", "0.5", "--dry-run",
+                     "--model", world["model"], "--device", "cpu").out
         assert server.count() == 0  # nothing sent
         assert re.search(r"\b8 requests\b", out), out
         resumed = _judge(world, server, **cfg)  # only the 8 not journaled are sent
@@ -208,14 +199,6 @@ def test_cache_resume_and_dry_run(world: dict[str, Any], capsys: pytest.CaptureF
     assert not journal.exists()
     rows = store.read_table(RUN, sae, "judgments").to_pylist()
     assert len(rows) == 15 and all(r["task"] == "direct" for r in rows)
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        assert not e.code, capsys.readouterr().err
-    return capsys.readouterr().out
 
 
 def test_no_held_out_examples_means_no_pairs() -> None:

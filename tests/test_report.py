@@ -17,7 +17,6 @@ import duckdb
 import numpy as np
 import pytest
 
-from sae_sens.cli import main
 from sae_sens.cli import output as cli_output
 from sae_sens.errors import MissingTableError, SqlError, UsageError
 from sae_sens.report import (
@@ -37,6 +36,7 @@ from sae_sens.report.summary import looks_like_preamble, summary_warnings
 from sae_sens.report.views import META_VIEWS, TABLE_VIEWS, parse_width
 from sae_sens.schemas import SCHEMAS, make_table
 from sae_sens.store import Store
+from tests.support.cli import CliRunner
 
 RUN = "r1"
 SAES = ("py_4k_topk_s0", "py_16k_topk_s0", "py_4k_relu_s0")
@@ -95,16 +95,6 @@ def store(tmp_path: Path) -> Store:
 @pytest.fixture
 def con(store: Store) -> duckdb.DuckDBPyConnection:
     return connect(store)
-
-
-def cli(*args: str) -> None:
-    main([*args])
-
-
-def cli_fails(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([*args])
-    return int(exc.value.code), capsys.readouterr().err
 
 
 @pytest.fixture
@@ -377,84 +367,78 @@ def summary_rows(store: Store) -> list[dict]:
 
 
 def test_cli_formats_parse_back_to_the_same_numbers(
-    store: Store, capsys: pytest.CaptureFixture[str], wide_console: None, tmp_path: Path
+    store: Store, cli: CliRunner, wide_console: None, tmp_path: Path
 ) -> None:
     expected = summary_rows(store)
     numeric = ("features", "sensitivity", "ci_low", "ci_high", "original_sensitivity", "share_below_half")
 
-    cli("report", "--store", str(store.root), "--format", "csv")
-    got = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    got = list(csv.DictReader(io.StringIO(cli.ok("report", "--store", str(store.root), "--format", "csv").out)))
     assert [r["sae"] for r in got] == [r["sae"] for r in expected]
     for g, e in zip(got, expected, strict=True):
         assert all(float(g[c]) == pytest.approx(e[c], rel=1e-12) for c in numeric)
 
-    cli("report", "--store", str(store.root), "--format", "json")
-    assert_rows_close(json.loads(capsys.readouterr().out), expected)
+    assert_rows_close(json.loads(cli.ok("report", "--store", str(store.root), "--format", "json").out), expected)
 
-    cli("report", "--store", str(store.root), "--format", "markdown")
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = cli.ok("report", "--store", str(store.root), "--format", "markdown").out.strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     body = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
     assert len(body) == len(expected)
     for g, e in zip(body, expected, strict=True):
         assert all(float(g[c]) == pytest.approx(e[c], rel=1e-3) for c in numeric)
 
-    cli("report", "--store", str(store.root), "--format", "table")
-    out = capsys.readouterr().out
+    out = cli.ok("report", "--store", str(store.root), "--format", "table").out
     for e in expected:
         line = next(x for x in out.splitlines() if f" {e['sae']} " in x and f" {e['generator']} " in x)
         cells = [c.strip() for c in line.replace("│", "|").strip("|").split("|")]
         assert [float(cells[i]) for i in (7, 8, 9, 10, 11, 13)] == pytest.approx([e[c] for c in numeric], rel=1e-3)
 
     out_file = tmp_path / "summary.txt"
-    cli("report", "--store", str(store.root), "--output", str(out_file))
+    cli.ok("report", "--store", str(store.root), "--output", str(out_file))
     text = out_file.read_text()
     assert all(e["sae"] in text for e in expected) and "\x1b[" not in text
     assert stat.S_IMODE(out_file.stat().st_mode) == 0o644
 
 
-def test_cli_by_compare_and_filters(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
-    cli("report", "--store", str(store.root), "--by", "architecture", "--format", "json")
-    by = {r["architecture"]: r for r in json.loads(capsys.readouterr().out)}
+def test_cli_by_compare_and_filters(store: Store, cli: CliRunner) -> None:
+    out = cli.ok("report", "--store", str(store.root), "--by", "architecture", "--format", "json").out
+    by = {r["architecture"]: r for r in json.loads(out)}
     assert set(by) == {"topk", "relu"} and by["topk"]["features"] == 2 * N_FEATURES  # each feature once
 
-    cli("report", "--store", str(store.root), "--compare", "g1", "g2", "--sae", SAES[1], "--format", "csv")
-    captured = capsys.readouterr()
+    captured = cli.ok("report", "--store", str(store.root), "--compare", "g1", "g2", "--sae", SAES[1], "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(captured.out)))
     assert len(rows) == N_FEATURES and {r["sae"] for r in rows} == {SAES[1]}
     assert float(rows[3]["g2"]) == sensitivity(1, 1, 3)
     assert "compare generators a=g1 vs b=g2" in captured.err and f"{N_FEATURES} shared" in captured.err
 
-    cli("report", "--store", str(store.root), "--generator", "g1", "--run", RUN, "--format", "json")
-    assert {r["generator"] for r in json.loads(capsys.readouterr().out)} == {"g1"}
+    out = cli.ok("report", "--store", str(store.root), "--generator", "g1", "--run", RUN, "--format", "json").out
+    assert {r["generator"] for r in json.loads(out)} == {"g1"}
 
 
-def test_cli_sql_and_sql_file(store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_cli_sql_and_sql_file(store: Store, cli: CliRunner, tmp_path: Path) -> None:
     sql = ("SELECT s.architecture, f.feature_index, f.generated_sensitivity FROM feature_stats f "
            "JOIN saes s USING (run, sae) WHERE f.sae = 'py_4k_relu_s0' AND f.generator = 'g2' ORDER BY 2")
-    cli("report", "--store", str(store.root), "--sql", sql, "--format", "json")
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(cli.ok("report", "--store", str(store.root), "--sql", sql, "--format", "json").out)
     assert rows == [{"architecture": "relu", "feature_index": i, "generated_sensitivity": sensitivity(2, 1, i)}
                     for i in range(N_FEATURES)]
     f = tmp_path / "q.sql"
     f.write_text("SELECT count(*) AS n FROM scores WHERE source = 'generated'")
-    cli("report", "--store", str(store.root), "--sql-file", str(f), "--format", "csv")
-    assert capsys.readouterr().out == f"n\n{len(SAES) * N_FEATURES * len(GENERATORS) * 3}\n"
+    out = cli.ok("report", "--store", str(store.root), "--sql-file", str(f), "--format", "csv").out
+    assert out == f"n\n{len(SAES) * N_FEATURES * len(GENERATORS) * 3}\n"
 
 
 @pytest.mark.parametrize("sql", ["SELECT colour FROM saes", "SELEC * FROM saes"])
-def test_cli_sql_error_is_one_line_and_nonzero(store: Store, capsys: pytest.CaptureFixture[str], sql: str) -> None:
-    code, err = cli_fails(capsys, "report", "--store", str(store.root), "--sql", sql)
+def test_cli_sql_error_is_one_line_and_nonzero(store: Store, cli: CliRunner, sql: str) -> None:
+    code, _, err = cli("report", "--store", str(store.root), "--sql", sql)
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("error: SQL error") and "Traceback" not in err
 
 
-def test_cli_empty_store_says_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = cli_fails(capsys, "report", "--store", str(tmp_path / "empty"))
+def test_cli_empty_store_says_what_to_run(tmp_path: Path, cli: CliRunner) -> None:
+    code, _, err = cli("report", "--store", str(tmp_path / "empty"))
     assert code != 0 and "sae-sens run" in err and err.count("\n") == 1
     Store(tmp_path / "half").manifest(RUN, "py_4k_topk_s0").save()  # collected, never scored
-    code, err = cli_fails(capsys, "report", "--store", str(tmp_path / "half"))
-    assert "sae-sens score" in err
+    code, _, err = cli("report", "--store", str(tmp_path / "half"))
+    assert code != 0 and "sae-sens score" in err
     with pytest.raises(MissingTableError, match="no runs found"):
         require_results(connect(Store(tmp_path / "empty")), Store(tmp_path / "empty"))
 
@@ -465,11 +449,11 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_cli_plot_writes_both_pngs(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_plot_writes_both_pngs(store: Store, tmp_path: Path, cli: CliRunner) -> None:
     store.write_table(RUN, "gem_16k_gated_s2", "feature_stats", make_table("feature_stats", [
         {"feature_index": i, "generator": "g1", "generated_sensitivity": i / 10} for i in range(5)]))
     path = tmp_path / "fig" / "sens.png"
-    cli("report", "--store", str(store.root), "--plot", str(path), "--format", "csv")
+    err = cli.ok("report", "--store", str(store.root), "--plot", str(path), "--format", "csv").err
     assert png_size(path) == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
     rows = len(SAES) * len(GENERATORS) + 1
     assert png_size(hist_path(path)) == (round(HIST_WIDTH * DPI), round(hist_height(rows) * DPI))
@@ -478,12 +462,12 @@ def test_cli_plot_writes_both_pngs(store: Store, tmp_path: Path, capsys: pytest.
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[:2] == (round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI))
     assert pixels[..., :3].std() > 0.05  # something was drawn
-    assert "sens_hist.png" in capsys.readouterr().err
+    assert "sens_hist.png" in err
 
 
-def test_cli_html(store: Store, tmp_path: Path) -> None:
+def test_cli_html(store: Store, tmp_path: Path, cli: CliRunner) -> None:
     path = tmp_path / "report.html"
-    cli("report", "--store", str(store.root), "--sae", SAES[0], "--html", str(path), "--format", "csv")
+    cli.ok("report", "--store", str(store.root), "--sae", SAES[0], "--html", str(path), "--format", "csv")
     page = path.read_text()
     # self-contained: no outside resource (issue 16 adds an inline script for the filter and inline PNGs)
     assert page.startswith("<!doctype html>") and not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
@@ -494,19 +478,17 @@ def test_cli_html(store: Store, tmp_path: Path) -> None:
 
 
 def test_cli_sql_shell_builtin_reads_stdin(store: Store, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str], wide_console: None) -> None:
+                                           cli: CliRunner, wide_console: None) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(
         "SELECT sae, width FROM saes ORDER BY width, sae;\nSELECT oops FROM saes;\n.quit\n"))
-    with pytest.raises(SystemExit) as exc:  # piped SQL with a failing statement exits non-zero (issue 16)
-        cli("sql", "--store", str(store.root), "--builtin")
-    assert exc.value.code == 1
-    captured = capsys.readouterr()
+    captured = cli("sql", "--store", str(store.root), "--builtin")
+    assert captured.code == 1  # piped SQL with a failing statement exits non-zero (issue 16)
     assert "py_16k_topk_s0" in captured.out and "16384" in captured.out
     assert captured.err.count("\n") == 1 and "oops" in captured.err
 
 
 def test_cli_sql_shell_uses_duckdb_cli_when_installed(store: Store, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch, cli: CliRunner) -> None:
     # A stand-in `duckdb` on PATH, run twice: first it builds the snapshot from the script on stdin
     # (with the duckdb Python package), then it is opened on it -safe -readonly and records what a
     # query over the copied tables returns.
@@ -528,21 +510,19 @@ def test_cli_sql_shell_uses_duckdb_cli_when_installed(store: Store, tmp_path: Pa
     )
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    with pytest.raises(SystemExit) as exc:
-        cli("sql", "--store", str(store.root))
-    assert exc.value.code == 3  # its exit status is passed on
+    assert cli("sql", "--store", str(store.root)).code == 3  # its exit status is passed on
     assert json.loads(result.read_text()) == [["relu", 1], ["topk", 2]]
 
 
 def test_cli_sql_snapshot_failure_is_one_line(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                               cli: CliRunner) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     script = bindir / "duckdb"
     script.write_text("#!/bin/sh\necho 'IO Error: No space left on device' >&2\nexit 1\n")
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    code, err = cli_fails(capsys, "sql", "--store", str(store.root))
+    code, _, err = cli("sql", "--store", str(store.root))
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "No space left on device" in err and "TMPDIR" in err and "--builtin" in err
 
@@ -567,14 +547,13 @@ def test_compare_runs_and_groups_without_generated_samples(store: Store) -> None
 
 
 def test_cli_by_comma_list_and_sql_shell_on_empty_store(
-    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    store: Store, tmp_path: Path, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cli("report", "--store", str(store.root), "--by", "width,architecture", "--format", "json")
-    got = [(r["width"], r["architecture"], r["saes"]) for r in json.loads(capsys.readouterr().out)]
+    out = cli.ok("report", "--store", str(store.root), "--by", "width,architecture", "--format", "json").out
+    got = [(r["width"], r["architecture"], r["saes"]) for r in json.loads(out)]
     assert got == [(4096, "relu", 1), (4096, "topk", 1), (16384, "topk", 1)]
     monkeypatch.setattr(sys, "stdin", io.StringIO("SELECT count(*) AS n FROM scores;\n"))
-    cli("sql", "--store", str(tmp_path / "nothing"), "--builtin")
-    captured = capsys.readouterr()
+    captured = cli.ok("sql", "--store", str(tmp_path / "nothing"), "--builtin")
     assert "sae-sens run" in captured.err and "│ 0 │" in captured.out
 
 

@@ -17,6 +17,7 @@ from sae_sens.progress import NullProgress
 from sae_sens.sae import Sae, load_sae
 from sae_sens.schemas import make_table
 from sae_sens.score import Checkpoint, ScoreConfig, original_text, score_tables, window_ids
+from tests.support.cli import CliRunner
 from tests.support.testing import WORDS, build_tiny_model, save_dictionary_learning_sae, token_detector_sae
 
 LAYER = 1
@@ -330,18 +331,8 @@ def store_dir(tmp_path: Path, lm: HookedLM, detector: Path) -> Path:
     return store.root
 
 
-def cli(*args: str) -> int:
-    from sae_sens.cli.app import main
-
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
 def test_cli_score_end_to_end(store_dir: Path, model_dir: Path, detector: Path,
-                              capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+                              cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     from sae_sens.cli import output
     from sae_sens.store import Store
 
@@ -349,8 +340,7 @@ def test_cli_score_end_to_end(store_dir: Path, model_dir: Path, detector: Path,
 
     base = ("score", "--sae", str(detector), "--store", str(store_dir), "--model", str(model_dir),
             "--device", "cpu", "--batch-size", "2")
-    assert cli(*base) == 0
-    out = capsys.readouterr()
+    out = cli.ok(*base)
     lines = {line.split("│")[1].strip(): line for line in out.out.splitlines() if line.count("│") > 2}
     assert set(lines) == {"imported", "other"}
     # imported: 2 features, mean generated sensitivity (2/3 + 1/2) / 2, originals all active, 5 samples
@@ -368,21 +358,19 @@ def test_cli_score_end_to_end(store_dir: Path, model_dir: Path, detector: Path,
     rec = store.manifest("default", str(detector)).stage("score")
     assert rec is not None and rec.config["threshold"] == 1e-6 and "table:generations" in rec.inputs
     # unchanged inputs: skipped; --force reruns; another threshold reruns
-    assert cli(*base) == 0
-    assert "up to date" in capsys.readouterr().err
-    assert cli(*base, "--threshold", "1000") == 0
+    assert "up to date" in cli.ok(*base).err
+    cli.ok(*base, "--threshold", "1000")
     stats = store.read_table("default", str(detector), "feature_stats")
     assert stat(stats, 0, "imported")["generated_sensitivity"] == 0.0
     assert stat(stats, 0, "imported")["threshold"] == 1000
 
 
 def test_cli_score_without_generations_says_what_to_do(store_dir: Path, model_dir: Path, detector: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+                                                       cli: CliRunner) -> None:
     from sae_sens.store import Store
 
     Store(store_dir).table_path("default", str(detector), "generations").unlink()
-    code = cli("score", "--sae", str(detector), "--store", str(store_dir), "--model", str(model_dir))
-    err = capsys.readouterr().err
+    code, _, err = cli("score", "--sae", str(detector), "--store", str(store_dir), "--model", str(model_dir))
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "no generations table" in err and "sae-sens generate" in err

@@ -21,8 +21,10 @@ from sae_sens.errors import LockedError, StoreError
 from sae_sens.locking import file_lock
 from sae_sens.runs import list_runs
 from sae_sens.store import Store
+from tests.support.cli import CliRunner
 from tests.support.gen_support import write_examples
 from tests.support.openai_server import ChatServer
+from tests.support.testing import TinyWorld
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = list(range(0, 60, 3))  # 20 features
@@ -342,9 +344,7 @@ def sql_store(tmp_path: Path) -> Store:
     return store
 
 
-def test_sql_writes_are_refused_and_the_store_is_untouched(sql_store: Store, tmp_path: Path) -> None:
-    from sae_sens.cli import main
-
+def test_sql_writes_are_refused_and_the_store_is_untouched(sql_store: Store, tmp_path: Path, cli: CliRunner) -> None:
     root = sql_store.root
     target = sql_store.table_path("r", "sae-a", "generations")
     elsewhere = tmp_path / "elsewhere"
@@ -368,12 +368,7 @@ def test_sql_writes_are_refused_and_the_store_is_untouched(sql_store: Store, tmp
     for name, sql in attacks.items():
         for args in (["--sql", sql], ["--sql-file", str(sql_file)]):
             sql_file.write_text(sql)
-            try:
-                main(["report", "--store", str(root), *args])
-                code = 0
-            except SystemExit as e:
-                code = int(e.code or 0)
-            assert code != 0, (name, args)
+            assert cli("report", "--store", str(root), *args).code != 0, (name, args)
     assert list(elsewhere.iterdir()) == []
     assert _snapshot(root) == before
     # reading the store's tables still works, through every entry point
@@ -441,26 +436,15 @@ def test_duckdb_cli_of_sae_sens_sql_cannot_write_anything(sql_store: Store, tmp_
 
 
 # ----- collect while scoring, on a tiny real model -----------------------------------------------------
-def test_collect_while_scoring_loses_nothing(tmp_path: Path) -> None:
-    from tests.support.testing import WORDS, build_tiny_model, tiny_corpus, token_detector_sae
-
-    docs = tiny_corpus(240, seed=11)  # the e2e test's: its detector tokens are separable
-    model = build_tiny_model(tmp_path / "tiny", texts=docs, family="llama", layers=2)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    single = [w for w in dict.fromkeys(WORDS) if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1]
-    ids = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in single[1:4]]
-    sae = str(token_detector_sae(tmp_path / "sae", model, ids, layer=1, texts=docs[:80]))
-    corpus = tmp_path / "docs.jsonl"
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+def test_collect_while_scoring_loses_nothing(tmp_path: Path, tiny_world: TinyWorld) -> None:
+    model, sae, corpus = tiny_world.model, str(tiny_world.sae), tiny_world.corpus
     root = tmp_path / "store"
     common = ["--store", str(root), "--run", "r", "--sae", sae, "--model", str(model), "--device", "cpu"]
     collect = ["collect", *common, "--corpus", str(corpus), "--total-tokens", "2000", "--context-size", "40"]
     code, _, err = finish(start(*collect, "--feature-ids", "0,1,2"))
     assert code == 0, err
     texts = tmp_path / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"feature_index": f, "text": f"the {single[1 + f]} and more {i}"}) + "\n"
+    texts.write_text("".join(json.dumps({"feature_index": f, "text": f"the {tiny_world.targets[f]} and more {i}"}) + "\n"
                              for f in range(3) for i in range(4)))
     code, _, err = finish(start("generate", *common[:6], "--from-table", str(texts), "--generator", "mine"))
     assert code == 0, err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -353,3 +354,39 @@ def random_sae(
     return save_dictionary_learning_sae(folder, W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec,
                                         trainer_class=ARCH_TRAINER[arch], layer=layer, lm_name=lm_name,
                                         eval_results=eval_results, **extra)
+
+
+@dataclass(frozen=True)
+class TinyWorld:
+    """A tiny real model, a token-detector SAE on it and the corpus both were built from.
+
+    The SAE's latents 0, 1, 2 fire exactly on the one-token words ``targets`` (with their leading
+    space); ``others`` are the other one-token words, which fire none of them."""
+
+    root: Path
+    model: Path
+    sae: Path
+    corpus: Path  # JSONL, one {"text": ...} per document of ``docs``
+    docs: list[str]
+    targets: list[str]
+    others: list[str]
+    tokenizer: Any
+
+
+def build_tiny_world(root: str | Path) -> TinyWorld:
+    """Build the tiny world under ``root`` (a few seconds on a CPU; nothing downloads)."""
+    from transformers import AutoTokenizer
+
+    root = Path(root)
+    docs = tiny_corpus(240, seed=11)  # its detector tokens are linearly separable at layer 1
+    model = build_tiny_model(root / "tiny-llama", texts=docs, family="llama", layers=2)
+    tok = AutoTokenizer.from_pretrained(model)
+    single = [w for w in dict.fromkeys(WORDS) if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    targets = single[1:4]  # not "the": every window would be about it
+    others = [w for w in single if w not in targets]
+    target_ids = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in targets]
+    sae = token_detector_sae(root / "sae", model, target_ids, layer=1, texts=docs[:80])
+    corpus = root / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return TinyWorld(root=root, model=model, sae=sae, corpus=corpus, docs=docs, targets=targets, others=others,
+                     tokenizer=tok)
