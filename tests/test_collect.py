@@ -59,6 +59,7 @@ def open_pass_inputs(setup: dict[str, Path], **kw: object) -> tuple[Sae, HookedL
     return sae, lm, cfg, windows
 
 
+@pytest.mark.slow  # a real pass, a brute-force pass and a two-pass baseline over the tiny model
 def test_pass_matches_brute_force_and_two_pass_baseline(setup: dict[str, Path]) -> None:
     sae, lm, cfg, windows = open_pass_inputs(setup, latent_chunk=40)
     res = collect_pass(lm, sae, windows, cfg, batch_size=16)

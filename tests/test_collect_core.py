@@ -106,6 +106,7 @@ def test_iw_samples_follow_squared_activation_and_exclude_the_top_set() -> None:
     assert chi2 < CHI2_999[len(keys) - 1], (observed, expected)
 
 
+@pytest.mark.slow  # thousands of draws for the frequencies
 def test_iw_inclusion_frequencies_match_multinomial_without_replacement() -> None:
     acts, pop = iw_population()
     n_copies = 20000

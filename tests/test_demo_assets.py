@@ -13,6 +13,8 @@ import torch
 from sae_sens import assets
 from sae_sens.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # converts the real SmolLM2 GGUF and reads the real summaries
+
 
 @pytest.mark.demo
 def test_converted_cache_gives_the_gguf_models_logits() -> None:

@@ -65,6 +65,7 @@ def heldout_acts() -> torch.Tensor:
 
 
 @pytest.mark.demo
+@pytest.mark.slow  # the real SmolLM2 and Wikipedia summaries
 @pytest.mark.parametrize("name", NAMES)
 def test_demo_sae_reconstructs_heldout_activations_at_recorded_quality(name: str, heldout_acts: torch.Tensor) -> None:
     sae = _load(name)

@@ -12,7 +12,7 @@ import pytest
 
 from sae_sens import demo
 
-pytestmark = pytest.mark.demo
+pytestmark = [pytest.mark.demo, pytest.mark.slow]
 
 
 def test_demo_pipeline_on_real_assets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,6 +25,7 @@ def _feature_stats(store: Path, run: str) -> dict[tuple[str, int], dict[str, Any
     return {(r["generator"], r["feature_index"]): r for r in rows}
 
 
+@pytest.mark.slow  # every stage through the CLI, a real server included
 def test_pipeline_end_to_end(tiny_world: TinyWorld, tmp_path: Path, cli: CliRunner,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     store, sae, model = tmp_path / "store", str(tiny_world.sae), str(tiny_world.model)

@@ -37,6 +37,7 @@ def test_local_executor_refuses_ray_options() -> None:
     assert "one of: local, ray" in e.value.one_line()
 
 
+@pytest.mark.slow  # a fresh interpreter that cannot import ray
 def test_executor_ray_without_ray_says_how_to_install(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
             "from sae_sens.cli import main\n"

@@ -45,6 +45,7 @@ def wait_for_answers(srv: ChatServer, proc: subprocess.Popen, n: int) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow  # kills a real CLI process mid-stage and reruns it
 def test_killed_mid_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, cli):
     store_path = tmp_path / "store"
     store = Store(store_path)

@@ -256,6 +256,7 @@ def test_the_api_key_never_reaches_the_store(store, monkeypatch):
     assert q[10]["error"] == "400: bad request for key ***"
 
 
+@pytest.mark.slow  # starts the llm-katan server process
 def test_llm_katan_echo_server_with_injected_500s(store, tmp_path):
     # llm-katan is a dev dependency, installed next to this interpreter
     exe = os.path.join(os.path.dirname(sys.executable), "llm-katan")

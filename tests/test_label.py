@@ -22,7 +22,8 @@ from sae_sens.schemas import make_table
 from sae_sens.store import Store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+pytestmark = [pytest.mark.slow,  # a real headless Chromium
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")]
 RUN, SAE = "r", "my_sae"
 
 

@@ -25,6 +25,7 @@ import pytest
 from tests.support.openai_server import ChatServer
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a real local Ray cluster and its worker processes
 
 from sae_sens.collect import CollectConfig  # noqa: E402
 from sae_sens.executors import Work, get_executor  # noqa: E402

@@ -17,7 +17,8 @@ from sae_sens.store import StageRecord, Store
 
 RUN, SAE, GEN = "demo", "smol_576_topk", "hf:demo:smollm2"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make install adds it as root)")
+pytestmark = [pytest.mark.slow,  # a real headless Chromium
+              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make install adds it as root)")]
 
 
 def build_store(root: Path) -> Store:

@@ -21,6 +21,8 @@ from sae_sens.report import connect, summarize
 from sae_sens.schemas import make_table
 from sae_sens.store import Store
 
+pytestmark = pytest.mark.slow  # the CLI in real processes, on pseudo-terminals and pipes
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN = "demo"
 SAES = ("smol_1152_relu", "smol_1152_topk", "smol_576_topk")

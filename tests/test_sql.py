@@ -52,6 +52,7 @@ def run_sql(store: Store, sql: str, *extra: str, path: str = "/usr/bin:/bin") ->
                           capture_output=True, text=True, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow  # the real duckdb CLI process
 def test_real_duckdb_cli_runs_piped_sql_over_the_views(store: Store) -> None:
     assert sql_cmd.duckdb_cli() is not None, "duckdb-cli (a dependency) is not installed"
     p = run_sql(store, "SELECT count(*) AS n_latents FROM latents;\nSELECT sae, width FROM saes;\n"
@@ -62,6 +63,7 @@ def test_real_duckdb_cli_runs_piped_sql_over_the_views(store: Store) -> None:
     assert SAE in p.stdout and "4096" in p.stdout and "0.9" in p.stdout
 
 
+@pytest.mark.slow  # the real duckdb CLI process
 def test_real_duckdb_cli_exits_non_zero_on_a_failing_statement(store: Store) -> None:
     p = run_sql(store, "SELECT * FROM no_such_view;\n")
     assert p.returncode != 0 and "no_such_view" in p.stderr
@@ -131,6 +133,7 @@ def test_interactive_prompt_continues_statements_and_keeps_history(store: Store,
     assert history[-3:] == ["SELECT count(*) AS n", "FROM latents;", ".quit"]
 
 
+@pytest.mark.slow  # the real duckdb CLI process
 def test_ctrl_c_reaches_the_duckdb_cli_and_not_the_session(store: Store, tmp_path: Path) -> None:
     # a stand-in duckdb: builds nothing, and in the session reports each SIGINT and goes on, as the
     # real CLI does (it cancels the query); the test sends SIGINT to the whole process group, as a

@@ -26,6 +26,8 @@ from tests.support.gen_support import write_examples
 from tests.support.openai_server import ChatServer
 from tests.support.testing import TinyWorld
 
+pytestmark = pytest.mark.slow  # real CLI processes racing each other, the duckdb CLI, a real server
+
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = list(range(0, 60, 3))  # 20 features
 
