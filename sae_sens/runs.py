@@ -4,26 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .store import PRODUCED_BY, Store
+from .freshness import family_state, stage_states, table_command
+from .store import Store
 
 
 @dataclass
 class RunStatus:
     run: str
     sae: str
-    stages: dict[str, str]  # stage key -> done | stale | damaged | missing
+    stages: dict[str, str]  # stage key -> done | stale | damaged | incomplete | missing
     finished_at: str  # latest stage finish time, '' if none
     damaged: dict[str, str] = field(default_factory=dict)  # table -> what is wrong with it on disk
+    repair_commands: dict[str, str] = field(default_factory=dict)  # damaged table -> the command that rebuilds it
 
     def family(self, name: str) -> str:
-        """One status for a stage family: generate has one record per generator."""
-        states = [s for k, s in self.stages.items() if k == name or k.startswith(name + ":")]
-        if not states or all(s == "missing" for s in states):
-            return "missing"
-        for worst in ("damaged", "stale"):
-            if worst in states:
-                return worst
-        return "done"
+        """One status for a stage family (generate has one record per generator): freshness.family_state."""
+        return family_state(self.stages, name)
 
     @property
     def generators(self) -> list[str]:
@@ -32,9 +28,8 @@ class RunStatus:
     def repairs(self) -> list[str]:
         """One line per damaged table: what is wrong and the command that rebuilds it."""
         # a same-size edit is seen only by --verify, and a stage's own freshness check is the cheap one
-        return [f"{self.run}/{self.sae}: {table}.parquet is damaged ({problem}); run `sae-sens "
-                f"{PRODUCED_BY.get(table, 'run')} --run {self.run} --sae {self.sae}"
-                f"{' --force' if 'hash' in problem else ''}` to rebuild it"
+        return [f"{self.run}/{self.sae}: {table}.parquet is damaged ({problem}); run "
+                f"`{self.repair_commands.get(table, 'sae-sens run')}` to rebuild it"
                 for table, problem in sorted(self.damaged.items())]
 
 
@@ -46,6 +41,8 @@ def list_runs(store: Store, run: str | None = None, *, verify: bool = False) -> 
             continue
         manifest = store.manifest(r, sae)
         finished = max((rec.finished_at for rec in manifest.stages.values()), default="")
-        out.append(RunStatus(r, sae, store.status(r, sae, verify=verify), finished,
-                             store.damaged(r, sae, verify=verify)))
+        damaged = store.damaged(r, sae, verify=verify)
+        # a same-size edit is seen only by --verify, and a stage's own freshness check is the cheap one: --force
+        commands = {t: table_command(store, r, sae, t, force="hash" in problem) for t, problem in damaged.items()}
+        out.append(RunStatus(r, sae, stage_states(store, r, sae, verify=verify), finished, damaged, commands))
     return out

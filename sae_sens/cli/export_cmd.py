@@ -39,8 +39,10 @@ def export_command(
         raise UsageError(f"unknown export format {fmt!r}", f"use one of {', '.join(EXPORT_FORMATS)}")
     from ..report.saebench_export import export_saebench
     from ..store import Store
-    from .output import err_console
+    from .output import err_console, warn_stale
 
-    paths = export_saebench(Store(store), output, run, sae, generator)
+    st = Store(store)
+    paths = export_saebench(st, output, run, sae, generator)
+    warn_stale(st, run, sae)
     for p in paths:
         err_console.print(f"wrote {p}", highlight=False, soft_wrap=True)

@@ -55,7 +55,7 @@ SHORT = {
     "feature_index": "feat", "preamble_samples": "preamble", "p_value": "p", "fallback_parse": "fallback",
 }
 # Cell values shown in colour in terminal tables (stage statuses in `runs`).
-STYLES = {"done": "green", "stale": "yellow", "missing": "dim"}
+STYLES = {"done": "green", "stale": "yellow", "incomplete": "yellow", "damaged": "red", "missing": "dim"}
 
 
 def _cell(v: Any) -> str:
@@ -230,3 +230,13 @@ def progress(transient: bool = False) -> Progress:
 def money(v: Any) -> str:
     """A cost cell: dollars to four places, or n/a when the price is unknown."""
     return "n/a" if v is None else f"${v:.4f}"
+
+
+def warn_stale(store: Any, runs: Sequence[str] | str | None = None, saes: Sequence[str] | str | None = None) -> None:
+    """One stderr line per run × SAE in scope whose results are stale, damaged or incomplete, with the
+    command that refreshes it (freshness.notices): a report never shows old numbers silently."""
+    from ..report.views import scope_notices
+
+    as_list = lambda v: [v] if isinstance(v, str) else (list(v) if v else None)  # noqa: E731
+    for notice in scope_notices(store, as_list(runs), as_list(saes)):
+        err_console.print("warning: " + notice.line(), markup=False, highlight=False, soft_wrap=True)

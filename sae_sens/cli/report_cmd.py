@@ -121,7 +121,7 @@ def report_command(
     from ..report import compare, connect, query, require_results, summarize, write_html, write_plots
     from ..report.summary import summary_warnings
     from ..store import Store
-    from .output import console
+    from .output import console, warn_stale
 
     if sql is not None and sql_file is not None:
         raise UsageError("--sql and --sql-file are alternatives", "pass one of them")
@@ -131,6 +131,7 @@ def report_command(
     st = Store(store)
     as_sql = sql is not None or sql_file is not None
     con = connect(st, run, sae, status=as_sql)
+    warn_stale(st, run, sae)
     if min_original is not None:
         from ..report.validity import apply_min_original
 

@@ -18,9 +18,11 @@ def runs_command(
     fmt: AutoFormatOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Hash every table's content (slower).")] = False,
 ) -> None:
-    """List runs and SAEs in the store with each stage's status (done, stale, missing, damaged).
+    """List runs and SAEs in the store with each stage's status (done, stale, damaged, incomplete, missing).
 
-    A stage is stale when an upstream table changed after it ran; rerun it (or `sae-sens run`).
+    A stage is stale when an upstream table changed after it ran, or a stage it reads from is stale;
+    incomplete when it stopped before its last table (collect's pass without its selection); rerun it
+    (or `sae-sens run`). The judge column is optional: missing there only means no judge ran.
 
     Example: sae-sens runs --store evals
     """
@@ -33,11 +35,12 @@ def runs_command(
     if not rows:
         err_console.print(f"no runs in {st.root}; start one with `sae-sens run --sae <name>`")
         raise typer.Exit(0)
-    cols = ["run", "sae", "collect", "generate", "generators", "score", "finished"]
+    cols = ["run", "sae", "collect", "generate", "generators", "score", "judge", "finished"]
     table_rows = []
     for r in rows:
-        states = [r.family("collect"), r.family("generate"), r.family("score")]
-        table_rows.append([r.run, r.sae, states[0], states[1], ", ".join(r.generators), states[2], r.finished_at])
+        states = [r.family("collect"), r.family("generate"), r.family("score"), r.family("judge")]
+        table_rows.append([r.run, r.sae, states[0], states[1], ", ".join(r.generators), states[2], states[3],
+                           r.finished_at])
     emit(cols, table_rows, fmt, title=f"runs in {st.root}")
     for r in rows:
         for line in r.repairs():

@@ -189,8 +189,10 @@ def sql_command(
     from ..report.shell import SqlShell
     from ..report.views import connect, has_results
     from ..store import Store
+    from .output import warn_stale
 
     st = Store(store)
+    warn_stale(st, run, sae)
     binary = None if builtin else duckdb_cli()
     if binary is not None:
         # not typer.Exit: main() runs click with standalone_mode=False, which drops its code

@@ -30,13 +30,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import MissingTableError, SqlError, UsageError
+from ..freshness import FAMILIES, Notice, family_state, notices, stage_states
 from ..schemas import SCHEMAS
 from ..store import MANIFEST, Store, read_manifest
 
 TABLE_VIEWS = ("features", "latents", "examples", "candidates", "queries", "generations", "scores",
                "feature_stats", "judgments", "labels")
 META_VIEWS = ("saes", "runs", "stages")
-STAGE_FAMILIES = ("collect", "generate", "score")
+STAGE_FAMILIES = FAMILIES  # collect, generate, score, judge
 
 # The SAEBench grid's model codes (see the original tool's README).
 MODEL_CODES = {"py": "EleutherAI/pythia-160m-deduped", "gem": "google/gemma-2-2b"}
@@ -71,7 +72,7 @@ STAGES_SCHEMA = pa.schema([
     ("sae", pa.string()),
     ("stage", pa.string()),
     ("family", pa.string()),
-    ("status", pa.string()),        # done | stale
+    ("status", pa.string()),        # done | stale | damaged | incomplete
     ("started_at", pa.string()),
     ("finished_at", pa.string()),
     ("config_hash", pa.string()),
@@ -247,12 +248,13 @@ def _coerce(value: Any, type_: pa.DataType) -> Any:
 def stage_tables(store: Store, manifests: Manifests) -> tuple[pa.Table, pa.Table]:
     """(``runs``, ``stages``): per run × SAE the status of each stage family, and per stage the detail.
 
-    Status comes from ``Store.status`` (done, stale, missing), so it means what ``sae-sens runs`` shows.
+    Status comes from ``freshness.stage_states`` and ``family_state`` (done, stale, damaged,
+    incomplete, missing), the one rule ``sae-sens runs`` shows too.
     """
     runs, stages = [], []
     for path, data in manifests:
         run, sae = data.get("run", path.parent.parent.name), data.get("sae", path.parent.name)
-        status = store.status(run, sae)
+        status = stage_states(store, run, sae)
         row: dict[str, Any] = {"run": run, "sae": sae}
         mine = []
         for key, rec in sorted((data.get("stages") or {}).items()):
@@ -266,13 +268,22 @@ def stage_tables(store: Store, manifests: Manifests) -> tuple[pa.Table, pa.Table
             })
         for family in STAGE_FAMILIES:
             fam = [s for s in mine if s["family"] == family]
-            states = {s["status"] for s in fam}
-            row[family] = "missing" if not fam else "stale" if "stale" in states else "done"
+            row[family] = family_state(status, family)
             row[f"{family}_finished_at"] = max((s["finished_at"] or "" for s in fam), default="") or None
         row["n_generators"] = sum(s["family"] == "generate" for s in mine)
         stages += mine
         runs.append(row)
     return pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), pa.Table.from_pylist(stages, schema=STAGES_SCHEMA)
+
+
+def scope_notices(store: Store, runs: Sequence[str] | None = None,
+                  saes: Sequence[str] | None = None) -> list[Notice]:
+    """The stale, damaged or incomplete stages of every run × SAE a report over this scope reads
+    (plain data: the CLI prints one warning line each)."""
+    pairs = []
+    for path, data in read_manifests(Scope.of(runs, saes).sae_dirs(store)):
+        pairs.append((data.get("run", path.parent.parent.name), data.get("sae", path.parent.name)))
+    return notices(store, pairs)
 
 
 def _check_scope(store: Store, scope: Scope, dirs: Sequence[Path]) -> None:
