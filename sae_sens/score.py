@@ -59,6 +59,7 @@ from .stages import (
     ModelOptions,
     StageOutcome,
     model_inputs,
+    model_options,
     open_model,
     open_sae,
     record_sae_info,
@@ -526,7 +527,7 @@ def run_score(
         inputs=inputs,
         compute=compute,
         force=force,
-        extra=lambda: dict(counts),
+        extra=lambda: {**counts, **({"model_options": model_options(opts)} if model_options(opts) else {})},
         progress=progress,
     )
     shutil.rmtree(checkpoint.folder, ignore_errors=True)

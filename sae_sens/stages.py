@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .errors import ConfigError, StoreError
 from .progress import NULL_PROGRESS, ProgressSink
-from .store import PRODUCED_BY, Store, now_iso
+from .store import Store, now_iso
 
 if TYPE_CHECKING:  # torch is imported only by the stages that run a model
     from .model import HookedLM
@@ -32,6 +32,12 @@ class ModelOptions:
     device: str | None = None
     dtype: str | None = None
     batch_size: int = 32
+
+
+def model_options(opts: ModelOptions) -> dict[str, str]:
+    """The model flags a user passed (a local model path, a hook), for a stage record's ``extra``: a
+    rerun hint must repeat them. Device and batch size are left to the machine that reruns it."""
+    return {k: v for k, v in (("model", opts.model), ("hook", opts.hook), ("dtype", opts.dtype)) if v}
 
 
 _MODEL_CACHE: dict[tuple[str, str, str, str], HookedLM] = {}
@@ -113,16 +119,28 @@ def refresh_table_inputs(store: Store, run: str, sae: str, inputs: dict[str, str
 def table_inputs(store: Store, run: str, sae: str, tables: list[str]) -> dict[str, str]:
     """``table:<name>`` -> content hash, for each upstream table (read through the store so that a
     missing one is a clear error)."""
+    from .freshness import stage_command, stage_states, table_command
+
     out = {}
+    states: dict[str, str] | None = None
     for t in tables:
         h = store.table_hash(run, sae, t)
         if h is None:
             store.read_table(run, sae, t)  # raises MissingTableError with the fix
         problem = store.table_problem(run, sae, t)
         if problem is not None:  # truncated or replaced behind the manifest's back: do not build on it
-            producer = PRODUCED_BY.get(t, "the stage that writes it")
             raise StoreError(f"{store.table_path(run, sae, t)} is damaged ({problem})",
-                             f"rerun `sae-sens {producer} --run {run} --sae {sae}` to rebuild it, then this stage")
+                             f"rerun `{table_command(store, run, sae, t, force=True)}` to rebuild it, then this stage")
+        # a table whose writer is stale (generations made from examples since replaced) would give
+        # results that look fresh: refuse, naming the command that refreshes it
+        states = states if states is not None else stage_states(store, run, sae)
+        manifest = store.manifest(run, sae)
+        stale = sorted(k for k, r in manifest.stages.items()
+                       if not k.startswith("_") and t in r.outputs and states.get(k) == "stale")
+        if stale:
+            raise StoreError(f"run {run!r}, SAE {sae!r}: the {t} table comes from {', '.join(stale)}, which is stale "
+                             "(an upstream table changed after it ran)",
+                             f"refresh it first: `{stage_command(store, run, sae, stale[0])}` (or `sae-sens run`)")
         out[f"table:{t}"] = str(h)
     return out
 

@@ -147,7 +147,8 @@ def test_selection_reuses_the_pass(setup: dict[str, Path], tmp_path: Path) -> No
     second = run_collect(store, "r1", sae_name, cfg_for(setup["corpus"], feature_ids=other + (95,)), opts)
     assert second.extra["pass_skipped"] is True and not second.skipped
     ex2 = store.read_table("r1", sae_name, "examples")
-    assert sorted(set(ex2["feature_index"].to_pylist())) == list(other)  # the dead 95 is skipped
+    # the selection grows (the dead 95 is skipped); --replace would start over
+    assert sorted(set(ex2["feature_index"].to_pylist())) == sorted(set(chosen) | set(other))
     assert lm.forward_calls == calls  # the pass kept every candidate's activations: no model at all
     status = store.status("r1", sae_name)
     assert status["collect:pass"] == "done" and status["collect"] == "done"
@@ -156,6 +157,10 @@ def test_selection_reuses_the_pass(setup: dict[str, Path], tmp_path: Path) -> No
     third = run_collect(store, "r1", sae_name, cfg_for(setup["corpus"], feature_ids=other + (95,)), opts)
     assert third.skipped and lm.forward_calls == calls
     # Examples of a feature do not depend on which other features were selected.
+    fourth = run_collect(store, "r1", sae_name, cfg_for(setup["corpus"], feature_ids=other, replace=True), opts)
+    assert not fourth.skipped
+    ex2 = store.read_table("r1", sae_name, "examples")
+    assert sorted(set(ex2["feature_index"].to_pylist())) == list(other)
     shared = [f for f in set(ex1["feature_index"].to_pylist()) if f in other]
     for f in shared:
         rows1 = [r for r in ex1.to_pylist() if r["feature_index"] == f]

@@ -23,6 +23,7 @@ from .options import (
     ModelOpt,
     NIwOpt,
     NTopOpt,
+    ReplaceOpt,
     RunOpt,
     SaeOpt,
     SplitOpt,
@@ -60,6 +61,7 @@ def collect_command(
     context_size: ContextSizeOpt = 128,
     features: FeaturesOpt = 50,
     feature_ids: FeatureIdsOpt = None,
+    replace: ReplaceOpt = False,
     n_top: NTopOpt = 10,
     n_iw: NIwOpt = 5,
     dead_min_firings: Annotated[int, typer.Option("--dead-min-firings", min=0,
@@ -116,7 +118,7 @@ def collect_command(
     cfg = CollectConfig(
         corpus=corpus, split=split, text_column=text_column, total_tokens=total_tokens, context_size=context_size,
         **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, dead_min_firings=dead_min_firings,
-        alive_rule=alive_rule, seed=seed,
+        alive_rule=alive_rule, seed=seed, replace=replace,
     )
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
     st = Store(store, wait=wait)

@@ -118,10 +118,14 @@ SplitOpt = Annotated[str, typer.Option("--split", help="Dataset split.")]
 TextColumnOpt = Annotated[str, typer.Option("--text-column", help="Column holding the text.")]
 TotalTokensOpt = Annotated[int, typer.Option("--total-tokens", min=1, help="Token budget of the pass.")]
 ContextSizeOpt = Annotated[int, typer.Option("--context-size", min=2, help="Tokens per window (BOS included).")]
-FeaturesOpt = Annotated[int, typer.Option("--features", min=1, help="Sample this many alive features (seeded).")]
+FeaturesOpt = Annotated[int, typer.Option(
+    "--features", min=1, help="Sample this many alive features (seeded); added to a run's earlier selection.")]
 FeatureIdsOpt = Annotated[
-    str | None, typer.Option("--feature-ids", help="Exactly these features, e.g. 3,17,42.", show_default=False)
+    str | None, typer.Option("--feature-ids", show_default=False,
+                             help="These features, e.g. 3,17,42; added to a run's earlier selection.")
 ]
+ReplaceOpt = Annotated[bool, typer.Option(
+    "--replace", help="Start a new selection instead of adding to the run's earlier one (says what it drops).")]
 NTopOpt = Annotated[int, typer.Option("--n-top-ex-for-generation", min=0, help="Top windows kept per feature.")]
 NIwOpt = Annotated[
     int, typer.Option("--n-iw-ex-for-generation", min=0, help="Importance-weighted samples kept per feature.")

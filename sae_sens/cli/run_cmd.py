@@ -25,6 +25,7 @@ from .options import (
     ModelOpt,
     NIwOpt,
     NTopOpt,
+    ReplaceOpt,
     RunOpt,
     SaeOpt,
     SamplesPerFeatureOpt,
@@ -57,6 +58,7 @@ def run_command(
     context_size: ContextSizeOpt = 128,
     features: FeaturesOpt = 50,
     feature_ids: FeatureIdsOpt = None,
+    replace: ReplaceOpt = False,
     n_top: NTopOpt = 10,
     n_iw: NIwOpt = 5,
     generator: GeneratorOpt = None,
@@ -116,7 +118,7 @@ def run_command(
 
     collect_cfg = CollectConfig(
         corpus=corpus, split=split, text_column=text_column, total_tokens=total_tokens, context_size=context_size,
-        **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw,
+        **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, replace=replace,
     )
     score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)

@@ -62,6 +62,19 @@ def _rows(store: Store, run: str, sae: str, table: str, feature: int, *, require
     return t.filter(pc.equal(t["feature_index"], feature)).to_pylist()
 
 
+def _add_command(store: Store, run: str, sae: str, feature: int) -> str:
+    """The collect command that adds ``feature`` to this run's selection, with the pass's own corpus
+    and budget (a bare command would start a new pass over the default corpus)."""
+    from ..freshness import collect_command
+
+    manifest = store.manifest(run, sae)
+    config: dict[str, Any] = {}
+    for stage in ("collect:pass", "collect"):  # the selection's settings (examples per feature) too
+        rec = manifest.stage(stage)
+        config.update(rec.config if rec else {})
+    return collect_command(store, run, sae, config, feature_ids=[feature])
+
+
 def load_feature(store: Store, run: str, sae: str, feature: int, generators: list[str] | None = None) -> FeatureView:
     """The feature's rows from every table; a feature that was not selected is a clear error naming some that were."""
     examples = _rows(store, run, sae, "examples", feature, required=True)
@@ -73,8 +86,8 @@ def load_feature(store: Store, run: str, sae: str, feature: int, generators: lis
         shown = ", ".join(map(str, chosen[:12])) + (", ..." if len(chosen) > 12 else "")
         raise UsageError(
             f"feature {feature} has no examples in run {run!r}, SAE {sae!r}",
-            f"features there: {shown or 'none'}; `sae-sens collect --run {run} --sae {sae} --feature-ids {feature}` "
-            "adds it",
+            f"features there: {shown or 'none'}; `{_add_command(store, run, sae, feature)}` adds it "
+            "(reusing the run's pass and keeping its selection)",
         )
     latent = next(iter(_rows(store, run, sae, "features", feature)), None)
 
@@ -246,11 +259,12 @@ def show_command(
     Example: sae-sens show --run demo --sae smol_576_topk 25
     """
     from ..store import Store
-    from .output import console
+    from .output import console, warn_stale
 
     st = Store(store)
     if not any(st.has_table(r, sae, "examples") for r in [run, *st.runs()]):
         known = sorted({s for _, s in st.iter_run_saes()})
         raise MissingTableError(f"no SAE {sae!r} with examples in {st.root}",
                                 f"SAEs there: {', '.join(known) or 'none yet'} (sae-sens runs lists them)")
+    warn_stale(st, run, sae)
     render(load_feature(st, run, sae, feature, generator), console, max_samples=samples)

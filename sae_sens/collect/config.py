@@ -33,6 +33,9 @@ class CollectConfig:
     act_threshold_frac: float = 0.01
     seed: int = 42
     latent_chunk: int = 4096  # latents tracked at once: bounds the [batch, context, chunk] temporaries
+    # A selection grows: features already selected in the run keep their place (and, drawn per feature,
+    # the very same examples) unless this asks to start over. Not part of any stage's config.
+    replace: bool = False
 
     def __post_init__(self) -> None:
         if self.context_size <= 2 * self.buffer:

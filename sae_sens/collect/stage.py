@@ -3,6 +3,7 @@ checkpoints), several SAEs of one model and hook sharing one pass."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from ..stages import (
     StageOutcome,
     model_inputs,
     model_key,
+    model_options,
     open_model,
     open_sae,
     record_sae_info,
@@ -146,9 +148,10 @@ def _collect_one(
                              compute=do_pass, force=force, progress=progress,
                              started_at=pass_started if pass_tables is not None else None,
                              extra=lambda: {"corpus": source.describe(), "windows": len(windows()),
-                                            "batch_size": opts.batch_size})
+                                            "batch_size": opts.batch_size, **_model_extra(opts)})
     target.checkpoint.unlink(missing_ok=True)
     sel_inputs = {**target.inputs, **table_inputs(store, run, name, ["latents", "candidates"])}
+    cfg = _grown(store, run, target, cfg, progress)
     summary: dict[str, Any] = {}
 
     def do_select() -> dict[str, pa.Table]:
@@ -160,10 +163,66 @@ def _collect_one(
                                   batch_size=opts.batch_size, progress=progress)
         summary.update(n_latents=latents.num_rows, n_alive=int(np.sum(features["alive"].to_numpy())),
                        n_selected=len(selected), n_examples=examples.num_rows,
-                       counted_tokens=_counted_tokens(latents), alive_rule=cfg.alive_rule)
+                       counted_tokens=_counted_tokens(latents), alive_rule=cfg.alive_rule, **_model_extra(opts))
         return {"features": features, "examples": examples}
 
     outcome = run_stage(store, run, name, SELECT_STAGE, config=cfg.select_config(), inputs=sel_inputs,
                         compute=do_select, force=force, progress=progress, extra=lambda: dict(summary))
     outcome.extra = {**outcome.extra, "pass_skipped": pass_outcome.skipped}
     return outcome
+
+
+def _model_extra(opts: ModelOptions) -> dict[str, Any]:
+    flags = model_options(opts)
+    return {"model_options": flags} if flags else {}
+
+
+def _previous_selection(store: Store, run: str, target: _Target, progress: ProgressSink) -> list[int]:
+    """The features the run × SAE already selected, when they still name the same latents (same SAE
+    weights, model and hook); [] when there is none or its tables cannot be read."""
+    rec = store.manifest(run, target.name).stage(SELECT_STAGE)
+    if rec is None or not store.has_table(run, target.name, "features"):
+        return []
+    same = all(rec.inputs.get(k) == v for k, v in target.inputs.items() if k != "corpus")
+    if not same:
+        progress.log(f"collect: {target.name} changed since its last selection: a new selection")
+        return []
+    if store.table_problem(run, target.name, "features"):
+        progress.log(f"collect: {target.name}'s features table is damaged: its selection cannot be kept")
+        return []
+    features = store.read_table(run, target.name, "features")
+    ids = features["feature_index"].to_numpy(zero_copy_only=False)
+    chosen = features["selected"].to_numpy(zero_copy_only=False).astype(bool)
+    return [int(i) for i in ids[chosen]]
+
+
+def _grown(store: Store, run: str, target: _Target, cfg: CollectConfig, progress: ProgressSink) -> CollectConfig:
+    """The configuration whose selection is the run's earlier one plus what ``cfg`` asks for.
+
+    A selection grows: ``--feature-ids 26`` on a collected run adds feature 26 and keeps every feature
+    selected before, with the same examples (they are drawn per feature). Only ``cfg.replace`` starts
+    over, and it names what it drops. When nothing is added the request stands as given, so a rerun of
+    the first command is fresh; otherwise the union is recorded as explicit ``feature_ids``.
+    """
+    before = _previous_selection(store, run, target, progress)
+    if not before:
+        return cfg
+    latents = store.read_table(run, target.name, "latents")
+    requested = select_features(latents, cfg)  # dead ones are logged below, once, for the final list
+    if cfg.replace:
+        dropped = sorted(set(before) - set(requested))
+        if dropped:
+            progress.log(f"collect: --replace drops features {_ids(dropped)} of {target.name} and their examples")
+        return cfg
+    union = sorted(set(before) | set(requested))
+    if union == sorted(requested):
+        return cfg
+    added = sorted(set(requested) - set(before))
+    if added:
+        progress.log(f"collect: adds features {_ids(added)} to the {len(before)} already selected for "
+                     f"{target.name} (--replace starts a new selection)")
+    return dataclasses.replace(cfg, features=None, feature_ids=tuple(union))
+
+
+def _ids(ids: Sequence[int], limit: int = 12) -> str:
+    return ", ".join(map(str, ids[:limit])) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
