@@ -11,6 +11,17 @@ from typing import Any
 
 import pyarrow as pa
 
+# Generators whose label starts so are the corpus control (real held-out passages, no LLM). The control
+# answers another question than a generator ("does the feature fire on its tokens in other real
+# text?"), so no summary ever averages it with one: it is reported beside them, as its own figure.
+CONTROL_PREFIX = "corpus:"
+CONTROL_SQL = "starts_with(generator, 'corpus:')"  # the same test in DuckDB, on a ``generator`` column
+
+
+def is_control(generator: str | None) -> bool:
+    return bool(generator) and str(generator).startswith(CONTROL_PREFIX)
+
+
 SCHEMAS: dict[str, pa.Schema] = {
     # one row per SAE latent (all of them, not only selected ones)
     "features": pa.schema([

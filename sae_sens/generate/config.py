@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UsageError
+from ..schemas import CONTROL_PREFIX, is_control
 
 DEFAULT_MODEL = "gpt-4.1-mini"
 DEFAULT_GENERATOR = f"openai:{DEFAULT_MODEL}"
@@ -103,6 +104,9 @@ def parse_generator(generator: str | None, from_table: Path | str | None = None)
     generator = (generator or "").strip()
     if from_table is not None:
         label = generator or f"table:{from_table}"
+        if is_control(label):  # reports keep such labels apart as the corpus control
+            raise UsageError(f"--generator {label!r}: labels starting {CONTROL_PREFIX!r} are the corpus control's",
+                             "name the imported texts otherwise, e.g. --generator table:mine")
         return GeneratorSpec("table", str(from_table), label)
     if not generator:
         generator = DEFAULT_GENERATOR

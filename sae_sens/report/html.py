@@ -31,6 +31,7 @@ from typing import Any
 
 import duckdb
 
+from ..schemas import is_control
 from ..store import Store, atomic_write_bytes
 from .summary import PREAMBLE_PATTERN, looks_like_preamble, per_feature_sql, summarize, summary_warnings
 from .views import query
@@ -161,7 +162,8 @@ def _summary_table(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | N
     return (f'<h2>Summary</h2><div class="scroll"><table class="summary"><tr>{head}</tr>{"".join(body)}</table></div>'
             "<p class=stats>sensitivity: mean over features of the share of generated samples that activate "
             "the feature, with a 95% bootstrap interval (ci_low, ci_high); n_min / n_max: fewest and most "
-            "parsed samples per feature.</p>" + warnings)
+            "parsed samples per feature; control_sensitivity: the corpus control's mean over the same features "
+            "(real held-out passages, never averaged into sensitivity).</p>" + warnings)
 
 
 def _plots(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None) -> str:
@@ -225,7 +227,11 @@ def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None
         saes[(run, sae)].append(fi)
 
     def mean_sens(key: tuple) -> float | None:
-        vals = [r["generated_sensitivity"] for r in stats_by[key] if r["generated_sensitivity"] is not None]
+        # the order is the generators' mean: the corpus control is a different question, never in it
+        rows = [r for r in stats_by[key] if r["generated_sensitivity"] is not None]
+        vals = [r["generated_sensitivity"] for r in rows if not is_control(r["generator"])]
+        if not vals:  # a feature only the control scored is ordered by the control
+            vals = [r["generated_sensitivity"] for r in rows]
         return sum(vals) / len(vals) if vals else None
 
     anchors = {key: f"sae-{i}" for i, key in enumerate(saes)}

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from ..schemas import CONTROL_SQL
 from .summary import N_RESAMPLES, summarize
 from .views import query
 
@@ -69,7 +70,8 @@ def write_plots(
     f_where, _ = _generator_filter(generators, "f.generator")
     # one line per architecture, split further by model and generator only where several are shown
     distinct = query(con, f"""
-        SELECT count(DISTINCT s.model) AS model, count(DISTINCT f.generator) AS generator
+        SELECT count(DISTINCT s.model) AS model,
+               count(DISTINCT f.generator) FILTER (WHERE NOT {CONTROL_SQL.replace("generator", "f.generator")}) AS generator
         FROM feature_stats f LEFT JOIN saes s USING (run, sae) WHERE true {f_where}
     """, params).to_pylist()[0]
     series = ["architecture"] + [k for k in ("model", "generator") if distinct[k] > 1]

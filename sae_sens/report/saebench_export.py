@@ -77,6 +77,10 @@ class SensitivityMetrics(BaseMetrics):
     mean_original_sensitivity_window: float | None = Field(
         title="Mean Original Sensitivity (window)", description="The same on the examples' exact token windows")
     n_features: int = Field(title="Features", description="Features with at least one scored generated text")
+    mean_control_sensitivity: float | None = Field(
+        default=None, title="Mean Control Sensitivity",
+        description="The corpus control's mean over the same features: real held-out passages around the "
+                    "features' tokens, never averaged into the sensitivity (NULL without a control)")
 
 
 @dataclass
@@ -205,6 +209,7 @@ def build_outputs(store: Store, runs: list[str] | None = None, saes: list[str] |
             mean_original_sensitivity=_num(row["original_sensitivity"]),
             mean_original_sensitivity_window=_num(row["original_sensitivity_window"]),
             n_features=int(row["features"] or 0),
+            mean_control_sensitivity=_num(row.get("control_sensitivity")),
         )
         cfg_dict = {k: info.get(k) for k in ("architecture", "d_in", "d_sae", "hook", "layer", "model_id", "width",
                                              "sparsity", "source", "format", "repo_id", "path") if info.get(k) is not None}

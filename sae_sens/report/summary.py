@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UsageError
+from ..schemas import CONTROL_SQL, is_control
 from .keys import GROUP_KEYS, N_RESAMPLES
 from .views import query
 
@@ -150,14 +151,6 @@ def _keys(by: Sequence[str]) -> list[str]:
     return keys
 
 
-def _where(generators: Sequence[str] | None, first: int = 1) -> tuple[str, list[str]]:
-    """A generator filter with numbered parameters ``$first, ...``."""
-    if not generators:
-        return "", []
-    marks = ", ".join(f"${first + i}" for i in range(len(generators)))
-    return f"WHERE f.generator IN ({marks})", list(generators)
-
-
 # A generated sample that looks like the generator's preamble rather than a text with the pattern:
 # it opens with an assent ("Sure", "Certainly", "OK"), announces samples ("Here are 11 samples that
 # match…", "Below are the texts"), or is one short line ending with a colon. A heuristic: it reads
@@ -212,38 +205,71 @@ def summarize(
     with a 95% bootstrap interval over features, mean original sensitivity (re-tokenised text and
     exact window), share of features below 0.5, the fewest and most samples per feature (``n_min``,
     ``n_max``), features whose generator ignored the separator (``fallback_parse``), samples that
-    look like preamble, and what the SAE is (model, width, ...).
+    look like preamble, the corpus control's mean over the same features (``control_sensitivity``,
+    ``control_features``), and what the SAE is (model, width, ...).
 
     Grouped summaries (``by``) pool features, and count each feature of an SAE once: where a group
     holds several rows of one feature (several generators, or runs, not among the keys), the
     feature's sensitivities are averaged first (``generators`` says how many were in the group).
+
+    The corpus control (``corpus:`` generators) is never one of those: it has no row of its own
+    beside an LLM or imported generator, it enters no mean or interval of theirs, and its
+    sensitivity on each row's features is the ``control_sensitivity`` column. A run × SAE scored
+    only by the control keeps a row (the control's label, no ``sensitivity``). Every figure of a
+    row (original sensitivities included) is over the features with a generated sensitivity.
+    ``generators`` filters the generators; the control column is shown whatever it names (a control
+    row only when it names the control).
     """
     keys = _keys(by)
     default = keys == list(DEFAULT_KEYS)
     shown = keys + [d for d in DESCRIBE if d not in keys] if default else keys
-    where, params = _where(generators, first=2)  # $1 is the preamble pattern
+    # $1 is the preamble pattern; a generator filter applies to generators, never to the control beside them
+    marks = ", ".join(f"${2 + i}" for i in range(len(generators or ())))
+    chosen = f"AND p.generator IN ({marks})" if generators else ""
+    params = list(generators or ())
     # the unit: one feature of one SAE (per the keys too); rows of it not told apart by the keys are averaged
     unit = list(dict.fromkeys([*keys, "sae", "feature_index"]))
     extra = [d for d in shown if d not in keys]  # constant within a default group: any_value picks it
+    ctl = CONTROL_SQL.replace("generator", "p.generator")
+
+    def over_scored(expr: str) -> str:
+        # over the features with a generated sensitivity; a control-only group over its own features
+        return f"CASE WHEN count(gs) > 0 THEN {expr} FILTER (WHERE gs IS NOT NULL) ELSE {expr} END"
+
     sql = f"""
-        WITH per AS ({per_feature_sql(where)}),
+        WITH per AS ({per_feature_sql()}),
+        ctl AS (
+            SELECT run, sae, feature_index, avg(generated_sensitivity) AS cs
+            FROM per p WHERE {ctl} GROUP BY ALL
+        ),
+        scored AS (
+            SELECT p.*, c.cs FROM per p LEFT JOIN ctl c USING (run, sae, feature_index)
+            WHERE NOT {ctl} {chosen}
+            UNION ALL BY NAME
+            SELECT p.* REPLACE (NULL::DOUBLE AS generated_sensitivity), p.generated_sensitivity AS cs
+            FROM per p WHERE {ctl} {chosen} AND NOT EXISTS (
+                SELECT 1 FROM per q WHERE q.run = p.run AND q.sae = p.sae
+                    AND NOT {CONTROL_SQL.replace("generator", "q.generator")} {chosen.replace("p.", "q.")})
+        ),
         units AS (
             SELECT {', '.join(unit)}{''.join(f', any_value({d}) AS {d}' for d in extra)},
                 avg(generated_sensitivity) AS gs, avg(original_sensitivity) AS os,
-                avg(original_sensitivity_window) AS ow,
+                avg(original_sensitivity_window) AS ow, avg(cs) AS cs,
                 min(n_generated) FILTER (WHERE generated_sensitivity IS NOT NULL) AS n_min,
                 max(n_generated) FILTER (WHERE generated_sensitivity IS NOT NULL) AS n_max,
                 bool_or(fallback_parse) AS fallback_parse, sum(preamble_samples) AS preamble_samples,
-                list(DISTINCT generator) AS gens
-            FROM per GROUP BY {', '.join(unit)}
+                list(DISTINCT generator) FILTER (WHERE NOT {CONTROL_SQL}) AS gens
+            FROM scored GROUP BY {', '.join(unit)}
         )
         SELECT {', '.join(keys)}{''.join(f', any_value({d}) AS {d}' for d in extra)},
             {'' if default else 'count(DISTINCT sae) AS saes, '}
             {'' if 'generator' in keys else 'len(list_distinct(flatten(list(gens)))) AS generators, '}
             count(gs) AS features,
             avg(gs) AS sensitivity,
-            avg(os) AS original_sensitivity,
-            avg(ow) AS original_sensitivity_window,
+            {over_scored('avg(cs)')} AS control_sensitivity,
+            {over_scored('count(cs)')} AS control_features,
+            {over_scored('avg(os)')} AS original_sensitivity,
+            {over_scored('avg(ow)')} AS original_sensitivity_window,
             avg((gs < 0.5)::DOUBLE) AS share_below_half,
             min(n_min) AS n_min, max(n_max) AS n_max,
             count(*) FILTER (WHERE fallback_parse) AS fallback_parse,
@@ -347,10 +373,13 @@ def _compare_saes(con: duckdb.DuckDBPyConnection, a: str, b: str, n_resamples: i
         FROM feature_stats WHERE sae IN (?, ?) AND generated_sensitivity IS NOT NULL
         GROUP BY ALL
     """, [a, b]).to_pylist()
+    # the corpus control is compared on its own (it is a shared "generator"), never pooled with others
+    controls = [u for u in units if is_control(u["generator"])]
+    units = [u for u in units if not is_control(u["generator"])]
     gens = {side: {u["generator"] for u in units if u["sae"] == side} for side in (a, b)}
     shared = sorted(gens[a] & gens[b])
     warnings = []
-    if not shared:
+    if not shared and units:
         warnings.append(f"{a} and {b} share no generator: each feature's sensitivity is averaged over its "
                         "generators, so the difference mixes SAE and generator")
         pooled: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -360,6 +389,9 @@ def _compare_saes(con: duckdb.DuckDBPyConnection, a: str, b: str, n_resamples: i
                   "v": float(np.mean([x["v"] for x in us])), "n_min": min(x["n_min"] for x in us),
                   "n_max": max(x["n_max"] for x in us)} for k, us in pooled.items()]
         shared = ["(all)"]
+    units += controls
+    shared += sorted({u["generator"] for u in controls if u["sae"] == a}
+                     & {u["generator"] for u in controls if u["sae"] == b})
     rows: list[dict[str, Any]] = []
     parts = []
     n_seen: set[int] = set()
