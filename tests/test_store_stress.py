@@ -457,7 +457,7 @@ def test_collect_while_scoring_loses_nothing(tmp_path: Path, tiny_world: TinyWor
     logs = [tmp_path / "score.err", tmp_path / "collect.err"]
     with store.lock("r", sae, what="the test"):
         procs = []
-        for args, log in zip([["score", *common], [*collect, "--feature-ids", "0,1"]], logs, strict=True):
+        for args, log in zip([["score", *common], [*collect, "--feature-ids", "0,1", "--replace"]], logs, strict=True):
             with log.open("w") as f:
                 procs.append(subprocess.Popen([sys.executable, "-m", "sae_sens", *args], cwd=ROOT, env=env(),
                                               stdout=subprocess.DEVNULL, stderr=f, text=True))
@@ -474,8 +474,14 @@ def test_collect_while_scoring_loses_nothing(tmp_path: Path, tiny_world: TinyWor
     for table, info in manifest.tables.items():
         assert store.read_table("r", sae, table).num_rows == info["rows"], table
     assert set(store.read_table("r", sae, "examples")["feature_index"].to_pylist()) == {0, 1}
-    # a rerun brings score up to date with the collect that won
+    # score refuses the generations the new selection made stale, naming the command that refreshes
+    # them; that command, then score, brings everything up to date with the collect that won
     code, _, err = finish(start("score", *common))
+    if code:
+        assert "stale" in err and "--generator mine" in err, err
+        code, _, err = finish(start("generate", *common[:6], "--from-table", str(texts), "--generator", "mine"))
+        assert code == 0, err
+        code, _, err = finish(start("score", *common))
     assert code == 0, err
     assert Store(root).status("r", sae)["score"] == "done"
     scored = Store(root).read_table("r", sae, "scores")
