@@ -32,19 +32,32 @@ def _columns_rows(table: pa.Table) -> tuple[list[str], list[tuple]]:
     return table.column_names, list(zip(*(c.to_pylist() for c in table.columns), strict=True))
 
 
-def _output(table: pa.Table, fmt: str, output: Path | None, title: str | None = None) -> None:
-    """Print ``table`` in ``fmt``, or write it to ``output`` (a table format is written as plain text)."""
+def _output(table: pa.Table, fmt: str, output: Path | None, title: str | None = None, *,
+            block: bool = False) -> None:
+    """Print ``table`` in ``fmt``, or write it to ``output`` (a table format is written as plain text).
+    ``block``: one of several tables on stdout, so a TSV or CSV one opens with a ``# title`` line and
+    ends with a blank line (one table per block; ``-o`` writes one file per table)."""
     columns, rows = _columns_rows(table)
     if output is None:
         text = render(columns, rows, fmt, title)
         if text is not None:
+            if block and fmt in ("tsv", "csv"):
+                text = f"# {title or 'table'}\n{text}\n"
             sys.stdout.write(text)
         return
     text = table_text(columns, rows, title) if fmt == "table" else render(columns, rows, fmt) or ""
     from ..report.html import write_user_file
 
     write_user_file(output, text)
-    err_console.print(f"wrote {output}")
+    err_console.print(f"wrote {output}" + (f" ({title})" if title else ""))
+
+
+def _beside(output: Path | None, name: str) -> Path | None:
+    """Where a second table of one report goes when ``-o`` names the first: ``x.csv`` ->
+    ``x.<name>.csv`` (each file one table, in the same format; stderr names every file)."""
+    if output is None:
+        return None
+    return output.with_name(f"{output.stem}.{name}{output.suffix}")
 
 
 @app.command("report")
@@ -135,8 +148,8 @@ def report_command(
     if min_original is not None:
         from ..report.validity import apply_min_original
 
-        _output(apply_min_original(con, min_original), fmt if output is None else "table", None,
-                f"features kept at --min-original-sensitivity {min_original:g}")
+        _output(apply_min_original(con, min_original), fmt, _beside(output, "kept"),
+                f"features kept at --min-original-sensitivity {min_original:g}", block=True)
     if as_sql:
         text = sql if sql is not None else sql_file.read_text()  # type: ignore[union-attr]
         _output(query(con, text), fmt, output)
@@ -152,18 +165,20 @@ def report_command(
             keys = [k.strip() for b in by or () for k in b.split(",") if k.strip()]  # --by width,architecture
             table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
-            _output(table, fmt, output, title)
+            _output(table, fmt, output, title, block=bool(thresholds or validity or min_original is not None))
             warn(summary_warnings(table))
             if thresholds or validity:
                 from ..report.validity import threshold_summary
 
-                _output(threshold_summary(con, generator, n_resamples=resamples, seed=seed), fmt, None,
-                        "sensitivity at thresholds relative to the top activation")
+                _output(threshold_summary(con, generator, n_resamples=resamples, seed=seed), fmt,
+                        _beside(output, "thresholds"), "sensitivity at thresholds relative to the top activation",
+                        block=True)
             if validity:
                 from ..report.validity import validity_tables
 
                 for title_, table_ in validity_tables(con, generator, n_resamples=resamples, seed=seed):
-                    _output(table_, fmt, None, title_)
+                    name = "judge" if title_.startswith("LLM judge") else "labels"
+                    _output(table_, fmt, _beside(output, name), title_, block=True)
     if plot is not None:
         require_results(con, st)
         paths = write_plots(con, plot, generators=generator, n_resamples=resamples, seed=seed)

@@ -86,7 +86,7 @@ def threshold_levels(con: duckdb.DuckDBPyConnection, generators: Sequence[str] |
 def threshold_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
                       n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
     """Wide form, one row per run × SAE × generator: mean frac_of_top, then the mean sensitivity at
-    each level with its interval as ``[low, high]`` (columns ``sens > 1e-06``, ``sens 1%``, ...)."""
+    each level with its interval as two numeric columns (``sens 1%``, ``sens 1% lo``, ``sens 1% hi``, ...)."""
     long = threshold_levels(con, generators, n_resamples=n_resamples, seed=seed).to_pylist()
     where, params = _generator_where(generators)
     frac = {(r["run"], r["sae"], r["generator"]): (r["features"], r["mean_frac_of_top"]) for r in query(con, f"""
@@ -100,8 +100,9 @@ def threshold_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] 
                                     "mean_frac_of_top": mean_frac})
         name = "sens " + r["level"]
         row[name] = r["sensitivity"]
-        row[name + " ci"] = (None if r["sensitivity_low"] is None
-                             else f"[{r['sensitivity_low']:.3g}, {r['sensitivity_high']:.3g}]")
+        # numbers, never a "[low, high]" string: CSV, JSON and Parquet readers get floats (NULL: none)
+        row[name + " lo"] = r["sensitivity_low"]
+        row[name + " hi"] = r["sensitivity_high"]
     columns: list[str] = []
     for row in rows.values():
         columns += [c for c in row if c not in columns]
