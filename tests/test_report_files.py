@@ -61,3 +61,33 @@ def test_piped_tables_are_one_block_each_with_a_title_line(tmp_path: Path, cli: 
         assert rows and all(len(r.split("\t")) == len(header.split("\t")) for r in rows)
     # one table alone stays plain TSV, as scripts read it
     assert not cli.ok("report", "--store", str(store.root), "--format", "tsv").out.startswith("#")
+
+
+def test_min_original_filters_the_label_and_judge_summaries_like_the_summary(tmp_path: Path) -> None:
+    from sae_sens.report import connect, summarize
+    from sae_sens.report.validity import apply_min_original, label_summary
+
+    def labels(features: range) -> list[dict[str, object]]:
+        # features 0..3 always right, 4 and 5 always wrong: the filter (keeps 4, 5) must flip accuracy to 0
+        return [{"feature_index": f, "generator": "g", "sample_index": s, "rater": "ana", "pair_id": f"{f}.{s}",
+                 "real_example": "top:0", "real_position": "A", "answer": "A" if f < 4 else "B", "correct": f < 4}
+                for f in features for s in range(2)]
+
+    def judgments(features: range) -> list[dict[str, object]]:
+        return [{"feature_index": f, "generator": "g", "judge": "openai:j", "task": "pair", "sample_index": s,
+                 "real_example": "top:0", "real_position": "A", "answer": "A", "correct": True, "status": "ok"}
+                for f in features for s in range(2)]
+
+    full, kept_only = _build_store(tmp_path / "full"), _build_store(tmp_path / "kept")
+    for store, feats in ((full, range(6)), (kept_only, range(4, 6))):
+        store.write_table("r", "py_4k_topk_s0", "labels", make_table("labels", labels(feats)))
+        store.write_table("r", "py_4k_topk_s0", "judgments", make_table("judgments", judgments(feats)))
+    con = connect(full)
+    assert label_summary(con).to_pylist()[0]["accuracy"] == 4 / 6
+    apply_min_original(con, 0.9)
+    expected = connect(kept_only)
+    apply_min_original(expected, 0.9)
+    got, want = label_summary(con).to_pylist(), label_summary(expected).to_pylist()
+    assert got == want and got[0]["accuracy"] == 0.0 and got[0]["features"] == 2
+    assert con.execute("SELECT count(DISTINCT feature_index) FROM judgments").fetchall() == [(2,)]
+    assert {r["sae"]: r["features"] for r in summarize(con).to_pylist()}["py_4k_topk_s0"] == 2

@@ -125,6 +125,18 @@ def apply_min_original(con: duckdb.DuckDBPyConnection, min_original: float) -> p
     con.execute(renamed)
     con.execute(f"""CREATE OR REPLACE VIEW feature_stats AS
         SELECT * FROM _feature_stats_all WHERE original_sensitivity >= {float(min_original)!r}""")
+    # one definition of the kept features for every table a report prints: the judge's verdicts and
+    # the human labels are over the same features as the summary
+    for name in ("judgments", "labels"):
+        found = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()
+        if not found:
+            continue
+        sql = found[0][0]
+        con.execute(re.sub(r"^\s*CREATE\s+(OR\s+REPLACE\s+)?VIEW\s+\"?" + name + r"\"?\s",
+                           f"CREATE OR REPLACE VIEW _{name}_all ", sql, count=1, flags=re.I))
+        con.execute(f"""CREATE OR REPLACE VIEW {name} AS
+            SELECT * FROM _{name}_all x WHERE EXISTS (SELECT 1 FROM feature_stats f
+                WHERE f.run = x.run AND f.sae = x.sae AND f.feature_index = x.feature_index)""")
     return query(con, f"""
         WITH per_feature AS (
             SELECT run, sae, feature_index, bool_and(coalesce(original_sensitivity >= {float(min_original)!r}, false)) AS kept
