@@ -180,3 +180,24 @@ def test_answers_are_checked_and_never_written_twice(served: tuple[Store, str, L
     assert post({"rater": "bo", "pair_id": pid, "answer": "B"}) == (200, {"written": True})
     assert [(r["rater"], r["answer"]) for r in store.read_table(RUN, SAE, "labels").to_pylist()] == [("ana", "A"),
                                                                                                    ("bo", "B")]
+
+
+def test_pairs_leave_out_the_control_and_cut_both_edges_alike() -> None:
+    from sae_sens.label.pairs import normalise_edges
+
+    examples, gens, held = tables()
+    control = make_table("generations", [{"feature_index": f, "generator": "corpus:demo:wiki-heldout",
+                                          "sample_index": s, "text": f"ld passage {f}.{s} token{f} mid"}
+                                         for f in range(3) for s in range(3)])
+    both = pa.concat_tables([gens, control])
+    shown = {"g": (10, 5, 42), "corpus:demo:wiki-heldout": (10, 5, 42)}
+    pairs = build_pairs(RUN, SAE, examples, both, held, shown, seed=42)
+    assert len(pairs) == 9 and {p.generator for p in pairs} == {"g"}  # no real-vs-real pair by default
+    calibration = build_pairs(RUN, SAE, examples, both, held, shown, seed=42, include_control=True)
+    assert len(calibration) == 18
+    assert [p.pair_id for p in pairs] != sorted(p.pair_id for p in pairs) or len(set(
+        p.feature_index for p in pairs[:3])) > 1  # seeded shuffle mixes features
+    assert normalise_edges("ed the cat sat<|im_end|>") == "the cat"
+    for p in pairs:  # both sides went through the same cut: no special token, no first or last fragment
+        assert "<|" not in p.text_a + p.text_b
+        assert p.text == normalise_edges(f"generated {p.feature_index}.{p.sample_index} with token{p.feature_index}")

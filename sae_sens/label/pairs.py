@@ -8,6 +8,7 @@ to the page; it stays here and in the ``labels`` rows.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..generate.prompts import feature_examples
 from ..hashing import hash_config
 from ..judge.core import assign_pair, held_out_by_feature
 from ..judge.prompts import unmarked
+from ..schemas import is_control
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,33 @@ class Pair:
                 "examples": list(self.examples), "text_a": self.text_a, "text_b": self.text_b}
 
 
+_SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>|</?s>|<pad>|<unk>|\[(?:CLS|SEP|PAD|UNK)\]")
+
+
+def normalise_edges(text: str) -> str:
+    """The same cut for a real window and a generated text, so their edges tell a rater nothing:
+    special tokens (``<|im_end|>``, ``</s>``, ...) removed, and the first and last word fragments
+    dropped (a real window starts and ends mid-word; a generated text does not)."""
+    words = _SPECIAL.sub(" ", text).split()
+    return " ".join(words[1:-1]) if len(words) > 2 else " ".join(words)
+
+
 def build_pairs(run: str, sae: str, examples: pa.Table, generations: pa.Table, held_out: pa.Table,
-                shown: dict[str, tuple[int, int, int]], seed: int = 42) -> list[Pair]:
+                shown: dict[str, tuple[int, int, int]], seed: int = 42, *,
+                include_control: bool = False) -> list[Pair]:
     """Every generated text with a held-out partner, in a seeded order that mixes features (a rater
-    should not see one feature's texts in a row)."""
+    should not see one feature's texts in a row). Both texts of a pair are cut by ``normalise_edges``.
+
+    The corpus control's texts are real, so a pair of one with a real example has no LLM-written side:
+    they are left out unless ``include_control`` asks for such real-vs-real calibration trials."""
     held = held_out_by_feature(held_out)
     shown_by: dict[str, dict[int, list[str]]] = {}
     out = []
     for r in generations.select(["generator", "feature_index", "sample_index", "text"]).to_pylist():
         g, f, s = r["generator"], int(r["feature_index"]), int(r["sample_index"])
-        text = unmarked(r["text"] or "").strip()
+        if is_control(g) and not include_control:
+            continue
+        text = normalise_edges(unmarked(r["text"] or "").strip())
         if not text or not held.get(f):
             continue
         if g not in shown_by:
@@ -64,6 +83,7 @@ def build_pairs(run: str, sae: str, examples: pa.Table, generations: pa.Table, h
         if f not in shown_by[g]:
             continue
         real_id, real, pos = assign_pair(held[f], seed, g, f, s)
+        real = normalise_edges(real)
         pid = hash_config([run, sae, g, f, s, real_id, pos])[:16]
         out.append(Pair(pid, run, sae, f, g, s, tuple(shown_by[g][f]), text, real, real_id, pos))
     out.sort(key=lambda p: (p.generator, p.feature_index, p.sample_index))
