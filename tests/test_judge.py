@@ -246,12 +246,15 @@ def test_answer_parsing() -> None:
 
 def test_label_page_gets_the_judges_pairs(world: dict[str, Any]) -> None:
     from sae_sens.label import label_pairs
+    from sae_sens.label.pairs import normalise_edges
 
     store, sae = world["store"], world["sae"]
     with ChatServer(models=("judge-model",), respond=scripted_judge) as server:
         _judge(world, server, tasks=("pair",), seed=5)
+    # the same pairs, sides and texts, the texts given the human page's edge cut
     judged = {(r["generator"], r["feature_index"], r["sample_index"], r["real_example"], r["real_position"],
-               r["text"], r["real_text"]) for r in store.read_table(RUN, sae, "judgments").to_pylist()}
+               normalise_edges(r["text"]), normalise_edges(r["real_text"]))
+              for r in store.read_table(RUN, sae, "judgments").to_pylist()}
     pairs = label_pairs(store, RUN, sae, seed=5, opts=world["opts"])
     assert {(p.generator, p.feature_index, p.sample_index, p.real_example, p.real_position, p.text, p.real_text)
             for p in pairs} == judged
