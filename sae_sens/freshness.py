@@ -123,6 +123,17 @@ def _model_args(store: Store, run: str, sae: str, stage: str) -> list[str]:
     return [w for key in ("model", "hook", "dtype") if flags.get(key) for w in (f"--{key}", str(flags[key]))]
 
 
+def collect_settings(store: Store, run: str, sae: str) -> dict[str, Any]:
+    """The run's collect settings as recorded: the pass's (corpus, budget, windows), then the
+    selection's (features, examples per feature) over them."""
+    manifest = store.manifest(run, sae)
+    out: dict[str, Any] = {}
+    for stage in ("collect:pass", "collect"):
+        rec = manifest.stage(stage)
+        out.update(rec.config if rec else {})
+    return out
+
+
 def collect_command(store: Store, run: str, sae: str, config: dict[str, Any] | None,
                     feature_ids: list[int] | None = None) -> str:
     """The collect command that reuses this run's pass (same corpus, budget and window settings,
@@ -144,9 +155,7 @@ def stage_command(store: Store, run: str, sae: str, stage: str, *, force: bool =
     config = rec.config if rec else {}
     family, _, label = stage.partition(":")
     if family == "collect":
-        sel = store.manifest(run, sae).stage("collect")
-        cmd = collect_command(store, run, sae, {**config, **(sel.config if sel else {})})
-        return cmd + (" --force" if force else "")
+        return collect_command(store, run, sae, collect_settings(store, run, sae)) + (" --force" if force else "")
     words = [family, *_store_args(store), "--run", run, "--sae", sae]
     if family == "generate":
         gen = str(config.get("generator") or label)

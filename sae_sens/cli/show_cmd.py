@@ -65,14 +65,9 @@ def _rows(store: Store, run: str, sae: str, table: str, feature: int, *, require
 def _add_command(store: Store, run: str, sae: str, feature: int) -> str:
     """The collect command that adds ``feature`` to this run's selection, with the pass's own corpus
     and budget (a bare command would start a new pass over the default corpus)."""
-    from ..freshness import collect_command
+    from ..freshness import collect_command, collect_settings
 
-    manifest = store.manifest(run, sae)
-    config: dict[str, Any] = {}
-    for stage in ("collect:pass", "collect"):  # the selection's settings (examples per feature) too
-        rec = manifest.stage(stage)
-        config.update(rec.config if rec else {})
-    return collect_command(store, run, sae, config, feature_ids=[feature])
+    return collect_command(store, run, sae, collect_settings(store, run, sae), feature_ids=[feature])
 
 
 def load_feature(store: Store, run: str, sae: str, feature: int, generators: list[str] | None = None) -> FeatureView:
