@@ -43,8 +43,6 @@ def test_top_peaks_are_the_k_largest_non_overlapping_peaks() -> None:
     counted[:, 0] = False
     tracker = PeakTracker(9, n_top=12, n_iw=7, buffer=10, seed=0)
     feed(tracker, acts, counted, batch=5, chunk=4)
-    # entries waiting for the final threshold all lie near a top peak: at most k * (2 * buffer + 1)
-    assert torch.bincount(tracker.u_lat, minlength=9).max() <= 12 * 21
     res = tracker.result()
     for f in range(9):
         expected = brute_force_top(acts[..., f] * counted, 12, 10)

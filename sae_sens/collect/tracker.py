@@ -3,7 +3,7 @@ SAE activations (pure tensor code, no I/O), and the ``PassResult`` it hands over
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,8 @@ class PassResult:
     iw_position: np.ndarray
     iw_key: np.ndarray
     iw_snippet: np.ndarray
+    # latents whose iw sample may miss a token: more peaks tied at the k-th value than shadow slots
+    iw_tie_loss: np.ndarray | None = None
 
     @property
     def n_latents(self) -> int:
@@ -75,355 +77,305 @@ class PassResult:
         return make_table("candidates", table)
 
 
-def _group_order(group: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Permutation sorting entries by group, and by descending score inside a group."""
-    order = score.argsort(descending=True, stable=True)
-    return order[group[order].argsort(stable=True)]
+MASK32 = 0xFFFFFFFF
+VALID = 1 << 32  # a slot key at or above this holds a peak (below: empty, or a round that found nothing)
+LN2_32 = 32 * math.log(2)
+SAMPLER = "hash-ares/1"  # how iw keys are drawn: part of the pass config, so passes drawn otherwise are redone
 
 
-Uncertain = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-Fields = list[tuple[torch.Tensor, "torch.Tensor | Callable[[torch.Tensor], torch.Tensor]", float]]
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash, elementwise on int64 values below 2**32: two multiply-xorshift rounds.
+
+    The multipliers are below 2**31, so every product stays inside int64 and a CPU and a GPU give the
+    same bits; each step is a bijection of 32-bit values, so distinct inputs never collide."""
+    x = (x * 0x7FEB352D).bitwise_and_(MASK32)
+    x = x.bitwise_xor_(x >> 15)
+    x = (x * 0x5BD1E995).bitwise_and_(MASK32)
+    return x.bitwise_xor_(x >> 16)
+
+
+def latent_salt(latents: torch.Tensor, seed: int) -> torch.Tensor:
+    """Per-latent salt of the iw hash, so that every latent draws its own, independent uniforms."""
+    return mix32(mix32(latents.long()) ^ mix32(torch.full_like(latents.long(), seed & MASK32)))
+
+
+def iw_keys(seed: int, latents: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The A-Res key ``log(u) / value**2`` of each (latent, token, value), float64.
+
+    ``u`` is a counter-based function of (seed, latent, token index in the pass) and nothing else, so
+    a latent's sample does not depend on batch size, latent chunk, resume point, the SAEs sharing a pass
+    or the device. ``tokens`` = window * context + position, below 2**32. Non-positive values: -inf."""
+    x = mix32(tokens.long() ^ latent_salt(latents, seed))
+    log_u = x.double().add_(0.5).log_().sub_(LN2_32)
+    return log_u.div_(values.double().square())
 
 
 class PeakTracker:
-    """Streaming top peaks (no-overlap rule) and weighted reservoirs, for every latent at once.
+    """Streaming top peaks (no-overlap rule) and weighted reservoirs, every latent at once, with shapes
+    fixed in advance: no host synchronisation, and a few dozen to a hundred device operations per
+    ``update`` whatever the data.
 
-    Feed it raw activations ``[batch, context, latents]`` (``update``); ``result`` gives the same
-    top peaks as SAEBench's greedy over the whole corpus, an exact weighted sample, and for each
-    kept peak its activations over the ``2 * buffer + 1`` tokens around it (its "snippet"), so
-    examples can later be built without running the model again.
+    Feed it activations ``[batch, context, latents]`` (``update``); ``result`` gives exactly the top
+    peaks of SAEBench's greedy over the whole corpus (largest first; a tie goes to the earlier token),
+    the exact A-Res weighted sample, and for each kept peak its activations over the ``2 * buffer + 1``
+    tokens around it (its "snippet"), so examples can be built later without the model.
 
-    Top peaks: the global greedy (descending, skip positions within ``buffer`` of a pick in the same
-    context) only ever excludes within a context, so its result is the k largest among the union of
-    each context's own greedy peaks. Per batch, a (context, latent) pair can only contribute if its
-    largest peak beats the running k-th best ``theta`` and is among the k largest of the batch for
-    that latent (k other contexts with a larger first peak would outrank all of its peaks). Those
-    pairs' entries above ``theta`` (entries below it come after every entry above it, so they could
-    not suppress any of those; few once ``theta`` has risen) run the greedy as a fixed number of
-    vectorised rounds: per pair, the largest entry still alive (a scatter-max over pairs) is picked
-    and the entries within ``buffer`` of it die. The picks merge into the state with ``topk``.
+    Top peaks. Every comparison is on a composite key (value bits << 32 | 2**32 - 1 - token), value
+    first and the earlier token on a tie, the order of the reference greedy. The global greedy only
+    ever suppresses within a context, so its picks are the union of each context's own picks. Per
+    batch and latent, a context whose best peak is not among the ``slots`` best of the batch has that
+    many contexts with a larger peak, so none of its peaks can be kept: the greedy runs on those best
+    contexts only (a fixed slab), in a fixed number of rounds (peaks of one context are more than
+    ``buffer`` apart, so a context holds at most ``ceil(inner / (buffer + 1))``). The picks merge into
+    ``slots = n_top + shadow`` kept slots with one ``topk``. Each slot keeps the activations and iw keys
+    of the ``4 * buffer + 1`` tokens around its peak (its "wide" window).
 
-    Importance-weighted peaks: A-Res (Efraimidis & Spirakis) with weight act^2 and key log(u)/w,
-    the sample being the ``n_iw`` largest keys among positions below the final weakest top peak.
-    That threshold is only known at the end, but the running k-th top value ``theta`` never
-    decreases, so an entry below the current ``theta`` is certain to qualify: those go to a
-    reservoir of exactly ``n_iw`` keys. Entries at or above ``theta`` wait in an "uncertain" list
-    and move to the reservoir once ``theta`` passes them; every such entry lies within ``buffer``
-    of a current top peak (otherwise the greedy would have picked it, or a peak suppressing it,
-    into the top k), so the list never exceeds k * (2 * buffer + 1) entries per latent and in
-    practice holds a handful. An entry whose key is below the reservoir's n_iw-th key can never be
-    sampled and is dropped at once. At the end, the uncertain entries below the final threshold
-    join the reservoir: its keys are exactly A-Res on the filtered population, a weighted sample
-    without replacement with p ~ act^2.
-
-    On a GPU, an operation whose output size the host must learn (``nonzero``) or whose value it
-    reads (``item``) stalls the queue until everything before it has run. ``update`` issues five
-    such synchronisations, whatever k, the batch or the number of positive entries: the positive
-    entries, the top-peak candidates, those still alive after the first greedy round, the
-    reservoir's candidates and the uncertain entries kept. Everything else has shapes the host knows: merges sort entries by latent, rank
-    them with ``searchsorted`` and scatter the first ``r`` of each latent into a dense ``[r, latents]``
-    block (the rest, and invalid entries, into a spare column) that ``topk`` merges with the state.
-    tests/test_collect_sync.py pins this count.
+    Importance-weighted peaks. Every token has a fixed key ``log(u) / act**2`` (``iw_keys``); the sample
+    is the ``n_iw`` largest keys among positions below the final weakest top peak: A-Res, a weighted
+    sample without replacement with p ~ act^2. The running k-th top value ``theta`` never decreases, so
+    a batch's positions below its new ``theta`` are certain members and are offered to the reservoir
+    at once. A position at or above ``theta`` is a kept peak or lies within ``buffer`` of one that
+    suppressed it, so it is in a slot's wide window: when ``theta`` passes it, a later batch offers it
+    from there (its key and snippet are in the window), and ``result`` offers what the final threshold
+    admits. Each member is offered once (a token near two slots is offered twice and dropped once), so
+    the reservoir holds exactly the ``n_iw`` largest keys. The one gap: more than ``shadow`` peaks tied
+    at ``theta``'s exact value; ``result`` flags such latents (``iw_tie_loss``).
     """
 
     def __init__(self, n_latents: int, *, n_top: int = 12, n_iw: int = 7, buffer: int = 10, seed: int = 42,
-                 device: torch.device | str = "cpu") -> None:
-        self.n_top, self.n_iw, self.buffer = n_top, n_iw, buffer
+                 device: torch.device | str = "cpu", shadow: int = 4) -> None:
+        self.n_top, self.n_iw, self.buffer, self.seed = n_top, n_iw, buffer, seed
         self.n_latents = n_latents
+        self.slots = n_top + shadow
         self.width = 2 * buffer + 1
+        self.wide = 4 * buffer + 1
         dev = torch.device(device)
-        f, w = n_latents, self.width
+        f, s = n_latents, self.slots
         self.n_firings = torch.zeros(f, dtype=torch.long, device=dev)
         self.max_act = torch.zeros(f, device=dev)
         self._counted = torch.zeros((), dtype=torch.long, device=dev)  # read only at the end: no sync per batch
-        self.top_val = torch.full((n_top, f), NEG_INF, device=dev)
-        self.top_win = torch.full((n_top, f), -1, dtype=torch.long, device=dev)
-        self.top_pos = torch.full((n_top, f), -1, dtype=torch.int32, device=dev)
-        self.top_snip = torch.zeros((n_top, f, w), device=dev)
-        self.iw_key = torch.full((n_iw, f), NEG_INF, device=dev)
-        self.iw_val = torch.zeros((n_iw, f), device=dev)
-        self.iw_win = torch.full((n_iw, f), -1, dtype=torch.long, device=dev)
-        self.iw_pos = torch.full((n_iw, f), -1, dtype=torch.int32, device=dev)
-        self.iw_snip = torch.zeros((n_iw, f, w), device=dev)
-        # The uncertain entries (latent, key, activation, window, position, snippet), one flat list per
-        # latent chunk, keyed (first latent, chunk size): an update touches only its own chunk's list.
-        # Key None: entries loaded from a checkpoint, handed to their chunk by its first update.
-        self._u: dict[tuple[int, int] | None, Uncertain] = {}
-        self.gen = torch.Generator(device=dev).manual_seed(seed)
+        self.top_key = torch.zeros((s, f), dtype=torch.long, device=dev)  # 0: empty
+        self.top_wide = torch.zeros((s, self.wide, f), device=dev)
+        self.top_wkey = torch.full((s, self.wide, f), NEG_INF, dtype=torch.float64, device=dev)
+        self.iw_key = torch.full((n_iw, f), NEG_INF, dtype=torch.float64, device=dev)
+        self.iw_g = torch.full((n_iw, f), -1, dtype=torch.long, device=dev)
+        self.iw_snip = torch.zeros((n_iw, self.width, f), device=dev)
+        self.tie_loss = torch.zeros(f, dtype=torch.bool, device=dev)
+        self.context: int | None = None  # tokens per window, fixed by the first update
+        self._salt = latent_salt(torch.arange(f, device=dev), seed)
+        self._const: dict[tuple[Any, ...], torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
-        return self.top_val.device
+        return self.top_key.device
 
     @property
     def counted(self) -> int:
         return int(self._counted)
 
-    def _empty_uncertain(self) -> Uncertain:
-        dev = self.device
-        return (torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, device=dev), torch.zeros(0, device=dev),
-                torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.int32, device=dev),
-                torch.zeros((0, self.width), device=dev))
-
-    def _uncertain(self) -> Uncertain:
-        """Every uncertain entry, as one flat list."""
-        parts = list(self._u.values())
-        if not parts:
-            return self._empty_uncertain()
-        return tuple(torch.cat(cols) for cols in zip(*parts, strict=True))  # type: ignore[return-value]
-
-    @property
-    def u_lat(self) -> torch.Tensor:
-        return self._uncertain()[0]
-
-    _STATE = ("n_firings", "max_act", "top_val", "top_win", "top_pos", "top_snip", "iw_key", "iw_val", "iw_win",
-              "iw_pos", "iw_snip")
-    _UNCERTAIN = ("u_lat", "u_key", "u_val", "u_win", "u_pos", "u_snip")
+    _STATE = ("n_firings", "max_act", "top_key", "top_wide", "top_wkey", "iw_key", "iw_g", "iw_snip", "tie_loss")
 
     def state_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {k: getattr(self, k).cpu() for k in self._STATE}
-        d.update({k: x.cpu() for k, x in zip(self._UNCERTAIN, self._uncertain(), strict=True)})
-        d.update(counted=self.counted, gen=self.gen.get_state())
+        d.update(counted=self.counted, context=self.context, seed=self.seed)
         return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        if d.get("seed", self.seed) != self.seed:
+            raise ValueError("checkpoint of a pass with another seed")
         for k in self._STATE:
             getattr(self, k).copy_(d[k])
-        loaded = tuple(d[k].to(self.device) for k in self._UNCERTAIN)
-        self._u = {None: loaded} if loaded[0].numel() else {}  # type: ignore[dict-item]
         self._counted.fill_(int(d["counted"]))
-        self.gen.set_state(d["gen"])
+        self.context = d["context"]
 
-    def _chunk_uncertain(self, lo: int, fc: int) -> Uncertain:
-        """The uncertain list of latents ``lo:lo+fc``, taking over its entries loaded from a checkpoint."""
-        mine = self._u.pop((lo, fc), None) or self._empty_uncertain()
-        loaded = self._u.pop(None, None)
-        if loaded is not None:  # only in the first batch after a resume
-            inside = (loaded[0] >= lo) & (loaded[0] < lo + fc)
-            mine = tuple(torch.cat([a, b[inside]]) for a, b in zip(mine, loaded, strict=True))  # type: ignore[assignment]
-            if not bool(inside.all()):
-                self._u[None] = tuple(x[~inside] for x in loaded)  # type: ignore[assignment]
-        return mine
+    def _c(self, name: str, *shape: int) -> torch.Tensor:
+        """Constant tensors, built once per shape: building them per batch would be a launch each."""
+        key = (name, *shape)
+        if key not in self._const:
+            dev, b = self.device, self.buffer
+            if name == "band":  # [inner, inner]: 1 where two positions are more than `buffer` apart
+                i = torch.arange(shape[0], device=dev)
+                made = ((i[:, None] - i[None, :]).abs() > b).float()
+            elif name == "ar":
+                made = torch.arange(shape[0], device=dev).view(1, -1, 1)
+            elif name == "zeros":
+                made = torch.zeros(shape, device=dev)
+            elif name == "neginf":
+                made = torch.full(shape, NEG_INF, dtype=torch.float64, device=dev)
+            elif name == "false":
+                made = torch.zeros(shape, dtype=torch.bool, device=dev)
+            elif name == "slot_rows":  # first row of each kept slot's wide window in the stacked source
+                made = (torch.arange(self.slots, device=dev) * self.wide).view(-1, 1)
+            elif name == "pick_rows":  # ... of a context's pick at inner position 0, minus `buffer`
+                s_ctx, t = shape
+                made = (self.slots * self.wide + torch.arange(s_ctx, device=dev) * t - b).view(1, -1, 1)
+            elif name == "res_rows":  # snippet rows of reservoir entries, then of released ones
+                n, w, wide = self.n_iw, self.width, self.wide
+                res = torch.arange(n, device=dev) * w
+                rel = n * w + (torch.arange(self.slots, device=dev)[:, None] * wide
+                               + torch.arange(w, device=dev)[None, :]).view(-1)
+                made = torch.cat([res, rel]).view(-1, 1)
+            elif name == "tokens":  # token index inside a batch, inner positions: [B, inner, 1]
+                n_b, t = shape
+                made = (torch.arange(n_b, device=dev)[:, None] * t
+                        + torch.arange(b, t - b, device=dev)[None, :]).view(n_b, t - 2 * b, 1)
+            else:
+                raise KeyError(name)
+            self._const[key] = made
+        return self._const[key]
+
+    def _put(self, name: str, lat: slice, value: torch.Tensor) -> None:
+        """Store ``value`` as the latents ``lat`` of a state tensor (latents last): a rebind when it is
+        all of them (no copy), else a copy into the slice."""
+        state = getattr(self, name)
+        if lat.start == 0 and lat.stop == state.shape[-1]:
+            setattr(self, name, value)
+        else:
+            state[..., lat] = value
 
     @torch.inference_mode()
     def update(self, acts: torch.Tensor, counted: torch.Tensor, window_offset: int, latent_offset: int = 0) -> None:
         """Add a batch: ``acts`` [B, T, Fc] for latents ``latent_offset:+Fc`` of windows
-        ``window_offset:+B``; ``counted`` [B, T] marks positions that count (others are ignored).
+        ``window_offset:+B``; ``counted`` [B, T] (bool, on the device) marks positions that count.
         Call with ``latent_offset == 0`` exactly once per batch (it counts the tokens)."""
-        b, t, fc = acts.shape
-        dev = acts.device
-        counted = counted.to(dev).bool()
+        n_b, t, fc = acts.shape
+        buf, k, s, n, w, wide = self.buffer, self.n_top, self.slots, self.n_iw, self.width, self.wide
+        if self.context is None:
+            self.context = t
+        if t != self.context:
+            raise ValueError(f"windows of {t} tokens in a pass of {self.context}-token windows")
+        if (window_offset + n_b) * t > MASK32:
+            raise ValueError("a pass over more than 2**32 tokens: split the corpus into several runs")
         lat = slice(latent_offset, latent_offset + fc)
+        counted = counted.to(acts.device)
         with record_function("collect.firing"):
+            # codes below zero count as zero (SAE codes are non-negative; the keys need it)
+            a = acts.float().clamp(min=0.0).mul_(counted[..., None])
             if latent_offset == 0:
                 self._counted += counted.sum()
-            # SAE codes are sparse: one nonzero finds the positive entries that count, and the rest
-            # works on those (flat [row, latent] positions; 1-D indexing is several times faster).
-            flat = acts.reshape(b * t, fc)
-            mask = flat > 0
-            mask &= counted.reshape(-1, 1)
-            nz = mask.view(-1).nonzero().squeeze(1)  # sync 1
-            row, fi = torch.div(nz, fc, rounding_mode="floor"), nz % fc
-            val = (flat.view(-1)[nz] if flat.is_contiguous() else flat[row, fi]).float()
-            self.n_firings[lat].index_add_(0, fi, torch.ones_like(fi))
-            chunk_max = torch.zeros(fc, device=dev).scatter_reduce_(0, fi, val, "amax")
-            self.max_act[lat] = torch.maximum(self.max_act[lat], chunk_max)
-        # positions within `buffer` of either end of the context can never be peaks
-        in_ctx = torch.arange(t, device=dev)
-        peak_rows = counted & (in_ctx >= self.buffer) & (in_ctx < t - self.buffer)  # [B, T]
-        peak_entry = peak_rows.view(-1)[row]
-        offsets = torch.arange(-self.buffer, self.buffer + 1, device=dev)
-
-        def snippets(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            """Activations of chunk latent ``c`` over the tokens around flat row ``r`` ([E, width])."""
-            rows = r[:, None] + offsets
-            return flat[rows, c[:, None]].float() * counted.view(-1)[rows]
-
+            self.n_firings[lat].add_((a > 0).sum((0, 1)))
+            mx = self.max_act[lat]
+            torch.maximum(mx, a.amax((0, 1)), out=mx)
+        inner_t = t - 2 * buf
+        if inner_t <= 0:  # no position can be a peak
+            return
+        inner = a[:, buf:t - buf]
+        with record_function("collect.keys"):
+            # every inner token's iw key; -inf at the buffer positions (never sampled) and at zeros
+            x = mix32((self._c("tokens", n_b, t) + window_offset * t) ^ self._salt[lat])
+            keys = x.double().add_(0.5).log_().sub_(LN2_32).div_(inner.double().square())
+            keys = torch.nn.functional.pad(keys, (0, 0, buf, buf), value=NEG_INF)
         with record_function("collect.top"):
-            self._update_top(acts, row, fi, val, peak_entry, window_offset, latent_offset, snippets)
+            n_ctx = min(s, n_b)
+            rounds = min(s, -(-inner_t // (buf + 1)))
+            # the contexts with the best first peaks (a tie to the earlier window: a stable sort)
+            ctx = inner.amax(1).sort(dim=0, descending=True, stable=True).indices[:n_ctx]
+            pick_at = ctx[:, None, :].expand(n_ctx, t, fc)
+            slab = a.gather(0, pick_at)
+            live = slab[:, buf:t - buf].clone()
+            band = self._c("band", inner_t)
+            val = torch.empty((rounds, n_ctx, fc), device=a.device)
+            pos = torch.empty((rounds, n_ctx, fc), dtype=torch.long, device=a.device)
+            for r in range(rounds):  # the greedy: largest live entry (the first on a tie), then kill around it
+                torch.max(live, dim=1, out=(val[r], pos[r]))
+                if r + 1 < rounds:
+                    live.mul_(band[pos[r]].transpose(1, 2))
+            # composite keys: value bits, then 2**32 - 1 - token (inner position pos is token buf + pos)
+            neg_token = ctx.mul(-t).add_(MASK32 - window_offset * t - buf)
+            pick_key = (val.view(torch.int32).long() << 32).add_(neg_token).sub_(pos)
+            old_key = self.top_key[:, lat]
+            new_key, src = torch.cat([old_key, pick_key.view(rounds * n_ctx, fc)]).topk(s, dim=0)
+            # each new slot's wide window: rows of a stacked source (old windows, then the slab)
+            base = torch.cat([self._c("slot_rows").expand(s, fc), (pos + self._c("pick_rows", n_ctx, t)).view(-1, fc)])
+            rows = (base.gather(0, src)[:, None, :] + self._c("ar", wide)).view(s * wide, fc)
+            old_wide, old_wkey = self.top_wide[:, :, lat], self.top_wkey[:, :, lat]
+            new_wide = torch.cat([old_wide.reshape(s * wide, fc), slab.view(n_ctx * t, fc),
+                                  self._c("zeros", buf, fc)]).gather(0, rows).view(s, wide, fc)
+            new_wkey = torch.cat([old_wkey.reshape(s * wide, fc), keys.gather(0, pick_at).view(n_ctx * t, fc),
+                                  self._c("neginf", buf, fc)]).gather(0, rows).view(s, wide, fc)
+            hi_old, hi_new = old_key[k - 1] >> 32, new_key[k - 1] >> 32
+            theta_old, theta_new = hi_old.int().view(torch.float32), hi_new.int().view(torch.float32)
+            # more than `shadow` peaks tied at theta: one pushed out may hide a sampleable neighbour
+            self.tie_loss[lat].logical_or_((new_key[s - 1] >> 32 == hi_new) & (hi_new > 0))
         with record_function("collect.reservoir"):
-            self._update_iw(row, fi, val, peak_entry, t, fc, window_offset, latent_offset, snippets)
+            batch_key = torch.where(a < theta_new, keys, NEG_INF)
+            bk, bi = batch_key.view(n_b * t, fc).topk(n, dim=0)
+            self._offer(lat, old_key, old_wide, old_wkey, theta_old, theta_new,
+                        (bk, bi, a.view(n_b * t, fc), window_offset * t))
+            self._put("top_key", lat, new_key)
+            self._put("top_wide", lat, new_wide)
+            self._put("top_wkey", lat, new_wkey)
 
-    def _update_top(self, acts: torch.Tensor, row: torch.Tensor, fi: torch.Tensor, val: torch.Tensor,
-                    peak_entry: torch.Tensor, window_offset: int, latent_offset: int,
-                    snippets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        """Each (context, latent)'s own greedy peaks that beat the running k-th best, merged in."""
-        b, t, fc = acts.shape
-        k, buf = self.n_top, self.buffer
-        if t <= 2 * buf:
-            return
-        dev = acts.device
-        theta = self.top_val[k - 1, latent_offset:latent_offset + fc].clamp(min=0.0)
-        pair = torch.div(row, t, rounding_mode="floor") * fc + fi  # (context, latent), flat
-        # Entries below the threshold are dropped before the greedy: they come after every entry
-        # above it in their context, so they could not have suppressed any of those.
-        above = peak_entry & (val > theta[fi])
-        if b > k:  # a pair whose largest peak is not among its latent's k largest of the batch cannot enter
-            first = torch.zeros(b * fc, device=dev).scatter_reduce_(0, pair, torch.where(above, val, 0.0), "amax")
-            kth = first.view(b, fc).topk(k, dim=0).values[-1]
-            above &= first[pair] >= kth[fi]
-        idx = above.nonzero().squeeze(1)  # sync 2
-        n = int(idx.numel())  # (no early return at 0: the sync count stays the same)
-        pair, fi, val = pair[idx], fi[idx], val[idx]
-        pos = row[idx] % t
-        # compact pair ids (0 .. n-1), so each round's per-pair arrays have the size of the entries
-        order = pair.argsort()
-        step = torch.ones(n, dtype=torch.long, device=dev)
-        step[1:] = pair[order[1:]] != pair[order[:-1]]
-        gid = torch.empty_like(pair)
-        gid[order] = step.cumsum(0) - 1
-
-        def greedy_round(v: torch.Tensor, p: torch.Tensor, g: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-            """Each pair's next greedy peak among entries ``v, p, g`` (value, position, pair id):
-            its largest alive entry, the lowest index on a tie. Entries within ``buffer`` of it die."""
-            ent = torch.arange(v.numel(), device=dev)
-            live = torch.where(alive, v, 0.0)
-            best = torch.zeros(n, device=dev).scatter_reduce_(0, g, live, "amax")
-            at_best = alive & (live == best[g])
-            first_ent = torch.full((n,), n, device=dev).scatter_reduce_(0, g, torch.where(at_best, ent, n), "amin")
-            pick = at_best & (first_ent[g] == ent)
-            pick_pos = torch.full((n,), -t - buf - 1, device=dev).scatter_reduce_(
-                0, g, torch.where(pick, p, -t - buf - 1), "amax")
-            alive &= (p - pick_pos[g]).abs() > buf
-            return pick
-
-        # Round 1 over every candidate entry; the entries still alive after it (usually few: most
-        # pairs have one or two entries above theta) go on alone, found with one more sync.
-        alive = torch.ones(n, dtype=torch.bool, device=dev)
-        picked = greedy_round(val, pos, gid, alive)
-        rest = alive.nonzero().squeeze(1)  # sync 3
-        r_val, r_pos, r_gid = val[rest], pos[rest], gid[rest]
-        r_alive = torch.ones(rest.numel(), dtype=torch.bool, device=dev)
-        r_picked = torch.zeros(rest.numel(), dtype=torch.bool, device=dev)
-        # picks of one context are more than `buffer` apart: at most this many rounds find any
-        for _ in range(min(k, -(-(t - 2 * buf) // (buf + 1))) - 1):
-            r_picked |= greedy_round(r_val, r_pos, r_gid, r_alive)
-        picked[rest] = r_picked
-        ctx = torch.div(pair, fc, rounding_mode="floor")
-        with record_function("collect.merge"):
-            self._merge(k, latent_offset, fc, fi + latent_offset, picked, [
-                (self.top_val, val, NEG_INF), (self.top_win, window_offset + ctx, -1), (self.top_pos, pos.int(), -1),
-                (self.top_snip, lambda o: snippets(row[idx[o]], fi[o]), 0.0)])
-
-    def _update_iw(self, row: torch.Tensor, fi: torch.Tensor, val: torch.Tensor, peak_entry: torch.Tensor, t: int,
-                   fc: int, window_offset: int, latent_offset: int,
-                   snippets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        lo = latent_offset
-        old = self._chunk_uncertain(lo, fc)
-        u = torch.rand(val.shape, generator=self.gen, device=val.device)
-        key = torch.log(u) / (val * val)
-        # A key below the reservoir's n_iw-th can never be sampled, certain or not.
-        si = (peak_entry & (key > self.iw_key[self.n_iw - 1, lo:lo + fc][fi])).nonzero().squeeze(1)  # sync 4
-        n_old, n_new = int(old[0].numel()), int(si.numel())
-        if n_old + n_new == 0:
-            return
-        row_n, fi_n = row[si], fi[si]
-        f = torch.cat([old[0], fi_n + lo])
-        key_a, val_a = torch.cat([old[1], key[si]]), torch.cat([old[2], val[si]])
-        win = torch.cat([old[3], window_offset + torch.div(row_n, t, rounding_mode="floor")])
-        pos = torch.cat([old[4], (row_n % t).int()])
-
-        def snip(o: torch.Tensor) -> torch.Tensor:
-            """Snippets of entries ``o``: kept ones from the list, new ones gathered from this batch
-            (only for the entries a merge or the list keeps)."""
-            if n_new == 0:
-                return old[5][o]
-            j = (o - n_old).clamp(min=0)
-            new = snippets(row_n[j], fi_n[j])
-            if n_old == 0:
-                return new
-            return torch.where((o < n_old)[:, None], old[5][o.clamp(max=n_old - 1)], new)
-
-        self._settle(self.top_val[self.n_top - 1, lo:lo + fc], lo, fc, (f, key_a, val_a, win, pos, snip))
-
-    def _settle(self, theta: torch.Tensor, lo: int, n: int,
-                entries: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                               torch.Tensor | Callable[[torch.Tensor], torch.Tensor]]) -> None:
-        """Uncertain ``entries`` of latents ``lo:lo+n`` now below their latent's ``theta`` join the
-        reservoir; the others become the chunk's uncertain list (minus those whose key the reservoir
-        now beats)."""
-        f, key, val, win, pos, snip = entries
-        sure = val < theta[f - lo]
-        with record_function("collect.merge"):
-            self._merge(self.n_iw, lo, n, f, sure, [(self.iw_key, key, NEG_INF), (self.iw_val, val, 0.0),
-                                                     (self.iw_win, win, -1), (self.iw_pos, pos, -1),
-                                                     (self.iw_snip, snip, 0.0)])
-        keep = (~sure & (key > self.iw_key[self.n_iw - 1, lo:lo + n][f - lo])).nonzero().squeeze(1)  # sync 5
-        if keep.numel():
-            self._u[(lo, n)] = (f[keep], key[keep], val[keep], win[keep], pos[keep],
-                                snip(keep) if callable(snip) else snip[keep])
-
-    @staticmethod
-    def _merge(r: int, lo: int, n: int, f: torch.Tensor, valid: torch.Tensor, fields: Fields) -> None:
-        """Keep, per latent of ``lo:lo+n``, the ``r`` highest-score rows among the state and the
-        ``valid`` new entries (``f``: their latents). ``fields`` are (state [r, F, ...], new values
-        [E, ...], fill); the first is the score. New values may be a function of entry indices,
-        called only for the entries that compete (or for every entry, when they are fewer).
-
-        Fixed shapes throughout: entries sorted by latent and descending score, ranked inside their
-        latent with ``searchsorted``, the first ``r`` of each scattered into a dense [r, n] block (the
-        others, and invalid entries, into a spare column), which ``topk`` merges with the state."""
-        e = int(f.numel())
-        if e == 0:
-            return
-        dev = f.device
-        dest = torch.where(valid, f - lo, n)
-        order = _group_order(dest, fields[0][1])  # type: ignore[arg-type]
-        d = dest[order]
-        rank = torch.arange(e, device=dev) - torch.searchsorted(d, d)
-        keep = rank < r
-        slot = torch.full((r, n + 1), -1, dtype=torch.long, device=dev)
-        slot[torch.where(keep, rank, 0), torch.where(keep, d, n)] = torch.where(keep, order, -1)
-        slot = slot[:, :n]
-        has = slot >= 0
-        src = slot.clamp(min=0)
-        per_entry = e <= r * n
-        stacked = []
-        for state, new, fill in fields:
-            if callable(new):
-                vals = new(torch.arange(e, device=dev))[src] if per_entry else new(src.view(-1)).view(r, n, -1)
-            else:
-                vals = new[src]
-            mask = has.view(r, n, *([1] * (vals.dim() - 2)))
-            dense = torch.where(mask, vals.to(state.dtype), torch.as_tensor(fill, dtype=state.dtype, device=dev))
-            stacked.append(torch.cat([state[:, lo:lo + n], dense]))
-        _, idx = stacked[0].topk(r, dim=0)
-        for (state, _, _), both in zip(fields, stacked, strict=True):
-            gather = idx.view(*idx.shape, *([1] * (both.dim() - 2))).expand(-1, -1, *both.shape[2:])
-            state[:, lo:lo + n] = both.gather(0, gather)
+    def _offer(self, lat: slice, slot_key: torch.Tensor, wide: torch.Tensor, wkey: torch.Tensor, lo: torch.Tensor,
+               hi: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None,
+               store: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Merge into the reservoir of latents ``lat`` the tokens within ``buffer`` of the slots
+        (``slot_key``, their ``wide`` windows and keys ``wkey``) with ``lo <= act < hi``, and the
+        ``batch`` candidates (keys, flat rows, the batch's activations [rows, Fc], first token).
+        Returns the merged reservoir (keys, tokens, snippets), and stores it unless ``store`` is False."""
+        buf, n, w, wide_n = self.buffer, self.n_iw, self.width, self.wide
+        s, fc = slot_key.shape
+        near = wide[:, buf:3 * buf + 1]  # the tokens within `buffer` of each slot's peak
+        ok = (near >= lo) & (near < hi) & (slot_key >= VALID)[:, None]
+        rel_key = torch.where(ok, wkey[:, buf:3 * buf + 1], NEG_INF).view(s * w, fc)
+        slot_token = MASK32 - (slot_key & MASK32)
+        rel_token = (slot_token[:, None, :] + (self._c("ar", w) - buf)).view(s * w, fc)
+        res_key, res_token, res_snip = self.iw_key[:, lat], self.iw_g[:, lat], self.iw_snip[:, :, lat]
+        key_parts, token_parts = [res_key, rel_key], [res_token, rel_token]
+        snip_parts = [res_snip.reshape(n * w, fc), wide.reshape(s * wide_n, fc)]
+        row_parts = [self._c("res_rows").expand(n + s * w, fc)]
+        if batch is not None:
+            bk, bi, flat, first = batch
+            key_parts.append(bk)
+            token_parts.append(bi + first)
+            snip_parts += [flat, self._c("zeros", buf, fc)]
+            row_parts.append(bi + (n * w + s * wide_n - buf))
+        # the 2n best, then each key only once (a token near two slots is offered twice), then the n best
+        top2, at2 = torch.cat(key_parts).topk(2 * n, dim=0)
+        dup = torch.cat([self._c("false", 1, fc), top2[1:] == top2[:-1]])
+        new_key, at = torch.where(dup, NEG_INF, top2).topk(n, dim=0)
+        at = at2.gather(0, at)
+        new_token = torch.cat(token_parts).gather(0, at)
+        rows = (torch.cat(row_parts).gather(0, at)[:, None, :] + self._c("ar", w)).view(n * w, fc)
+        new_snip = torch.cat(snip_parts).gather(0, rows).view(n, w, fc)
+        if store:
+            self._put("iw_key", lat, new_key)
+            self._put("iw_g", lat, new_token)
+            self._put("iw_snip", lat, new_snip)
+        return new_key, new_token, new_snip
 
     def result(self) -> PassResult:
-        found = self.top_win >= 0
-        # The weakest top peak found (the k-th, or fewer when the latent has fewer peaks).
-        weakest = torch.where(found, self.top_val, torch.inf).amin(0)
-        for chunk in list(self._u):
-            entries = self._u.pop(chunk)
-            if chunk is not None:
-                self._settle(weakest[chunk[0]:chunk[0] + chunk[1]], *chunk, entries)
-                continue
-            step = 4096  # loaded from a checkpoint and never updated since: settle it a block at a time
-            for lo in range(0, self.n_latents, step):
-                n = min(step, self.n_latents - lo)
-                inside = (entries[0] >= lo) & (entries[0] < lo + n)
-                self._settle(weakest[lo:lo + n], lo, n, tuple(x[inside] for x in entries))  # type: ignore[arg-type]
-        kept = self.iw_win >= 0  # reservoir rows are sorted by key, largest first
+        """What the pass found; the reservoir with the last members offered (tokens near a slot, below
+        the final weakest top peak). The state is left as it was: the pass can go on."""
+        k, t, buf = self.n_top, self.context or 1, self.buffer
+        top = self.top_key[:k]
+        found = top >= VALID
+        val = (top >> 32).int().view(torch.float32)
+        # the weakest top peak found (the k-th, or fewer when the latent has fewer peaks)
+        weakest = torch.where(found, val, torch.inf).amin(0)
+        weakest = torch.where(torch.isinf(weakest), 0.0, weakest)
+        with torch.inference_mode():
+            iw_key, iw_g, iw_snip = self._offer(slice(0, self.n_latents), self.top_key, self.top_wide, self.top_wkey,
+                                                val[k - 1], weakest, None, store=False)
+        token = MASK32 - (top & MASK32)
+        kept = iw_key > NEG_INF
 
-        def pick(x: torch.Tensor, fill: float) -> np.ndarray:
-            mask = kept.view(*kept.shape, *([1] * (x.dim() - 2)))
+        def masked(x: torch.Tensor, mask: torch.Tensor, fill: float) -> np.ndarray:
             return torch.where(mask, x, torch.as_tensor(fill, dtype=x.dtype)).cpu().numpy()
 
-        top_mask = found[..., None]
+        snip_top = self.top_wide[:k, buf:3 * buf + 1].permute(0, 2, 1)
         return PassResult(
             n_firings=self.n_firings.cpu().numpy(),
             max_activation=self.max_act.double().cpu().numpy(),
             counted_tokens=self.counted,
-            top_activation=torch.where(found, self.top_val, torch.nan).double().cpu().numpy(),
-            top_window=self.top_win.cpu().numpy(),
-            top_position=self.top_pos.cpu().numpy(),
-            top_snippet=torch.where(top_mask, self.top_snip, torch.nan).cpu().numpy(),
-            iw_activation=pick(self.iw_val.double(), np.nan),
-            iw_window=pick(self.iw_win, -1),
-            iw_position=pick(self.iw_pos, -1),
-            iw_key=pick(self.iw_key.double(), np.nan),
-            iw_snippet=pick(self.iw_snip, np.nan),
+            top_activation=masked(val.double(), found, np.nan),
+            top_window=masked(token // t, found, -1),
+            top_position=masked((token % t).int(), found, -1),
+            top_snippet=masked(snip_top, found[..., None], np.nan),
+            iw_activation=masked(iw_snip[:, buf].double(), kept, np.nan),
+            iw_window=masked(iw_g // t, kept, -1),
+            iw_position=masked((iw_g % t).int(), kept, -1),
+            iw_key=masked(iw_key, kept, np.nan),
+            iw_snippet=masked(iw_snip.permute(0, 2, 1), kept[..., None], np.nan),
+            iw_tie_loss=self.tie_loss.cpu().numpy(),
         )
