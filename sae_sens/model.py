@@ -172,6 +172,7 @@ class HookedLM:
         self.bos_id: int | None = bos
         special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
         self.special_ids = sorted(i for i in special if i is not None)
+        self._special: dict[torch.device, torch.Tensor] = {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (bos or 0)
 
     @property
@@ -206,8 +207,10 @@ class HookedLM:
         keep = attention_mask.bool().clone()
         keep[:, 0] = False
         if self.special_ids:
-            special = torch.as_tensor(self.special_ids, device=input_ids.device)
-            keep &= ~torch.isin(input_ids, special)
+            device = input_ids.device
+            if device not in self._special:  # built once per device: a tensor from a list is a blocking copy
+                self._special[device] = torch.as_tensor(self.special_ids, device=device)
+            keep &= ~torch.isin(input_ids, self._special[device])
         return keep
 
     # ----- forward ------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ PASS_STAGE = "collect:pass"
 PASS_TASK = "collect pass"  # the progress bar of the pass
 SELECT_STAGE = "collect"
 ALIVE_RULES = ("original", "count")
+# How the pass draws its importance-weighted peaks (the tracker's keyed A-Res). Part of the pass's
+# config: a pass drawn another way is recomputed once, never mixed with this one.
+SAMPLER = "hash-ares/1"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,9 @@ class CollectConfig:
     alive_rule: str = "original"  # see alive_latents
     act_threshold_frac: float = 0.01
     seed: int = 42
-    latent_chunk: int = 4096  # latents tracked at once: bounds the [batch, context, chunk] temporaries
+    # latents tracked at once (None: 4,096 on a CPU, the whole width up to 65,536 on a GPU); bounds the
+    # [batch, context, chunk] temporaries. Results do not depend on it.
+    latent_chunk: int | None = None
     # A selection grows: features already selected in the run keep their place (and, drawn per feature,
     # the very same examples) unless this asks to start over. Not part of any stage's config.
     replace: bool = False
@@ -53,7 +58,7 @@ class CollectConfig:
         return {"corpus": self.corpus, "split": self.split, "text_column": self.text_column,
                 "total_tokens": self.total_tokens, "context_size": self.context_size, "buffer": self.buffer,
                 "n_top_candidates": self.n_top_candidates, "n_iw_candidates": self.n_iw_candidates,
-                "seed": self.seed}
+                "seed": self.seed, "sampler": SAMPLER}
 
     def select_config(self) -> dict[str, Any]:
         return {**self.pass_config(), "features": self.features,

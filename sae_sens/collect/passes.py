@@ -26,6 +26,21 @@ def window_batch(lm: HookedLM, windows: Windows, index: Sequence[int] | slice) -
     return ids, torch.ones_like(ids)
 
 
+def latent_chunk(cfg: CollectConfig, sae: Sae) -> int:
+    """Latents per tracker update: the configured chunk, else the whole width on a GPU (one update per
+    batch, up to 65,536 latents) and 4,096 on a CPU (smaller temporaries)."""
+    if cfg.latent_chunk:
+        return cfg.latent_chunk
+    return min(sae.d_sae, 65_536) if sae.device.type == "cuda" else 4096
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device`` without making the host wait: from pinned memory, asynchronously, on CUDA."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def collect_pass(
     lm: HookedLM,
     sae: Sae,
@@ -71,9 +86,9 @@ def collect_pass_many(
         raise ValueError(f"{len(paths)} checkpoint paths for {len(saes)} SAEs")
     trackers = [PeakTracker(sae.d_sae, n_top=cfg.n_top_candidates, n_iw=cfg.n_iw_candidates, buffer=cfg.buffer,
                             seed=cfg.seed, device=sae.device) for sae in saes]
-    keys = [_pass_key(sae, windows, cfg, batch_size) for sae in saes]
-    # A checkpoint's "next" is a batch boundary of this batch size (the key pins it), so the
-    # resume points of all trackers lie on the loop's grid whichever of them is the earliest.
+    keys = [_pass_key(sae, windows, cfg) for sae in saes]
+    # The tracker's result depends on neither batch size nor chunk, so a checkpoint resumes at any
+    # window: a batch that straddles a tracker's resume point feeds it only the windows after it.
     resume = [_resume(path, key, tracker) for path, key, tracker in zip(paths, keys, trackers, strict=True)]
     for sae, at in zip(saes, resume, strict=True):
         if at:
@@ -84,19 +99,24 @@ def collect_pass_many(
     progress.start(PASS_TASK, len(windows))
     progress.advance(PASS_TASK, start, info)
     last_save = time.monotonic()
+    chunks = [latent_chunk(cfg, sae) for sae in saes]
     for lo in range(start, len(windows), batch_size):
         ids, mask = window_batch(lm, windows, slice(lo, lo + batch_size))
+        counted = lm.count_mask(ids, mask)  # on the host, before the forward: copied without a wait
         with record_function("collect.forward"):
-            h = lm.hidden(ids, mask)
-        counted = lm.count_mask(ids, mask).to(h.device)
-        for sae, tracker, at in zip(saes, trackers, resume, strict=True):
-            if lo < at:  # already in this tracker's checkpoint: feeding it again would count it twice
+            h = lm.hidden(to_device(ids, lm.device), to_device(mask, lm.device))
+        on_device: dict[torch.device, torch.Tensor] = {}
+        for sae, tracker, at, chunk in zip(saes, trackers, resume, chunks, strict=True):
+            skip = max(0, at - lo)  # windows already in this tracker's checkpoint: fed twice, counted twice
+            if skip >= ids.shape[0]:
                 continue
             with record_function("collect.encode"):
-                acts = sae.encode(h)
-            for f0 in range(0, sae.d_sae, cfg.latent_chunk):
+                acts = sae.encode(h)[skip:]
+            if sae.device not in on_device:
+                on_device[sae.device] = to_device(counted, sae.device)
+            for f0 in range(0, sae.d_sae, chunk):
                 with record_function("collect.update"):  # the tracker labels its own phases inside
-                    tracker.update(acts[..., f0:f0 + cfg.latent_chunk], counted, lo, f0)
+                    tracker.update(acts[..., f0:f0 + chunk], on_device[sae.device][skip:], lo + skip, f0)
             del acts  # free this SAE's [batch, context, d_sae] codes before the next SAE makes its own
         progress.advance(PASS_TASK, ids.shape[0], info)
         if time.monotonic() - last_save >= checkpoint_every_s:
@@ -106,14 +126,21 @@ def collect_pass_many(
                     _save_checkpoint(path, key, lo + ids.shape[0], tracker)
             last_save = time.monotonic()
     progress.finish(PASS_TASK)
-    return [tracker.result() for tracker in trackers]
+    results = [tracker.result() for tracker in trackers]
+    for sae, result in zip(saes, results, strict=True):
+        flagged = int(result.iw_tie_loss.sum()) if result.iw_tie_loss is not None else 0
+        if flagged:
+            progress.log(f"collect: {flagged:,} latents of {sae.spec.name} have more top peaks tied at their "
+                         "weakest value than the tracker keeps aside; their importance-weighted draws may "
+                         "miss a token next to one of them")
+    return results
 
 
-def _pass_key(sae: Sae, windows: Windows, cfg: CollectConfig, batch_size: int) -> str:
-    """What a checkpoint must match to be resumed: the same SAE over the same windows, batched alike."""
+def _pass_key(sae: Sae, windows: Windows, cfg: CollectConfig) -> str:
+    """What a checkpoint must match to be resumed: the same SAE over the same windows (any batching)."""
     return hash_config({"cfg": cfg.pass_config(), "corpus": windows.corpus_id, "n": len(windows),
-                        "batch_size": batch_size, "sae": sae.weight_hash, "chunk": cfg.latent_chunk,
-                        "tracker": 3})  # state layout: checkpoints of another layout are not resumed
+                        "sae": sae.weight_hash,
+                        "tracker": 4})  # state layout: checkpoints of another layout are not resumed
 
 
 def _resume(path: Path | None, key: str, tracker: PeakTracker) -> int:

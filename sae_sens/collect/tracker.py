@@ -80,7 +80,6 @@ class PassResult:
 MASK32 = 0xFFFFFFFF
 VALID = 1 << 32  # a slot key at or above this holds a peak
 EMPTY = MASK32  # an empty slot: above every pick that found nothing (value bits 0), below every peak
-SAMPLER = "hash-ares/1"  # how iw keys are drawn: part of the pass config, so passes drawn otherwise are redone
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
