@@ -105,14 +105,20 @@ def main(argv: list[str] | None = None) -> None:
         batches = [codes(args.batch, args.context, f, i, args.device) for i in range(args.batches + 1)]
         counted = torch.ones(args.batch, args.context, dtype=torch.bool, device=args.device)
         counted[:, 0] = False
-        new_chunk = min(f, 65_536) if args.device == "cuda" else 4096
+        # the current tracker as collect ran it (4,096 latents per update), the new one as collect runs
+        # it on this device (a GPU: the whole width per update; a CPU: 256) and, on a CPU, also with
+        # the whole width per update: the launches and syncs a GPU would see
+        new_chunk = min(f, 65_536) if args.device == "cuda" else 256
+        variants = [(f"current (chunk {4096:,})", LegacyTracker, 4096),
+                    (f"fixed-shape (chunk {new_chunk:,})", PeakTracker, new_chunk)]
+        if new_chunk != min(f, 65_536):
+            variants.append(("fixed-shape (one update)", PeakTracker, min(f, 65_536)))
         rows = []
-        for label, cls, chunk in ((f"current (chunk {4096:,})", LegacyTracker, 4096),
-                                  (f"fixed-shape (chunk {new_chunk:,})", PeakTracker, new_chunk)):
+        for label, cls, chunk in variants:
             ms, launches, syncs = measure(cls, f, chunk, batches, counted, args.device)
             rows.append(ms)
             print(f"{f:>7,} {label:<26} {ms:>9.1f} {launches:>9,} {syncs:>6,}", flush=True)
-        print(f"{f:>7,} new vs current: {rows[0] / rows[1]:.2f}x the speed", flush=True)
+        print(f"{f:>7,} new (chunk {new_chunk:,}) vs current: {rows[0] / rows[1]:.2f}x the speed", flush=True)
         del batches
 
 

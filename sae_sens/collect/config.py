@@ -35,7 +35,7 @@ class CollectConfig:
     alive_rule: str = "original"  # see alive_latents
     act_threshold_frac: float = 0.01
     seed: int = 42
-    # latents tracked at once (None: 4,096 on a CPU, the whole width up to 65,536 on a GPU); bounds the
+    # latents tracked at once (None: 256 on a CPU, the whole width up to 65,536 on a GPU); bounds the
     # [batch, context, chunk] temporaries. Results do not depend on it.
     latent_chunk: int | None = None
     # A selection grows: features already selected in the run keep their place (and, drawn per feature,
