@@ -54,6 +54,22 @@ def test_left_padded_batches_match_one_at_a_time(tiny_model, template, tmp_path)
     assert len({r["prompt_tokens"] for r in a}) == len(FEATURES)  # the batch really was ragged
 
 
+def test_sampled_texts_do_not_depend_on_the_batch(tiny_model, template, tmp_path):
+    """Sampling is seeded per request: a batch of three samples what each request samples alone, and
+    so a resumed run, which batches only the requests a killed run left unanswered, writes the texts
+    an uninterrupted run writes."""
+    cols = ["feature_index", "response", "completion_tokens"]
+    got = {}
+    for batch in (3, 2, 1):
+        store = store_with_examples(tmp_path / str(batch))
+        run_generate(store, "r", "sae-a", hf_cfg(tiny_model, template, batch_size=batch, temperature=1.0))
+        got[batch] = plain(store.read_table("r", "sae-a", "queries"), cols)
+    assert got[3] == got[2] == got[1]
+    greedy = store_with_examples(tmp_path / "greedy")
+    run_generate(greedy, "r", "sae-a", hf_cfg(tiny_model, template, batch_size=3, temperature=0.0))
+    assert plain(greedy.read_table("r", "sae-a", "queries"), cols) != got[3]  # it really sampled
+
+
 def test_hf_backend_samples_with_a_seed_for_every_feature(tiny_model, template, tmp_path, monkeypatch):
     monkeypatch.setitem(MODEL_RESOLVERS, "tinytest:", lambda _id: str(tiny_model))  # as demo: ids resolve
     runs, stores = {}, {}

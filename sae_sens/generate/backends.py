@@ -257,12 +257,16 @@ class HFBackend:
                 )
             max_new = min(max_new, self.max_positions - width)
         device = next(self.model.parameters()).device
-        # one seed per batch, derived from its prompts, so a rerun of the same batch samples the same texts
-        torch.manual_seed(int(requests[0].query_hash[:12], 16))
-        sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": self.cfg.temperature, "top_p": 1.0, "top_k": 0}
-            if self.cfg.temperature > 0 else {"do_sample": False}
-        )
+        # Sampling with one seed per request, not per batch: each row draws its own Gumbel noise from
+        # (its request's hash, the step), and argmax(log p / T + noise) is a draw from softmax(logits / T).
+        # So a request samples the same text alone, in any batch, and when a resumed run batches only
+        # the requests a killed run left unanswered.
+        sampling: dict[str, Any] = {"do_sample": False}
+        if self.cfg.temperature > 0:
+            from transformers import LogitsProcessorList
+
+            seeds = [int(r.query_hash[:12], 16) for r in requests]
+            sampling["logits_processor"] = LogitsProcessorList([_RowSampler(seeds, self.cfg.temperature, width)])
         t0 = time.perf_counter()
         results: dict[int, Completion] = {}
 
@@ -310,6 +314,25 @@ class HFBackend:
 
     def close(self) -> None:
         pass
+
+
+class _RowSampler:
+    """A logits processor that turns greedy decoding into temperature sampling seeded per row."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, width: int) -> None:
+        self.seeds, self.temperature, self.width = list(seeds), temperature, width
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        step = input_ids.shape[1] - self.width
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        noise = torch.empty(logp.shape, dtype=torch.float32)
+        for row, seed in enumerate(self.seeds):
+            g = torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
+            noise[row] = torch.rand(logp.shape[1], generator=g)
+        gumbel = -torch.log(-torch.log(noise.clamp_(min=1e-12, max=1 - 1e-7)))
+        return logp + gumbel.to(logp.device)
 
 
 Generator = Backend | TableImport
