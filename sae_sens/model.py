@@ -263,6 +263,13 @@ class HookedLM:
         return captured[0]
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device`` without making the host wait: from pinned memory, asynchronously, on CUDA."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 # Model ids with a prefix resolve to a local folder first (e.g. "demo:smollm2" -> converted GGUF cache);
 # the prefixes are registered in ``assets``.
 MODEL_RESOLVERS = assets.MODEL_RESOLVERS

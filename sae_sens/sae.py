@@ -33,6 +33,8 @@ class Sae:
         self.module = module.eval()
         self.weight_hash = weight_hash
         self.info = info or {}  # eval_results.json and similar, recorded in the manifest
+        # the column-restricted encoder, looked up once: the lookup reads a threshold (on a GPU, a sync)
+        self._columns: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] | None = None
 
     @property
     def d_in(self) -> int:
@@ -75,7 +77,9 @@ class Sae:
         x = x.to(self.device, self.dtype)
         if latents is not None:
             latents = torch.as_tensor(latents, dtype=torch.long, device=self.device)
-            fast = _columns_encoder(self.module)
+            if self._columns is None:
+                self._columns = (_columns_encoder(self.module),)
+            fast = self._columns[0]
             if fast is not None:
                 return fast(x, latents)
         shape = x.shape[:-1]

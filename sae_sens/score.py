@@ -51,7 +51,7 @@ import torch
 
 from .errors import ConfigError, MissingTableError
 from .hashing import hash_bytes, hash_config
-from .model import HookedLM
+from .model import HookedLM, to_device
 from .progress import NULL_PROGRESS, ProgressSink
 from .sae import Sae
 from .schemas import make_table
@@ -199,18 +199,29 @@ class Checkpoint:
 
 
 def _score_batch(
-    lm: HookedLM, sae: Sae, seqs: Sequence[Sequence[int]], wanted: Sequence[Sequence[int]], chunk_tokens: int
+    lm: HookedLM, sae: Sae, seqs: Sequence[Sequence[int]], wanted: Sequence[Sequence[int]], chunk_tokens: int,
+    masked: bool | None = None,
 ) -> list[dict[int, Trace]]:
-    """One forward pass; the SAE computes the union of the wanted latents on counted tokens only."""
+    """One forward pass; the SAE computes the union of the wanted latents.
+
+    On a CPU only the counted tokens are encoded (a boolean index). On a GPU (or with ``masked``)
+    every position is encoded and the uncounted ones zeroed instead: a boolean index would make the
+    host wait for the device, and the host's one read per batch is the result."""
     union = sorted({f for w in wanted for f in w})
     col = {f: c for c, f in enumerate(union)}
     ids, mask = lm.pad(seqs)
-    keep = lm.count_mask(ids, mask)
-    hidden = lm.hidden(ids, mask)
-    lat = torch.as_tensor(union, dtype=torch.long, device=sae.device)
-    acts = sae.encode_latents(hidden[keep.to(hidden.device)], lat, chunk_tokens).float()
-    dense = torch.zeros((*keep.shape, len(union)), dtype=torch.float32, device=acts.device)
-    dense[keep.to(acts.device)] = acts
+    keep = lm.count_mask(ids, mask)  # on the host
+    hidden = lm.hidden(to_device(ids, lm.device), to_device(mask, lm.device))
+    lat = to_device(torch.tensor(union, dtype=torch.long), sae.device)
+    if masked is None:
+        masked = hidden.device.type == "cuda"
+    if masked:
+        dense = sae.encode_latents(hidden, lat, chunk_tokens).float()
+        dense = dense * to_device(keep, dense.device)[..., None]
+    else:
+        acts = sae.encode_latents(hidden[keep.to(hidden.device)], lat, chunk_tokens).float()
+        dense = torch.zeros((*keep.shape, len(union)), dtype=torch.float32, device=acts.device)
+        dense[keep.to(acts.device)] = acts
     dense_np, keep_np = dense.cpu().numpy(), keep.numpy()
     out: list[dict[int, Trace]] = []
     for row, (seq, fs) in enumerate(zip(seqs, wanted, strict=True)):

@@ -160,6 +160,22 @@ def test_chunked_equals_unchunked(lm: HookedLM, random_saes: Sae) -> None:
     assert a["max_position"].to_pylist() == b["max_position"].to_pylist()
 
 
+def test_the_gpu_path_masks_to_the_same_traces(lm: HookedLM, random_saes: Sae) -> None:
+    """On a GPU every position is encoded and the uncounted ones zeroed (no boolean index, no sync):
+    the same traces as encoding only the counted tokens, here forced on the CPU."""
+    from sae_sens.score import _score_batch
+
+    texts = random_texts(6, seed=8)
+    seqs = [ids for ids, _ in lm.encode_texts(texts, 64)]
+    wanted = [[1, 2, 99]] * len(seqs)
+    plain_traces = _score_batch(lm, random_saes, seqs, wanted, 4096, masked=False)
+    masked_traces = _score_batch(lm, random_saes, seqs, wanted, 4096, masked=True)
+    for p, m in zip(plain_traces, masked_traces, strict=True):
+        for f in (1, 2, 99):
+            assert p[f].max_position == m[f].max_position
+            np.testing.assert_allclose(p[f].activations, m[f].activations, atol=1e-6)
+
+
 # ----- known sensitivities --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

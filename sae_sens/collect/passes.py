@@ -13,7 +13,7 @@ from torch.profiler import record_function
 
 from ..corpus import Windows
 from ..hashing import hash_config
-from ..model import HookedLM
+from ..model import HookedLM, to_device
 from ..progress import NULL_PROGRESS, ProgressSink
 from ..sae import Sae
 from ..store import atomic_write_bytes
@@ -33,13 +33,6 @@ def latent_chunk(cfg: CollectConfig, sae: Sae) -> int:
     if cfg.latent_chunk:
         return cfg.latent_chunk
     return min(sae.d_sae, 65_536) if sae.device.type == "cuda" else 256
-
-
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``x`` on ``device`` without making the host wait: from pinned memory, asynchronously, on CUDA."""
-    if device.type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True)
-    return x.to(device)
 
 
 def collect_pass(
