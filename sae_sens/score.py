@@ -258,6 +258,8 @@ def score_sequences(
     """
     keys = [_seq_key(s) for s in sequences]
     done = checkpoint.load() if checkpoint is not None else {}
+    if done:
+        progress.log(f"{task}: resuming from its checkpoint: {len(done):,} traces already computed")
     out = [{int(f): done[(k, int(f))] for f in fs if (k, int(f)) in done} for k, fs in zip(keys, latents, strict=True)]
     todo = [[int(f) for f in fs if int(f) not in o] for fs, o in zip(latents, out, strict=True)]
     order = sorted((i for i in range(len(sequences)) if todo[i]), key=lambda i: -len(sequences[i]))
@@ -510,7 +512,8 @@ def run_score(
     inputs = {**tables, **model_inputs(sae, lm)}
     # an interrupted run resumes from the traces it finished (Ctrl-C, crash, preemption)
     key = hash_config({**model_inputs(sae, lm), "dtype": str(lm.dtype), "device": lm.device.type})
-    checkpoint = Checkpoint(store.checkpoint_dir(run, sae_name, "score"), key)
+    checkpoint = Checkpoint(store.checkpoint_dir(run, sae_name, "score"), key,
+                            every_s=opts.checkpoint_every if opts.checkpoint_every is not None else 30.0)
     collected = store.manifest(run, sae_name).stage("collect")
     frac = float((collected.config if collected is not None else {}).get("act_threshold_frac", 0.01))
 

@@ -32,6 +32,8 @@ class ModelOptions:
     device: str | None = None
     dtype: str | None = None
     batch_size: int = 32
+    # seconds between checkpoints of a long stage (None: its default, collect 120 s, score 30 s)
+    checkpoint_every: float | None = None
 
 
 def model_options(opts: ModelOptions) -> dict[str, str]:

@@ -75,3 +75,24 @@ def test_shows_hint_adds_the_feature_keeps_the_rest_and_reuses_the_pass(
     out = cli.ok(*words[1:], "--replace")
     assert "--replace drops features 0, 1" in out.err + out.out
     assert sorted(_examples(store, "r")) == [2]
+
+
+def test_checkpoint_every_reaches_the_pass_and_is_checked(
+        tiny_world: TinyWorld, tmp_path: Path, cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sae_sens.collect.stage as stage
+
+    seen: list[float] = []
+    real = stage.collect_pass_many
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["checkpoint_every_s"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "collect_pass_many", recording)
+    base = ["collect", "--store", str(tmp_path / "s"), "--run", "r", "--sae", str(tiny_world.sae), "--model",
+            str(tiny_world.model), "--device", "cpu", "--corpus", str(tiny_world.corpus), "--total-tokens", "3000",
+            "--context-size", "48", "--feature-ids", "0"]
+    cli.ok(*base, "--checkpoint-every", "0.5")
+    assert seen == [0.5]
+    code, _, err = cli(*base, "--checkpoint-every", "0", "--force")
+    assert code == 2 and "--checkpoint-every" in err and "Traceback" not in err

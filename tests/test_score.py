@@ -411,8 +411,15 @@ def test_interrupted_scoring_resumes_from_its_checkpoint(tmp_path: Path, lm: Hoo
     with pytest.raises(KeyboardInterrupt):
         score_tables(*args, batch_size=4, progress=StopAfter(2), checkpoint=Checkpoint(tmp_path / "ck", "k1"))
     before = lm.forward_calls
-    resumed, _ = score_tables(*args, batch_size=4, checkpoint=Checkpoint(tmp_path / "ck", "k1"))
+    logs: list[str] = []
+
+    class Logs(NullProgress):
+        def log(self, message: str) -> None:
+            logs.append(message)
+
+    resumed, _ = score_tables(*args, batch_size=4, checkpoint=Checkpoint(tmp_path / "ck", "k1"), progress=Logs())
     assert lm.forward_calls - before == 1  # 12 texts in 3 batches, 2 of them saved
+    assert any("resuming from its checkpoint: 16 traces" in m for m in logs), logs  # 8 texts x 2 features
     fresh, _ = score_tables(*args, batch_size=4)
     for col in ("max_activation", "max_position", "active", "activations"):
         assert resumed["scores"][col].to_pylist() == fresh["scores"][col].to_pylist()

@@ -12,6 +12,7 @@ from .base import app
 from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BatchSizeOpt,
+    CheckpointEveryOpt,
     ContextSizeOpt,
     CorpusOpt,
     DeviceOpt,
@@ -86,6 +87,7 @@ def collect_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = 32,
+    checkpoint_every: CheckpointEveryOpt = None,
     force: ForceOpt = False,
     wait: WaitOpt = True,
     executor: ExecutorOpt = "local",
@@ -120,7 +122,8 @@ def collect_command(
         **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, dead_min_firings=dead_min_firings,
         alive_rule=alive_rule, seed=seed, replace=replace,
     )
-    opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
+    opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size,
+                        checkpoint_every=checkpoint_every)
     st = Store(store, wait=wait)
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     if (from_saebench or saebench_file) and runner.name != "local":

@@ -101,6 +101,11 @@ DtypeOpt = Annotated[
                              callback=check_dtype)
 ]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.", min=1)]
+CheckpointEveryOpt = Annotated[
+    float | None,
+    typer.Option("--checkpoint-every", help="Seconds between checkpoints of an interrupted pass or scoring "
+                 "(default: collect 120, score 30).", min=0.1, show_default=False, metavar="SECONDS"),
+]
 FormatOpt = Annotated[str, typer.Option("--format", help="table, csv, json or markdown.")]
 GeneratorOpt = Annotated[
     str | None,

@@ -7,6 +7,7 @@ from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTa
 from .options import (
     BaseUrlOpt,
     BatchSizeOpt,
+    CheckpointEveryOpt,
     ContextSizeOpt,
     CorpusOpt,
     DeviceOpt,
@@ -51,6 +52,7 @@ def run_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = 32,
+    checkpoint_every: CheckpointEveryOpt = None,
     corpus: CorpusOpt = "monology/pile-uncopyrighted",
     split: SplitOpt = "train",
     text_column: TextColumnOpt = "text",
@@ -121,7 +123,8 @@ def run_command(
         **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, replace=replace,
     )
     score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
-    opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
+    opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size,
+                        checkpoint_every=checkpoint_every)
     st = Store(store, wait=wait)
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     with RichProgress() as progress:

@@ -11,6 +11,7 @@ from .base import RichProgress, app
 from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BatchSizeOpt,
+    CheckpointEveryOpt,
     DeviceOpt,
     DtypeOpt,
     ForceOpt,
@@ -52,6 +53,7 @@ def score_command(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
     batch_size: BatchSizeOpt = 32,
+    checkpoint_every: CheckpointEveryOpt = None,
     threshold: ThresholdOpt = 1e-6,
     max_length: MaxLengthOpt = 128,
     generator: GeneratorOpt = None,
@@ -81,7 +83,8 @@ def score_command(
     from .output import emit
 
     st = Store(store, wait=wait)
-    opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size)
+    opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size,
+                        checkpoint_every=checkpoint_every)
     cfg = ScoreConfig(threshold=threshold, max_length=max_length, generator=generator,
                       relative_thresholds=parse_fractions(relative_thresholds))
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)

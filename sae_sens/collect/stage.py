@@ -115,7 +115,8 @@ def _pass_tables(lm: HookedLM, targets: Sequence[_Target], windows: Windows, cfg
                  opts: ModelOptions, progress: ProgressSink) -> dict[str, dict[str, pa.Table]]:
     """One shared pass for ``targets``: each SAE's ``collect:pass`` tables, by SAE name."""
     results = collect_pass_many(lm, [t.sae for t in targets], windows, cfg, progress, batch_size=opts.batch_size,
-                                checkpoints=[t.checkpoint for t in targets])
+                                checkpoints=[t.checkpoint for t in targets],
+                                checkpoint_every_s=opts.checkpoint_every if opts.checkpoint_every is not None else 120.0)
     return {t.name: {"latents": r.latents_table(), "candidates": r.candidates_table()}
             for t, r in zip(targets, results, strict=True)}
 
