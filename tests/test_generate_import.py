@@ -44,6 +44,19 @@ def store(tmp_path):
     return s
 
 
+def test_one_file_given_two_ways_is_one_import(store, tmp_path, monkeypatch):
+    """Relative or absolute, the same file is the same generator and, unchanged, a fresh stage; a
+    changed file is imported again."""
+    path = write(tmp_path / "gen.csv", GOOD)
+    monkeypatch.chdir(tmp_path)
+    first = run_generate(store, "r", "sae-a", GenerateConfig(from_table=path.name))
+    again = run_generate(store, "r", "sae-a", GenerateConfig(from_table=path))
+    assert not first.skipped and again.skipped
+    assert {r["generator"] for r in store.read_table("r", "sae-a", "generations").to_pylist()} == {f"table:{path}"}
+    write(path, [{**r, "text": r["text"] + "!"} for r in GOOD])
+    assert not run_generate(store, "r", "sae-a", GenerateConfig(from_table="gen.csv")).skipped
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
 def test_import_each_format(store, tmp_path, suffix):
     path = write(tmp_path / f"gen{suffix}", GOOD)

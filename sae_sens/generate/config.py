@@ -103,6 +103,8 @@ def parse_generator(generator: str | None, from_table: Path | str | None = None)
     only a label."""
     generator = (generator or "").strip()
     if from_table is not None:
+        # the file by its resolved path: one file given relatively and absolutely is one import
+        from_table = Path(from_table).expanduser().resolve()
         label = generator or f"table:{from_table}"
         if is_control(label):  # reports keep such labels apart as the corpus control
             raise UsageError(f"--generator {label!r}: labels starting {CONTROL_PREFIX!r} are the corpus control's",
