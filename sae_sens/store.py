@@ -28,7 +28,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ DEFAULT_STORE = "evals"
 DEFAULT_RUN = "default"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+TMP_GLOB = ".*.tmp"  # what _mkstemp names a write in progress
 MAX_RUN_NAME = 100
 
 # Which CLI command produces each table, for "missing table" hints.
@@ -390,10 +391,27 @@ class Store:
     # ----- locks -------------------------------------------------------------------------------
     def lock(self, run: str, sae: str, *, wait: bool | None = None, what: str = "") -> AbstractContextManager[None]:
         """The run × SAE folder's advisory lock (re-entrant in a thread): hold it around any
-        read-modify-write of its manifest or tables. ``wait`` defaults to the store's."""
+        read-modify-write of its manifest or tables. ``wait`` defaults to the store's.
+
+        Whoever takes it first removes the temp files of table and manifest writes that a killed
+        process left in the folder: those writes happen only under this lock, so no living writer
+        owns them. (Checkpoints, written during a pass without the lock, are left to their stage.)"""
         folder = self.sae_dir(run, sae)
-        return file_lock(folder / LOCK, wait=self.wait if wait is None else wait, what=what or f"{run}/{sae}",
-                         on_wait=self.on_wait or stderr_line)
+        return self._locked_and_clean(folder, file_lock(
+            folder / LOCK, wait=self.wait if wait is None else wait, what=what or f"{run}/{sae}",
+            on_wait=self.on_wait or stderr_line))
+
+    @staticmethod
+    @contextmanager
+    def _locked_and_clean(folder: Path, lock: AbstractContextManager[None]) -> Iterator[None]:
+        with lock:
+            for tmp in folder.glob(TMP_GLOB):
+                tmp.unlink(missing_ok=True)
+            yield
+
+    def leftovers(self, run: str, sae: str) -> list[Path]:
+        """Temp files of interrupted writes in the run × SAE folder, checkpoints included."""
+        return sorted(self.sae_dir(run, sae).rglob(TMP_GLOB))
 
     def cache_lock(self, name: str, *, wait: bool | None = None) -> AbstractContextManager[None]:
         """The lock of one shared cache under ``<store>/_cache`` (e.g. ``windows``, ``generate``)."""

@@ -45,3 +45,11 @@ def runs_command(
     for r in rows:
         for line in r.repairs():
             err_console.print(f"[bold red]damaged[/]: {line}", highlight=False, soft_wrap=True)
+    if verify:
+        for r in rows:
+            left = st.leftovers(r.run, r.sae)
+            if left:
+                names = ", ".join(str(p.relative_to(st.root)) for p in left[:3]) + (" ..." if len(left) > 3 else "")
+                err_console.print(f"[yellow]leftover[/]: {r.run}/{r.sae}: {len(left)} temp file(s) of interrupted "
+                                  f"writes ({names}); the next write to that folder removes those of tables, the "
+                                  "stage's rerun those of checkpoints", highlight=False, soft_wrap=True)
