@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import faults
 from .errors import MissingTableError, StoreError, StoreWriteError, UsageError
 from .hashing import canonical_json, hash_config
 from .locking import OnWait, file_lock, stderr_line
@@ -183,7 +184,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fchmod(f.fileno(), _file_mode())
             os.fsync(f.fileno())
+        faults.point("write:temp")
         os.replace(tmp, path)
+        faults.point("write:renamed")
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
@@ -199,7 +202,9 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
+        faults.point("write:temp")
         os.replace(tmp, path)
+        faults.point("write:renamed")
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):  # pyarrow raises OSError for a full disk too

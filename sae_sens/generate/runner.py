@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .. import faults
 from ..errors import BudgetExceededError, GenerationError, PermanentGenerationError
 from ..progress import NULL_PROGRESS, ProgressSink
 from ..store import write_error
@@ -66,6 +67,7 @@ class Checkpoint:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("journal:appended")
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
