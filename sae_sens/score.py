@@ -200,11 +200,11 @@ class Checkpoint:
 
 def _score_batch(
     lm: HookedLM, sae: Sae, seqs: Sequence[Sequence[int]], wanted: Sequence[Sequence[int]], chunk_tokens: int,
-    masked: bool | None = None,
+    encode_all: bool | None = None,
 ) -> list[dict[int, Trace]]:
     """One forward pass; the SAE computes the union of the wanted latents.
 
-    On a CPU only the counted tokens are encoded (a boolean index). On a GPU (or with ``masked``)
+    On a CPU only the counted tokens are encoded (a boolean index). On a GPU (or with ``encode_all``)
     every position is encoded and the uncounted ones zeroed instead: a boolean index would make the
     host wait for the device, and the host's one read per batch is the result."""
     union = sorted({f for w in wanted for f in w})
@@ -213,9 +213,9 @@ def _score_batch(
     keep = lm.count_mask(ids, mask)  # on the host
     hidden = lm.hidden(to_device(ids, lm.device), to_device(mask, lm.device))
     lat = to_device(torch.tensor(union, dtype=torch.long), sae.device)
-    if masked is None:
-        masked = hidden.device.type == "cuda"
-    if masked:
+    if encode_all is None:
+        encode_all = hidden.device.type == "cuda"
+    if encode_all:
         dense = sae.encode_latents(hidden, lat, chunk_tokens).float()
         dense = dense * to_device(keep, dense.device)[..., None]
     else:

@@ -168,8 +168,8 @@ def test_the_gpu_path_masks_to_the_same_traces(lm: HookedLM, random_saes: Sae) -
     texts = random_texts(6, seed=8)
     seqs = [ids for ids, _ in lm.encode_texts(texts, 64)]
     wanted = [[1, 2, 99]] * len(seqs)
-    plain_traces = _score_batch(lm, random_saes, seqs, wanted, 4096, masked=False)
-    masked_traces = _score_batch(lm, random_saes, seqs, wanted, 4096, masked=True)
+    plain_traces = _score_batch(lm, random_saes, seqs, wanted, 4096, encode_all=False)
+    masked_traces = _score_batch(lm, random_saes, seqs, wanted, 4096, encode_all=True)
     for p, m in zip(plain_traces, masked_traces, strict=True):
         for f in (1, 2, 99):
             assert p[f].max_position == m[f].max_position

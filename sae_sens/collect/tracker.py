@@ -3,7 +3,6 @@ SAE activations (pure tensor code, no I/O), and the ``PassResult`` it hands over
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
