@@ -17,10 +17,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,33 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from legacy_tracker import PeakTracker as LegacyTracker  # noqa: E402
 
 from sae_sens.collect import PeakTracker  # noqa: E402
-
-SYNC_OPS = {"nonzero", "_local_scalar_dense", "item", "unique_consecutive", "_unique", "_unique2", "unique_dim",
-            "masked_select", "bincount", "repeat_interleave", "equal", "is_nonzero", "lift_fresh"}
-NO_KERNEL = {"view", "_unsafe_view", "_reshape_alias", "slice", "select", "squeeze", "unsqueeze", "expand",
-             "as_strided", "t", "transpose", "permute", "alias", "detach", "empty", "empty_strided", "lift_fresh",
-             "new_empty", "empty_like", "split", "unbind", "view_as", "unfold"}
-
-
-class Count(TorchDispatchMode):
-    """Launching ops and syncs (lift_fresh: a tensor from Python data, a blocking copy on CUDA)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.launches = self.syncs = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        ins = [a for a in args if isinstance(a, torch.Tensor)]
-        outs = [o for o in (out if isinstance(out, (list, tuple)) else [out]) if isinstance(o, torch.Tensor)]
-        no_op = name in ("to", "_to_copy", "reshape", "contiguous") and bool(ins) and bool(outs) and \
-            outs[0].untyped_storage().data_ptr() == ins[0].untyped_storage().data_ptr()
-        self.launches += name not in NO_KERNEL and not name.startswith("_record_function") and not no_op
-        bool_index = name in ("index", "index_put", "index_put_") and len(args) > 1 and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))
-        self.syncs += name in SYNC_OPS or bool_index
-        return out
+from tests.support.opcount import OpCounter  # noqa: E402
 
 
 def codes(b: int, t: int, f: int, seed: int, device: str) -> torch.Tensor:
@@ -82,11 +54,11 @@ def measure(cls: type, f: int, chunk: int, batches: list[torch.Tensor], counted:
             torch.cuda.synchronize()
         if i:  # the first batch builds constants and fills empty state
             times.append((time.perf_counter() - start) * 1000)
-    with Count() as c:
+    with OpCounter() as c:
         for f0 in range(0, f, chunk):
             tracker.update(batches[-1][..., f0:f0 + chunk], counted, (len(batches) - 1) * b, f0)
     tracker.result()
-    return statistics.median(times), c.launches, c.syncs
+    return statistics.median(times), c.launches, c.total_syncs
 
 
 def main(argv: list[str] | None = None) -> None:
