@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -109,9 +110,9 @@ def test_parse_generator_labels():
     assert (hf.kind, hf.target, hf.label) == ("hf", "demo:smollm2", "hf:demo:smollm2")
     t = parse_generator("table:out/x.csv")
     assert (t.kind, t.target, t.label) == ("table", "out/x.csv", "table:out/x.csv")
-    imp = parse_generator("claude-opus", "x.parquet")
-    assert (imp.kind, imp.target, imp.label) == ("table", "x.parquet", "claude-opus")
-    assert parse_generator(None, "x.csv").label == "table:x.csv"
+    imp = parse_generator("claude-opus", "x.parquet")  # an imported file by its resolved path
+    assert (imp.kind, imp.target, imp.label) == ("table", str(Path("x.parquet").resolve()), "claude-opus")
+    assert parse_generator(None, "x.csv").label == f"table:{Path('x.csv').resolve()}"
     for bad in ("gpt-4o", "vllm:x", "hf:", "openai:  "):
         with pytest.raises(UsageError):
             parse_generator(bad)
