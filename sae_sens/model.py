@@ -127,6 +127,23 @@ class TokenBatch:
     truncated: list[bool]
 
 
+def bos_id(tokenizer: Any) -> int | None:
+    """The id every scored sequence starts with: the tokenizer's BOS, else its EOS."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[tuple[list[int], bool]]:
+    """Per text: its token ids after a BOS, cut at ``max_length`` (BOS included), and whether it was cut.
+    The one tokenisation of score (``HookedLM.encode_texts``) and of every export that lists its ids."""
+    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+    first = bos_id(tokenizer)
+    out = []
+    for ids in enc:
+        full = ([first] if first is not None else []) + list(ids)
+        out.append((full[:max_length], len(full) > max_length))
+    return out
+
+
 class HookedLM:
     """A causal LM that returns the activation at one hook point and stops there."""
 
@@ -168,7 +185,7 @@ class HookedLM:
         config: Any = model.config
         text_cfg = config.get_text_config()  # multimodal configs keep the LM's sizes there
         self.d_model = int(getattr(text_cfg, "hidden_size", 0) or getattr(text_cfg, "n_embd", 0))
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        bos = bos_id(tokenizer)
         self.bos_id: int | None = bos
         special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
         self.special_ids = sorted(i for i in special if i is not None)
@@ -186,12 +203,7 @@ class HookedLM:
     # ----- tokenization -----------------------------------------------------------------------
     def encode_texts(self, texts: Sequence[str], max_length: int) -> list[tuple[list[int], bool]]:
         """Token ids with BOS prepended, truncated to ``max_length`` (BOS included)."""
-        enc = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        out = []
-        for ids in enc:
-            full = ([self.bos_id] if self.bos_id is not None else []) + list(ids)
-            out.append((full[:max_length], len(full) > max_length))
-        return out
+        return encode_texts(self.tokenizer, texts, max_length)
 
     def pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
@@ -280,6 +292,18 @@ def resolve_model_id(model_id: str) -> str:
         if model_id.startswith(prefix):
             return fn(model_id)
     return model_id
+
+
+def load_tokenizer(model_id: str, revision: str | None = None) -> Any:
+    """The tokenizer of a model (hub id, local folder or ``demo:`` name), without its weights."""
+    from transformers import AutoTokenizer
+
+    resolved = resolve_model_id(model_id)
+    try:
+        return AutoTokenizer.from_pretrained(resolved, revision=revision, token=os.environ.get("HF_TOKEN") or None)
+    except OSError as e:
+        raise ModelError(f"could not load the tokenizer of {model_id!r}: {str(e).splitlines()[0]}",
+                         "check the id or path, or download it once with network access") from e
 
 
 def load_model(

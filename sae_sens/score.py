@@ -117,15 +117,21 @@ def original_text(marked: str) -> str:
     return strip_marks(marked.replace("\n", "↵"))
 
 
-def original_builder_text(str_tokens: Sequence[str], activations: Sequence[float] | None, threshold: float) -> str:
-    """The text the original tool scores for an example, byte for byte: its builder
-    (``Example.to_str(mark_toks=True)``: tokens decoded one by one, each one with activation >
-    ``threshold`` wrapped in its own ``{{ }}``, every U+FFFD dropped, newlines as ``↵``) followed
-    by its scoring step's mark stripping. The marks matter only where tokens hold braces."""
+def original_marked_text(str_tokens: Sequence[str], activations: Sequence[float] | None, threshold: float) -> str:
+    """An example as the original tool's builder writes it (``Example.to_str(mark_toks=True)``, its
+    ``Sequence`` column): tokens decoded one by one, each one with activation > ``threshold``
+    wrapped in its own ``{{ }}``, every U+FFFD dropped, newlines as ``↵``."""
     acts = activations if activations is not None and len(activations) == len(str_tokens) else None
     marked = "".join("{{" + tok + "}}" if acts is not None and acts[i] > threshold else tok
                      for i, tok in enumerate(str_tokens))
-    return strip_marks(marked.replace("\ufffd", "").replace("\n", "↵"))
+    return marked.replace("\ufffd", "").replace("\n", "↵")
+
+
+def original_builder_text(str_tokens: Sequence[str], activations: Sequence[float] | None, threshold: float) -> str:
+    """The text the original tool scores for an example, byte for byte: its builder's marked text
+    (``original_marked_text``) after its scoring step's mark stripping. The marks matter only where
+    tokens hold braces."""
+    return strip_marks(original_marked_text(str_tokens, activations, threshold))
 
 
 def decode_each(tokenizer: Any, seqs: Sequence[Sequence[int]]) -> list[list[str]]:

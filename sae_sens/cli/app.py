@@ -70,6 +70,19 @@ def _usage_line(e: Any, argv: list[str]) -> str:
     return f"{message}; see '{escape(where)} --help'"
 
 
+def _original_spellings(argv: list[str]) -> list[str]:
+    """The original tool's command line (``--sae-names A B``, ...) rewritten, one note per spelling."""
+    from .original_argv import translate
+
+    argv, notes = translate(argv)
+    if notes:
+        from .output import err_console
+
+        for note in notes:
+            err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: typed errors become one line on stderr and a non-zero exit."""
     from . import commands  # noqa: F401  (registers the commands)
@@ -78,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     debug = os.environ.get("SAE_SENS_DEBUG") == "1"
     click_error, usage_error, no_args_help = _click_exceptions()
+    argv = _original_spellings(list(sys.argv[1:] if argv is None else argv))
     try:
         # without standalone mode, typer *returns* the code of a typer.Exit, and turns Ctrl-C into Exit(130)
         code = app(args=argv, prog_name=PROG, standalone_mode=False)
@@ -103,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(str(e.format_message()).rstrip("\n") + "\n")  # type: ignore[attr-defined]
         sys.exit(0)
     except usage_error as e:
-        _err(_usage_line(e, argv if argv is not None else sys.argv[1:]))
+        _err(_usage_line(e, argv))
         sys.exit(2)
     except click_error as e:
-        _err(_usage_line(e, argv if argv is not None else sys.argv[1:]))
+        _err(_usage_line(e, argv))
         sys.exit(int(getattr(e, "exit_code", 1)))
     except typer.Abort:
         sys.exit(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -20,12 +19,14 @@ from .options import (
     FeatureIdsOpt,
     FeaturesOpt,
     ForceOpt,
+    FromSaebenchOpt,
     HookOpt,
     ModelOpt,
     NIwOpt,
     NTopOpt,
     ReplaceOpt,
     RunOpt,
+    SaebenchFileOpt,
     SaeOpt,
     SplitOpt,
     StoreOpt,
@@ -73,13 +74,8 @@ def collect_command(
              "the original tool uses); count: firings > --dead-min-firings and a top window (earlier sae-sens "
              "versions).")] = "original",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the feature sample and example draws.")] = 42,
-    from_saebench: Annotated[bool, typer.Option(
-        "--from-saebench",
-        help="Import SAEBench's published autointerp examples for this SAEBench SAE instead of a pass "
-             "(downloaded from the adamkarvonen/sae_bench_results_0125 dataset).")] = False,
-    saebench_file: Annotated[Path | None, typer.Option(
-        "--saebench-file", exists=True, dir_okay=False, show_default=False,
-        help="A local SAEBench autointerp results JSON to import (implies --from-saebench).")] = None,
+    from_saebench: FromSaebenchOpt = False,
+    saebench_file: SaebenchFileOpt = None,
     store: StoreOpt = None,
     run: RunOpt = "default",
     model: ModelOpt = None,

@@ -121,6 +121,13 @@ CorpusOpt = Annotated[
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="Dataset split.")]
 TextColumnOpt = Annotated[str, typer.Option("--text-column", help="Column holding the text.")]
+FromSaebenchOpt = Annotated[bool, typer.Option(
+    "--from-saebench",
+    help="Import SAEBench's published autointerp examples for this SAEBench SAE instead of a pass "
+         "(downloaded from the adamkarvonen/sae_bench_results_0125 dataset).")]
+SaebenchFileOpt = Annotated[Path | None, typer.Option(
+    "--saebench-file", exists=True, dir_okay=False, show_default=False,
+    help="A local SAEBench autointerp results JSON to import (implies --from-saebench).")]
 TotalTokensOpt = Annotated[int, typer.Option("--total-tokens", min=1, help="Token budget of the pass.")]
 ContextSizeOpt = Annotated[int, typer.Option("--context-size", min=2, help="Tokens per window (BOS included).")]
 FeaturesOpt = Annotated[int, typer.Option(

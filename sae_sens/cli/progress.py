@@ -184,12 +184,16 @@ class _Bars:
 class RichProgress:
     """The CLI's ``ProgressSink``: rich bars when stderr is a terminal, else ``LineProgress`` lines."""
 
-    def __init__(self, terminal: bool | None = None) -> None:
+    def __init__(self, terminal: bool | None = None, *, verbose: bool = False) -> None:
         if terminal is None:
             from .output import err_console
 
             terminal = err_console.is_terminal
         self._sink: _Bars | LineProgress = _Bars() if terminal else LineProgress()
+        # --verbose: a line when each task starts and ends (the original tool's "Step N: ..." lines),
+        # however quick, besides the bars or the timed lines
+        self._verbose = verbose
+        self._started: dict[str, float] = {}
 
     def __enter__(self) -> RichProgress:
         self._sink.__enter__()
@@ -199,6 +203,9 @@ class RichProgress:
         self._sink.__exit__(*exc)
 
     def start(self, task: str, total: int | None = None) -> None:
+        if self._verbose:
+            self._started[task] = time.monotonic()
+            self._sink.log(f"{task}: started" + (f" ({total} to do)" if total is not None else ""))
         self._sink.start(task, total)
 
     def advance(self, task: str, n: int = 1, info: str = "") -> None:
@@ -206,6 +213,8 @@ class RichProgress:
 
     def finish(self, task: str) -> None:
         self._sink.finish(task)
+        if self._verbose and task in self._started:
+            self._sink.log(f"{task}: done in {_duration(time.monotonic() - self._started.pop(task))}")
 
     def log(self, message: str) -> None:
         self._sink.log(message)

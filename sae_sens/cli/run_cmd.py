@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
 from .base import app
 from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
@@ -15,6 +21,7 @@ from .options import (
     FeatureIdsOpt,
     FeaturesOpt,
     ForceOpt,
+    FromSaebenchOpt,
     FromTableOpt,
     GeneratorOpt,
     HookOpt,
@@ -28,6 +35,7 @@ from .options import (
     NTopOpt,
     ReplaceOpt,
     RunOpt,
+    SaebenchFileOpt,
     SaeOpt,
     SamplesPerFeatureOpt,
     SplitOpt,
@@ -63,6 +71,8 @@ def run_command(
     replace: ReplaceOpt = False,
     n_top: NTopOpt = 10,
     n_iw: NIwOpt = 5,
+    from_saebench: FromSaebenchOpt = False,
+    saebench_file: SaebenchFileOpt = None,
     generator: GeneratorOpt = None,
     llm_model: LlmModelOpt = None,
     from_table: FromTableOpt = None,
@@ -79,6 +89,11 @@ def run_command(
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 1.0,
     saes_per_task: SaesPerTaskOpt = 0,
+    output_path: Annotated[Path | None, typer.Option(
+        "--output-path", file_okay=False, show_default=False,
+        help="Also write the results in the original tool's layout: DIR/<sae>/ with its six CSVs "
+             "(as `sae-sens export --format original`).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A line when each step starts and ends.")] = False,
 ) -> None:
     """Run every stage (collect -> generate -> score) for one or many SAEs, then print the summary.
 
@@ -91,6 +106,10 @@ def run_command(
     Example (offline, the demo model as generator):
 
         sae-sens run --sae smol_1152_topk --corpus demo:wiki --total-tokens 100000 --features 5 --generator hf:demo:smollm2
+
+    Example (the original tool's command line, read as it is; a note names each sae-sens spelling):
+
+        sae-sens run --model pythia-160m-deduped --sae-names py_4k_btopk_s0 py_4k_gated_s0 --features 50 --output-path evals/mine
 
     Example (one Ray task per model and hook, on the cluster `ray start --head` made):
 
@@ -127,9 +146,30 @@ def run_command(
                         checkpoint_every=checkpoint_every)
     st = Store(store, wait=wait)
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)
-    with RichProgress() as progress:
-        results = run_pipeline(st, run, list(sae), collect_cfg, generate_cfg, score_cfg, opts, force=force,
-                               progress=progress, executor=runner)
+    imported = bool(from_saebench or saebench_file)
+    if imported and runner.name != "local":
+        raise UsageError("--from-saebench imports files and runs no collect pass", "drop --executor")
+    with RichProgress(verbose=verbose) as progress:
+        if imported:  # SAEBench's published examples replace the collect pass
+            from ..executors import Work
+            from ..pipeline import run_work
+            from ..saebench_examples import HUB, run_saebench_import
+
+            source = str(saebench_file) if saebench_file else HUB
+            collected = {name: run_saebench_import(st, run, name, source, collect_cfg, force=force, progress=progress)
+                         for name in dict.fromkeys(sae)}
+            results = run_work(st, Work(run, tuple(sae), ("generate", "score"), opts, collect_cfg, generate_cfg,
+                                        score_cfg, force), runner, progress)
+            for r in results:
+                r.outcomes = {"collect": collected[r.sae], **r.outcomes}
+        else:
+            results = run_pipeline(st, run, list(sae), collect_cfg, generate_cfg, score_cfg, opts, force=force,
+                                   progress=progress, executor=runner)
+        if output_path is not None:
+            from ..report.original_export import export_original
+
+            progress.log(f"writing the original tool's layout to {output_path}")
+            export_original(st, output_path, [run], list(sae), [generate_cfg.spec.label], flat=True)
     stage_rows = [[r.sae] + ["up to date" if o.skipped else "ran" for o in (r.collect, r.generate, r.score) if o]
                   for r in results]
     emit(["sae", "collect", "generate", "score"], stage_rows, title=f"run {run}")
