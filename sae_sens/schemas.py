@@ -22,6 +22,34 @@ def is_control(generator: str | None) -> bool:
     return bool(generator) and str(generator).startswith(CONTROL_PREFIX)
 
 
+# What each generator's texts are for (``generations.role``, ``feature_stats.role``), by its label:
+# positive: texts asked to show the pattern (every LLM generator, every import); negative: near misses
+# (``negatives:<generator>``: same topic and vocabulary, without the pattern); control: real passages
+# with the activating tokens (``corpus:``); base: random real passages shared by all features
+# (``baseline:``, the base rate); injection: unrelated real passages with one activating token put in
+# (``inject:``, the token-shortcut control). Only positive texts make a sensitivity; the others are
+# evidence beside it and never averaged with it.
+NEGATIVES_PREFIX = "negatives:"
+ROLE_PREFIXES = {CONTROL_PREFIX: "control", "baseline:": "base", "inject:": "injection", NEGATIVES_PREFIX: "negative"}
+ROLES = ("positive", "negative", "control", "base", "injection")
+# the same rule in DuckDB, on a ``generator`` column
+ROLE_SQL = "CASE " + " ".join(f"WHEN starts_with(generator, '{p}') THEN '{r}'" for p, r in ROLE_PREFIXES.items()) \
+    + " ELSE 'positive' END"
+# generators whose texts are neither positives nor the corpus control: the specificity-side evidence
+REFERENCE_SQL = "(" + " OR ".join(f"starts_with(generator, '{p}')" for p, r in ROLE_PREFIXES.items()
+                                  if r != "control") + ")"
+
+
+def role_of(generator: str | None) -> str:
+    g = str(generator or "")
+    return next((r for p, r in ROLE_PREFIXES.items() if g.startswith(p)), "positive")
+
+
+def is_reference(generator: str | None) -> bool:
+    """A base-rate, injection or negatives generator: never a sensitivity, never the control."""
+    return role_of(generator) in ("negative", "base", "injection")
+
+
 SCHEMAS: dict[str, pa.Schema] = {
     # one row per SAE latent (all of them, not only selected ones)
     "features": pa.schema([
@@ -92,6 +120,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("generator", pa.string()),         # generator label
         ("sample_index", pa.int32()),       # sample number within the feature
         ("text", pa.string()),              # the generated (or imported) text
+        ("role", pa.string()),              # positive | negative | control | base | injection (from the label)
     ]),
     "scores": pa.schema([
         ("feature_index", pa.int64()),      # SAE latent index
@@ -130,6 +159,16 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("relative_thresholds", pa.list_(pa.float64())),  # --relative-thresholds: fractions r of top_activation
         ("sensitivity_relative", pa.list_(pa.float64())),  # per r: share of non-empty generated samples with max_activation > r * top_activation
         ("original_sensitivity_relative", pa.list_(pa.float64())),  # per r: the same for the originals (text variant)
+        ("role", pa.string()),              # the generator's role: positive | negative | control | base | injection
+        ("base_rate", pa.float64()),        # share of the shared random held-out passages (baseline:) that fire
+        ("lift", pa.float64()),             # generated_sensitivity - base_rate
+        ("dense", pa.bool_()),              # base_rate >= 0.5: fires on most random text, sensitivity says little
+        ("specificity", pa.float64()),      # share of this generator's near-miss negatives (negatives:<generator>) that do not fire
+        ("injection_rate", pa.float64()),   # share of unrelated passages with one activating token put in (inject:) that fire
+        ("auroc", pa.float64()),            # P(a positive's max activation > a negative's), ties 1/2; vs negatives, else base passages
+        ("n_base", pa.int64()),             # base passages scored (the base_rate denominator)
+        ("n_negative", pa.int64()),         # negatives scored (the specificity denominator)
+        ("n_injected", pa.int64()),         # injected passages scored (the injection_rate denominator)
     ]),
     # sae-sens judge: an LLM's verdicts on generated texts (blind pairwise test and direct check)
     "judgments": pa.schema([

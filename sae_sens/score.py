@@ -54,7 +54,7 @@ from .hashing import hash_bytes, hash_config
 from .model import HookedLM, to_device
 from .progress import NULL_PROGRESS, ProgressSink
 from .sae import Sae
-from .schemas import make_table
+from .schemas import NEGATIVES_PREFIX, make_table, role_of
 from .stages import (
     ModelOptions,
     StageOutcome,
@@ -494,7 +494,56 @@ def feature_stats(scores: pa.Table, generators: Sequence[str], top: dict[int, An
                 "sensitivity_relative": relative_sensitivities(maxes, top.get(f), relative),
                 "original_sensitivity_relative": relative_sensitivities(original_max.get(f, []), top.get(f), relative),
             })
+    add_reference_stats(out, generated)
     return make_table("feature_stats", out)
+
+
+DENSE_BASE_RATE = 0.5  # fires on at least half of random passages: its sensitivity cannot tell it from noise
+
+
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
+    """P(a positive's max activation > a negative's), ties counted 1/2 (the Mann-Whitney U / (m n))."""
+    p = np.sort(np.asarray(positives, dtype=np.float64))
+    n = np.sort(np.asarray(negatives, dtype=np.float64))
+    if not p.size or not n.size:
+        return None
+    below = np.searchsorted(n, p, side="left")  # negatives strictly below each positive
+    ties = np.searchsorted(n, p, side="right") - below
+    return float((below.sum() + 0.5 * ties.sum()) / (p.size * n.size))
+
+
+def add_reference_stats(rows: list[dict[str, Any]], generated: dict[tuple[int, str], list[tuple[bool, float]]]) -> None:
+    """Fill each feature_stats row's role and its specificity-side evidence from the same scored texts:
+    base rate (``baseline:`` passages, pooled if several), injection rate (``inject:``), specificity
+    against the generator's own near-miss negatives (``negatives:<generator>``) and AUROC (positives
+    against those negatives, else against the base passages)."""
+    def pooled(role: str) -> dict[int, list[tuple[bool, float]]]:
+        out: dict[int, list[tuple[bool, float]]] = {}
+        for (f, g), xs in generated.items():
+            if role_of(g) == role:
+                out.setdefault(f, []).extend(xs)
+        return out
+
+    def share(xs: list[tuple[bool, float]]) -> float | None:
+        return sum(a for a, _ in xs) / len(xs) if xs else None
+
+    base, injected = pooled("base"), pooled("injection")
+    for row in rows:
+        f, g = row["feature_index"], row["generator"]
+        role = role_of(g)
+        b, i = base.get(f, []), injected.get(f, [])
+        base_rate = share(b)
+        row.update(role=role, base_rate=base_rate, n_base=len(b), injection_rate=share(i), n_injected=len(i),
+                   dense=None if base_rate is None else base_rate >= DENSE_BASE_RATE)
+        if role not in ("positive", "control"):
+            continue
+        gs = row["generated_sensitivity"]
+        row["lift"] = gs - base_rate if gs is not None and base_rate is not None else None
+        neg = generated.get((f, NEGATIVES_PREFIX + g), [])
+        fired = share(neg)
+        row.update(n_negative=len(neg), specificity=None if fired is None else 1.0 - fired)
+        pos = [m for _, m in generated.get((f, g), [])]
+        row["auroc"] = auroc(pos, [m for _, m in (neg or b)])
 
 
 def run_score(

@@ -52,7 +52,8 @@ def expected_generations(store: Store, cfg: GenerateConfig) -> list[dict]:
     for r in make_requests(examples, cfg):
         messages = [{"role": "system", "content": r.system}, {"role": "user", "content": r.user}]
         samples = echo_samples(messages, cfg.n_request, cfg.separator).split(f"\n{cfg.separator}\n")
-        rows += [{"feature_index": r.feature_index, "generator": "openai:test-model", "sample_index": i, "text": t}
+        rows += [{"feature_index": r.feature_index, "generator": "openai:test-model", "sample_index": i, "text": t,
+                  "role": "positive"}
                  for i, t in enumerate(samples[: cfg.samples_per_feature])]
     return rows
 

@@ -63,8 +63,8 @@ def test_import_each_format(store, tmp_path, suffix):
     out = run_generate(store, "r", "sae-a", GenerateConfig(generator="gpt-x", from_table=path))
     assert out.rows == {"queries": 3, "generations": 6} and out.extra["warnings"] == []
     gens = plain(store.read_table("r", "sae-a", "generations"))
-    assert gens == [{"feature_index": f, "generator": "gpt-x", "sample_index": i, "text": f"text {i} for {f}"}
-                    for f in FEATURES for i in range(2)]
+    assert gens == [{"feature_index": f, "generator": "gpt-x", "sample_index": i, "text": f"text {i} for {f}",
+                     "role": "positive"} for f in FEATURES for i in range(2)]
     q = store.read_table("r", "sae-a", "queries").to_pylist()
     assert {(r["status"], r["parse_method"], r["n_parsed"]) for r in q} == {("imported", "table", 2)}
     rec = store.manifest("r", "sae-a").stage("generate:gpt-x")

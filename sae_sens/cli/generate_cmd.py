@@ -72,6 +72,11 @@ def generate_command(
     batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
+    negatives: Annotated[bool, typer.Option(
+        "--negatives", help="Ask for near misses instead: texts that share the examples' topic, register and "
+        "vocabulary but not the pattern (label negatives:<generator>; score gives feature_stats.specificity).")] = False,
+    passages: Annotated[int, typer.Option(
+        "--passages", min=1, help="baseline:<corpus>: random held-out passages shared by every feature.")] = 200,
     force: ForceOpt = False,
     wait: WaitOpt = True,
 ) -> None:
@@ -83,15 +88,29 @@ def generate_command(
 
     Import: sae-sens generate --sae py_4k_topk_s0 --from-table outputs.csv --generator claude-opus
 
+    Controls without an LLM, from documents collect did not read: corpus:<corpus> (real passages with the
+    activating tokens), baseline:<corpus> (random passages: the base rate), inject:<corpus> (one
+    activating token put into unrelated passages: is it a token detector?).
+
+    Controls: sae-sens generate --sae py_4k_topk_s0 --generator baseline:demo:wiki-heldout
+
+    Near misses: sae-sens generate --sae py_4k_topk_s0 --generator openai:gpt-4.1-mini --negatives
+
     Answers are journaled as they arrive and cached by prompt: rerunning after a crash or Ctrl-C sends only what is missing, and nothing is ever paid for twice.
     """
     from ..generate import GenerateConfig, plan_generate, run_generate_many
+    from ..generate.config import RETRIEVAL_KINDS
     from ..store import Store
     from .base import RichProgress
     from .output import console, emit, money
 
+    label = resolve_generator(generator, llm_model, from_table)
+    if negatives:
+        from ..generate import parse_generator
+
+        label = "negatives:" + parse_generator(label, from_table).label
     cfg = GenerateConfig(
-        generator=resolve_generator(generator, llm_model, from_table),
+        generator=label, n_passages=passages,
         from_table=from_table, base_url=base_url, samples_per_feature=samples_per_feature, max_workers=max_workers,
         temperature=temperature, max_tokens=max_tokens, timeout=timeout, max_retries=max_retries,
         prompt_template=prompt_template, price_in=price_in, price_out=price_out, max_cost=max_cost, seed=seed,
@@ -123,12 +142,13 @@ def generate_command(
         ex = out.extra
         if not out.skipped:
             spent += ex.get("spent_usd") or 0.0
-            unpriced |= ex.get("spent_usd") is None and cfg.spec.kind not in ("table", "corpus")
-        sent = {"table": "imported", "corpus": "retrieved"}.get(cfg.spec.kind, ex.get("n_requests", 0))
+            unpriced |= ex.get("spent_usd") is None and cfg.spec.kind not in ("table", *RETRIEVAL_KINDS)
+        sent = {"table": "imported", **dict.fromkeys(RETRIEVAL_KINDS, "retrieved")}.get(cfg.spec.kind,
+                                                                                     ex.get("n_requests", 0))
         rows.append([s, cfg.spec.label, "skipped (fresh)" if out.skipped else "done", ex.get("n_features"),
                      out.rows.get("generations"), sent, ex.get("n_cached", 0) + ex.get("n_resumed", 0),
                      ex.get("n_retries", 0), money(ex.get("cost_usd"))])
     emit(["sae", "generator", "status", "features", "texts", "requests", "reused", "retries", "table cost"], rows,
          title=f"generate · run {run}")
-    if cfg.spec.kind not in ("table", "corpus"):
+    if cfg.spec.kind not in ("table", *RETRIEVAL_KINDS):
         console.print(f"spent this time: {'n/a (unknown price)' if unpriced else f'${spent:.4f}'}", highlight=False)

@@ -111,6 +111,10 @@ def report_command(
     thresholds: Annotated[bool, typer.Option(
         "--thresholds", help="Also show sensitivity at the thresholds relative to each feature's top activation "
         "(score --relative-thresholds) and the mean frac_of_top.")] = False,
+    specificity: Annotated[bool, typer.Option(
+        "--specificity", help="Also show, per generator, the evidence beside its sensitivity: base rate "
+        "(baseline:), lift, specificity (negatives:), injection rate (inject:), AUROC, dense features; "
+        "generate those controls first (sae-sens generate --help).")] = False,
     validity: Annotated[bool, typer.Option(
         "--validity", help="Also show the thresholds table, the LLM judge's verdicts (sae-sens judge) and the "
         "human labels (sae-sens label: accuracy, agreement with the judge).")] = False,
@@ -165,8 +169,15 @@ def report_command(
             keys = [k.strip() for b in by or () for k in b.split(",") if k.strip()]  # --by width,architecture
             table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
-            _output(table, fmt, output, title, block=bool(thresholds or validity or min_original is not None))
+            _output(table, fmt, output, title,
+                    block=bool(thresholds or validity or specificity or min_original is not None))
             warn(summary_warnings(table))
+            if specificity:
+                from ..report.specificity import specificity_summary
+
+                _output(specificity_summary(con, generator, n_resamples=resamples, seed=seed), fmt,
+                        _beside(output, "specificity"), "beside the sensitivity: base rate, lift, specificity, "
+                        "injection rate, AUROC (95% intervals over features)", block=True)
             if thresholds or validity:
                 from ..report.validity import threshold_summary
 

@@ -142,7 +142,7 @@ def generator_flags(view: FeatureView, generator: str, stats: dict[str, Any] | N
     if n is not None and n < FEW_SAMPLES:
         flags.append(f"n = {n}")
     methods = sorted({q["parse_method"] for q in view.queries if q["generator"] == generator and q.get("parse_method")})
-    if any(m not in ("separator", "table", "corpus") for m in methods):
+    if any(m not in ("separator", "table", "corpus", "baseline", "inject") for m in methods):
         flags.append(f"parsed by {'/'.join(methods)} (the generator ignored the separator)")
     errors = sum(1 for q in view.queries if q["generator"] == generator and q.get("status") == "error")
     if errors:

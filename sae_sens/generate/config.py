@@ -8,11 +8,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UsageError
-from ..schemas import CONTROL_PREFIX, is_control
+from ..schemas import CONTROL_PREFIX, NEGATIVES_PREFIX, ROLE_PREFIXES, is_control
 
 DEFAULT_MODEL = "gpt-4.1-mini"
 DEFAULT_GENERATOR = f"openai:{DEFAULT_MODEL}"
-KINDS = ("openai", "hf", "table", "corpus")
+KINDS = ("openai", "hf", "table", "corpus", "baseline", "inject")
+# real held-out passages, no LLM: the corpus control, the base-rate passages, the token injections
+RETRIEVAL_KINDS = ("corpus", "baseline", "inject")
+BASE_PASSAGES = 200  # baseline: shared random passages per run x SAE (binomial SE <= 0.036 on a base rate)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class GenerateConfig:
     batch_size: int = 8  # hf: prompts per generate() call
     device: str | None = None  # hf
     dtype: str | None = None  # hf
+    n_passages: int = BASE_PASSAGES  # baseline: random held-out passages, shared by every feature
 
     def __post_init__(self) -> None:
         checks = [
@@ -59,6 +63,7 @@ class GenerateConfig:
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.max_cost is None or self.max_cost > 0, "--max-cost must be positive"),
             (bool(self.separator.strip()), "the separator must not be blank"),
+            (self.n_passages >= 1, "--passages must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -82,6 +87,12 @@ class GenerateConfig:
         if spec.kind == "corpus":
             return {"generator": spec.label, "kind": "corpus", "source": spec.target,
                     "samples_per_feature": self.samples_per_feature}
+        if spec.kind == "baseline":
+            return {"generator": spec.label, "kind": "baseline", "source": spec.target, "passages": self.n_passages,
+                    "seed": self.seed}
+        if spec.kind == "inject":
+            return {"generator": spec.label, "kind": "inject", "source": spec.target,
+                    "samples_per_feature": self.samples_per_feature, "seed": self.seed}
         keep = ("samples_per_feature", "extra_samples", "n_top", "n_iw", "temperature", "max_tokens", "seed",
                 "separator")
         cfg = {k: v for k, v in asdict(self).items() if k in keep}
@@ -93,21 +104,30 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    kind: str  # openai | hf | table | corpus
-    target: str  # the model name, hub id / folder, or import file
+    kind: str  # openai | hf | table | corpus | baseline | inject
+    target: str  # the model name, hub id / folder, import file, or corpus
     label: str  # stored in every row; names the stage ``generate:<label>``
+    negatives: bool = False  # near misses (label negatives:<generator>): the negatives prompt, role negative
 
 
 def parse_generator(generator: str | None, from_table: Path | str | None = None) -> GeneratorSpec:
     """``openai:<model>``, ``hf:<id>``, ``table:<file>``, ``corpus:<corpus>``; with ``from_table`` the generator is
     only a label."""
     generator = (generator or "").strip()
+    if generator.startswith(NEGATIVES_PREFIX):  # the same generator, asked for near misses
+        inner = parse_generator(generator[len(NEGATIVES_PREFIX):] or None, from_table)
+        if inner.kind in RETRIEVAL_KINDS or inner.negatives:
+            raise UsageError(f"--negatives needs an LLM generator or an imported table, not {inner.label!r}",
+                             "e.g. --generator openai:gpt-4.1-mini --negatives")
+        return GeneratorSpec(inner.kind, inner.target, NEGATIVES_PREFIX + inner.label, negatives=True)
     if from_table is not None:
         # the file by its resolved path: one file given relatively and absolutely is one import
         from_table = Path(from_table).expanduser().resolve()
         label = generator or f"table:{from_table}"
-        if is_control(label):  # reports keep such labels apart as the corpus control
-            raise UsageError(f"--generator {label!r}: labels starting {CONTROL_PREFIX!r} are the corpus control's",
+        reserved = next((p for p in ROLE_PREFIXES if label.startswith(p) and p != NEGATIVES_PREFIX), None)
+        if is_control(label) or reserved:  # reports keep such labels apart by their role
+            whose = "the corpus control's" if is_control(label) else f"the {ROLE_PREFIXES[reserved or '']} control's"
+            raise UsageError(f"--generator {label!r}: labels starting {reserved or CONTROL_PREFIX!r} are {whose}",
                              "name the imported texts otherwise, e.g. --generator table:mine")
         return GeneratorSpec("table", str(from_table), label)
     if not generator:
@@ -119,7 +139,8 @@ def parse_generator(generator: str | None, from_table: Path | str | None = None)
         raise UsageError(
             f"unknown generator {generator!r}",
             "use openai:<model> (e.g. openai:gpt-4.1-mini), hf:<hub id or folder>, table:<file>, "
-            "corpus:<corpus> (real passages, no LLM), or --from-table FILE --generator NAME",
+            "corpus:<corpus> (real passages, no LLM), baseline:<corpus> (random passages: the base rate), "
+            "inject:<corpus> (activating tokens put into unrelated passages), or --from-table FILE --generator NAME",
         )
     target = target.strip()
     return GeneratorSpec(kind, target, f"{kind}:{target}")

@@ -20,11 +20,11 @@ import pyarrow.compute as pc
 from ..errors import ConfigError, GenerationError, ImportTableError, StoreError
 from ..hashing import hash_config, hash_file
 from ..progress import NULL_PROGRESS, ProgressSink
-from ..schemas import make_table
+from ..schemas import make_table, role_of
 from ..stages import StageOutcome, table_inputs
 from ..store import Store, now_iso
 from .backends import Backend, Request, open_generator
-from .config import GenerateConfig, GeneratorSpec, public_url
+from .config import RETRIEVAL_KINDS, GenerateConfig, GeneratorSpec, public_url
 from .imports import TableImport
 from .parsing import parse_samples
 from .pricing import Price, estimate_tokens, lookup_price
@@ -58,7 +58,7 @@ def make_requests(examples: pa.Table, cfg: GenerateConfig) -> list[Request]:
     """One request per feature. Its hash covers everything that decides the answer, so the cache can
     serve it to any run: generator, model, server, both prompts, sampling settings and seed."""
     spec = cfg.spec
-    template = load_template(cfg.prompt_template)
+    template = load_template(cfg.prompt_template, negatives=cfg.spec.negatives)
     server = public_url(_base_url(cfg)) if spec.kind == "openai" else None
     out = []
     for p in build_prompts(examples, cfg, template):
@@ -191,7 +191,7 @@ def generate(
     if spec.kind == "table":
         source = backend if isinstance(backend, TableImport) else TableImport(spec.target, spec.label)
         return import_generations(examples, source, progress)
-    if spec.kind == "corpus":
+    if spec.kind in RETRIEVAL_KINDS:
         raise ConfigError(f"{spec.label} retrieves passages from the store's collect pass",
                           "use run_generate (or `sae-sens generate`) with a store")
     requests = make_requests(examples, cfg)
@@ -256,7 +256,7 @@ def _stage_setup(store: Store, run: str, sae: str, cfg: GenerateConfig) -> tuple
     if spec.kind == "openai" and not cfg.base_url and os.environ.get("OPENAI_BASE_URL"):
         cfg = replace(cfg, base_url=os.environ["OPENAI_BASE_URL"])  # recorded, so a new server means new work
     inputs = table_inputs(store, run, sae, ["examples"])
-    if spec.kind == "corpus":  # real passages: they depend on the collect pass and the corpus read
+    if spec.kind in RETRIEVAL_KINDS:  # real passages: they depend on the collect pass and the corpus read
         from ..corpus import resolve_corpus
 
         inputs.update(table_inputs(store, run, sae, ["candidates"]))
@@ -269,7 +269,7 @@ def _stage_setup(store: Store, run: str, sae: str, cfg: GenerateConfig) -> tuple
         inputs["import_file"] = hash_file(path)
         config = cfg.manifest_config("")
     else:
-        config = cfg.manifest_config(load_template(cfg.prompt_template).hash)
+        config = cfg.manifest_config(load_template(cfg.prompt_template, negatives=cfg.spec.negatives).hash)
     return cfg, f"generate:{spec.label}", config, inputs
 
 
@@ -305,17 +305,24 @@ def run_generate(
         examples = store.read_table(run, sae, "examples")
         checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl")
         cache = QueryCache(store.cache_dir / "generate")
-        if cfg.spec.kind not in ("table", "corpus"):
+        if cfg.spec.kind not in ("table", *RETRIEVAL_KINDS):
             store.check_writable(store.sae_dir(run, sae), checkpoint.path.parent, cache.folder)
         if cfg.spec.kind == "corpus":
             from .corpus_control import corpus_generations
 
             result = GenerateResult(*corpus_generations(store, run, sae, cfg.spec.target, label,
                                                         cfg.samples_per_feature, device=cfg.device, progress=progress))
+        elif cfg.spec.kind in ("baseline", "inject"):
+            from .references import reference_generations
+
+            result = GenerateResult(*reference_generations(store, run, sae, cfg, progress=progress))
         else:
             result = generate(examples, cfg, checkpoint=checkpoint, cache=cache, progress=progress,
                               task=f"generate {sae} · {label}")
         for name, table in result.tables().items():
+            if name == "generations":  # what the texts are for, by the label (schemas.role_of)
+                table = table.drop_columns([c for c in ("role",) if c in table.column_names]).append_column(
+                    "role", pa.array([role_of(label)] * table.num_rows, pa.string()))
             store.write_table(run, sae, name, merge_generator_rows(store, run, sae, name, table, label))
         extra = {**result.stats, "warnings": result.warnings}
         rec = store.record_stage(run, sae, stage, config=config, inputs=inputs, outputs=owned, started_at=started,
@@ -334,7 +341,7 @@ def plan_generate(store: Store, run: str, sae: str, cfg: GenerateConfig) -> dict
         return {"sae": sae, "generator": spec.label, "features": len(res.queries), "rows": res.n_rows,
                 "imported": len(res.generations), "dropped": res.n_rows - len(res.generations),
                 "warnings": res.warnings}
-    if spec.kind == "corpus":
+    if spec.kind in RETRIEVAL_KINDS:
         return {"sae": sae, "generator": spec.label, "features": len(set(examples["feature_index"].to_pylist())),
                 "done": 0, "requests": 0, "est_prompt_tokens": 0, "est_completion_tokens": 0, "est_cost_usd": 0.0}
     requests = make_requests(examples, cfg)

@@ -43,8 +43,11 @@ class PromptTemplate:
         return Template(self.system).safe_substitute(values), Template(self.user).safe_substitute(values)
 
 
-def default_template_text() -> str:
-    return resources.files("sae_sens").joinpath("prompts/generate.txt").read_text(encoding="utf-8")
+def default_template_text(negatives: bool = False) -> str:
+    """The packaged prompt: ``generate.txt`` asks for texts with the pattern, ``negatives.txt`` for
+    near misses without it (same examples, same format)."""
+    name = "negatives.txt" if negatives else "generate.txt"
+    return resources.files("sae_sens").joinpath(f"prompts/{name}").read_text(encoding="utf-8")
 
 
 def parse_template(text: str, source: str) -> PromptTemplate:
@@ -61,9 +64,9 @@ def parse_template(text: str, source: str) -> PromptTemplate:
     return PromptTemplate(sections["system"], sections["user"], source)
 
 
-def load_template(path: Path | None = None) -> PromptTemplate:
+def load_template(path: Path | None = None, *, negatives: bool = False) -> PromptTemplate:
     if path is None:
-        return parse_template(default_template_text(), "default")
+        return parse_template(default_template_text(negatives), "default:negatives" if negatives else "default")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:

@@ -38,7 +38,7 @@ from ..generate.prompts import feature_examples
 from ..generate.runner import Checkpoint, QueryCache
 from ..hashing import hash_config
 from ..progress import NULL_PROGRESS, ProgressSink
-from ..schemas import make_table
+from ..schemas import is_reference, make_table
 from ..stages import ModelOptions, StageOutcome, run_stage, table_inputs
 from ..store import Store
 from .config import JudgeConfig
@@ -238,6 +238,8 @@ def _generations(store: Store, run: str, sae: str, only: str | None) -> pa.Table
         if only not in present:
             raise ConfigError(f"no generations from generator {only!r}", f"generators in this run: {', '.join(present)}")
         gens = gens.filter(pc.equal(gens["generator"], only))
+    else:  # base-rate passages, injections and negatives are not texts meant to show the pattern
+        gens = gens.filter(pa.array([not is_reference(g) for g in gens["generator"].to_pylist()], pa.bool_()))
     return gens
 
 

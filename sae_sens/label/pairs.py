@@ -18,7 +18,7 @@ from ..generate.prompts import feature_examples
 from ..hashing import hash_config
 from ..judge.core import assign_pair, held_out_by_feature
 from ..judge.prompts import unmarked
-from ..schemas import is_control
+from ..schemas import is_control, is_reference
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def build_pairs(run: str, sae: str, examples: pa.Table, generations: pa.Table, h
     out = []
     for r in generations.select(["generator", "feature_index", "sample_index", "text"]).to_pylist():
         g, f, s = r["generator"], int(r["feature_index"]), int(r["sample_index"])
-        if is_control(g) and not include_control:
+        if (is_control(g) and not include_control) or is_reference(g):  # no LLM-written side, or no positive
             continue
         text = normalise_edges(unmarked(r["text"] or "").strip())
         if not text or not held.get(f):

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from ..schemas import CONTROL_SQL
+from ..schemas import CONTROL_SQL, REFERENCE_SQL
 from .summary import N_RESAMPLES, summarize
 from .views import query
 
@@ -45,8 +45,8 @@ def _width_label(w: float) -> str:
 
 
 def _generator_filter(generators: Sequence[str] | None, column: str = "generator") -> tuple[str, list[str]]:
-    if not generators:
-        return "", []
+    if not generators:  # base-rate, injection and negatives rows are no sensitivity (report --specificity)
+        return f"AND NOT {REFERENCE_SQL.replace('generator', column)}", []
     return f"AND {column} IN ({', '.join('?' for _ in generators)})", list(generators)
 
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import UsageError
-from ..schemas import CONTROL_SQL, is_control
+from ..schemas import CONTROL_SQL, REFERENCE_SQL, is_control
 from .keys import GROUP_KEYS, N_RESAMPLES
 from .views import query
 
@@ -177,11 +177,16 @@ def looks_like_preamble(text: str | None) -> bool:
     return bool(text) and re.search(PREAMBLE_PATTERN, text or "") is not None
 
 
-def per_feature_sql(where: str = "") -> str:
+def per_feature_sql(where: str = "", *, references: bool = False) -> str:
     """One row per run × SAE × generator × feature: feature_stats with the SAE's description, the
     generator's parse method for the feature (``parse_method``; ``fallback_parse`` when the answer
     ignored the separator) and the number of its samples that look like preamble. Takes the
-    ``PREAMBLE_PATTERN`` as its first parameter."""
+    ``PREAMBLE_PATTERN`` as its first parameter. The base-rate, injection and negatives generators
+    (``schemas.role_of``) are left out unless ``references``: they are evidence beside a
+    sensitivity (``report --specificity``), never one."""
+    if not references:
+        keep = f"NOT {REFERENCE_SQL.replace('generator', 'f.generator')}"
+        where = f"{where} AND {keep}" if where.strip() else f"WHERE {keep}"
     return f"""
         SELECT f.*, s.model, s.width, s.architecture, s.sparsity, s.layer,
                q.parse_method, coalesce(q.fallback_parse, false) AS fallback_parse,
@@ -189,7 +194,7 @@ def per_feature_sql(where: str = "") -> str:
         FROM feature_stats f LEFT JOIN saes s USING (run, sae)
         LEFT JOIN (SELECT run, sae, generator, feature_index,
                           string_agg(DISTINCT parse_method, ',' ORDER BY parse_method) AS parse_method,
-                          bool_or(parse_method NOT IN ('separator', 'table', 'corpus')) AS fallback_parse
+                          bool_or(parse_method NOT IN ('separator', 'table', 'corpus', 'baseline', 'inject')) AS fallback_parse
                    FROM queries WHERE status <> 'error' GROUP BY ALL) q
             USING (run, sae, generator, feature_index)
         LEFT JOIN (SELECT run, sae, generator, feature_index,
@@ -381,10 +386,10 @@ def difference_test(a: np.ndarray, b: np.ndarray, *, n_resamples: int = N_RESAMP
 def _compare_saes(con: duckdb.DuckDBPyConnection, a: str, b: str, n_resamples: int, seed: int) -> Comparison:
     """Two SAEs' latents are different features: compare their distributions, per generator both share
     (each feature once, averaged over runs), or over all generators (averaged per feature) if none."""
-    units = query(con, """
+    units = query(con, f"""
         SELECT sae, generator, feature_index, avg(generated_sensitivity) AS v,
                min(n_generated) AS n_min, max(n_generated) AS n_max
-        FROM feature_stats WHERE sae IN (?, ?) AND generated_sensitivity IS NOT NULL
+        FROM feature_stats WHERE sae IN (?, ?) AND generated_sensitivity IS NOT NULL AND NOT {REFERENCE_SQL}
         GROUP BY ALL
     """, [a, b]).to_pylist()
     # the corpus control is compared on its own (it is a shared "generator"), never pooled with others
@@ -460,18 +465,20 @@ def compare(
     others = [k for k in ("run", "sae", "generator") if k != dim]
     on = " AND ".join(f"x.{k} = y.{k}" for k in [*others, "feature_index"])
     label_a, label_b = (a, b) if a != "diff" and b != "diff" else (f"{a} (a)", f"{b} (b)")
+    # runs compared over their sensitivities only: base-rate, injection and negatives rows are not ones
+    refs = "" if dim == "generator" else f"AND NOT {REFERENCE_SQL}"
     rows = query(con, f"""
         SELECT {', '.join(f'x.{k}' for k in others)}, x.feature_index,
             x.generated_sensitivity AS {_ident(label_a)}, y.generated_sensitivity AS {_ident(label_b)},
             y.generated_sensitivity - x.generated_sensitivity AS diff,
             x.n_generated AS n_a, y.n_generated AS n_b
         FROM feature_stats x JOIN feature_stats y ON {on}
-        WHERE x.{dim} = ? AND y.{dim} = ?
+        WHERE x.{dim} = ? AND y.{dim} = ? {refs.replace("generator", "x.generator")}
         ORDER BY {', '.join(f'x.{k}' for k in others)}, x.feature_index
     """, [a, b])
     side = query(con, f"""
         SELECT {dim} AS side, generated_sensitivity AS v FROM feature_stats
-        WHERE {dim} IN (?, ?) AND generated_sensitivity IS NOT NULL
+        WHERE {dim} IN (?, ?) AND generated_sensitivity IS NOT NULL {refs}
     """, [a, b])
     side_code = pc.equal(side.column("side"), b).to_numpy(zero_copy_only=False)
     v = side.column("v").to_numpy()

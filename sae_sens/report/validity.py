@@ -22,13 +22,14 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import UsageError
+from ..schemas import REFERENCE_SQL
 from .summary import N_RESAMPLES, bootstrap_mean_ci
 from .views import query
 
 
 def _generator_where(generators: Sequence[str] | None, prefix: str = "WHERE") -> tuple[str, list[str]]:
-    if not generators:
-        return "", []
+    if not generators:  # base-rate, injection and negatives rows are no sensitivity (report --specificity)
+        return f"{prefix} NOT {REFERENCE_SQL}", []
     return f"{prefix} generator IN ({', '.join('?' for _ in generators)})", list(generators)
 
 
