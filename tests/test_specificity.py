@@ -174,6 +174,19 @@ def test_known_answer_token_detectors(world: dict[str, Any], tiny_world: TinyWor
     assert {r["generator"] for r in summary} == {"mine"}  # no base, injection or negatives row, ...
     assert summary[0]["sensitivity"] == 1.0  # ... and nothing of theirs averaged in
 
+    # one feature side by side: in the terminal and on the HTML page
+    shown = " ".join(cli.ok("show", *common[:4], "--sae", sae, "0").out.split())
+    fired = sum(tok(" " + targets[0], add_special_tokens=False)["input_ids"][0] in tok(t, add_special_tokens=False)[
+        "input_ids"] for t in base_texts)
+    assert "beside the sensitivity" in shown and f"({fired} of 60 fire; those shown)" in shown
+    assert "near misses by negatives:mine (4 samples)" in shown and "token injections by inject:" in shown
+    page = tmp_path / "r.html"
+    cli.ok("report", *common[:4], "--html", str(page))
+    text = page.read_text()
+    assert text.count("random passage (fires)") == sum(min(5, round(stats[("mine", f)]["base_rate"] * 60))
+                                                       for f in (0, 1, 2))
+    assert text.count("near miss · ") == 12 and "specificity 1 (n=4)" in text
+
     # the same seed draws the same passages
     cli.ok("generate", *common, "--generator", f"baseline:{source}", "--passages", "60", "--force")
     again = [g["text"] for g in store.read_table(RUN, sae, "generations").to_pylist()

@@ -31,7 +31,7 @@ from typing import Any
 
 import duckdb
 
-from ..schemas import is_control
+from ..schemas import is_control, role_of
 from ..store import Store, atomic_write_bytes
 from .summary import PREAMBLE_PATTERN, looks_like_preamble, per_feature_sql, summarize, summary_warnings
 from .views import query
@@ -214,6 +214,10 @@ def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None
         SELECT run, sae, feature_index, generator, sample_index, text, max_activation, frac_of_top,
                active, empty, truncated, activations, tokens
         FROM scores WHERE source = 'generated' {gen_where.replace('WHERE', 'AND')}
+            -- hundreds of shared random passages per feature: only the few that fire are shown
+            AND (NOT starts_with(generator, 'baseline:') OR active)
+        QUALIFY NOT starts_with(generator, 'baseline:')
+            OR row_number() OVER (PARTITION BY run, sae, feature_index, generator ORDER BY sample_index) <= {BASE_SHOWN}
         ORDER BY run, sae, feature_index, generator, sample_index
     """, params)
     stats_by = _rows_by(stats, "run", "sae", "feature_index")
@@ -262,6 +266,26 @@ def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None
     return "\n".join(parts)
 
 
+BASE_SHOWN = 5  # base-rate passages that fire, shown per feature
+_ROLE_NAMES = {"negative": "near miss · ", "base": "random passage (fires) · ", "injection": "token injected · ",
+               "control": "real passage · "}
+
+
+def _evidence(r: dict[str, Any]) -> str:
+    """The precision side of one generator's sensitivity, where its controls were scored."""
+    bits = []
+    if r.get("base_rate") is not None:
+        bits.append(f"base rate {_fmt(r['base_rate'])} (n={_fmt(r.get('n_base'))}"
+                    f"{', dense' if r.get('dense') else ''}), lift {_fmt(r.get('lift'))}")
+    if r.get("specificity") is not None:
+        bits.append(f"specificity {_fmt(r['specificity'])} (n={_fmt(r.get('n_negative'))})")
+    if r.get("injection_rate") is not None:
+        bits.append(f"injection rate {_fmt(r['injection_rate'])} (n={_fmt(r.get('n_injected'))})")
+    if r.get("auroc") is not None:
+        bits.append(f"AUROC {_fmt(r['auroc'])}")
+    return ("; " + "; ".join(bits)) if bits else ""
+
+
 def _feature(key: tuple, anchor: str, rows: list[dict[str, Any]], examples: list[dict[str, Any]],
              gen_rows: list[dict[str, Any]], orig_active: dict[tuple, bool | None], sens: float | None) -> str:
     run, sae, fi = key
@@ -284,7 +308,7 @@ def _feature(key: tuple, anchor: str, rows: list[dict[str, Any]], examples: list
             f'<div class="stats">{"".join(flags)}{html.escape(r["generator"] or "")}: generated sensitivity '
             f'<b>{_fmt(r["generated_sensitivity"])}</b> (n={_fmt(r["n_generated"])}), original '
             f'{_fmt(r["original_sensitivity"])} (text) / {_fmt(r["original_sensitivity_window"])} '
-            f"(window), top activation {_fmt(r['top_activation'])}</div>")
+            f"(window), top activation {_fmt(r['top_activation'])}{_evidence(r)}</div>")
     if examples:
         parts.append("<h4>original examples</h4>")
     for e in examples:
@@ -307,7 +331,7 @@ def _feature(key: tuple, anchor: str, rows: list[dict[str, Any]], examples: list
             body = (f'<span class="t" style="{_bg(_alpha(g["max_activation"], scale))}">'
                     f'{html.escape(g["text"] or "")}</span>')
         parts.append(
-            f'<div class="sample">{_mark(g["active"])} <span class="badge">'
+            f'<div class="sample">{_mark(g["active"])} <span class="badge">{_ROLE_NAMES.get(role_of(g["generator"]), "")}'
             f'{html.escape(g["generator"] or "")} #{g["sample_index"]} max {_fmt(g["max_activation"])}{share}'
             f"</span>{sample_flags}{body}</div>")
     parts.append("</div>")
