@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="generation cap per answer: 11 short samples fit; the 135M model rambles past it")
     parser.add_argument("--judge-texts", type=int, default=1,
                         help="generated texts per feature the judge checks (0 skips the judge)")
+    parser.add_argument("--negatives", type=int, default=5,
+                        help="near misses per feature the LLM writes for the first SAE (0 skips them)")
     parser.add_argument("--sae", action="append", help="only these demo SAEs (repeatable)")
     args = parser.parse_args(argv)
     saes = args.sae or demo_sae_names()
@@ -56,6 +58,16 @@ def main(argv: list[str] | None = None) -> None:
     # documents collect did not read. Its sensitivity needs no LLM at all.
     _cli(["generate", *base, *sae_args, "--generator", "corpus:demo:wiki-heldout",
           "--samples-per-feature", str(args.samples)])
+    # The precision side, from the same held-out documents: the base rate (random passages, shared by
+    # every feature) and the token-shortcut control (one activating token put into unrelated passages),
+    # then a few near misses from the same LLM for the first SAE (texts close to the examples without
+    # the pattern).
+    _cli(["generate", *base, *sae_args, "--generator", "baseline:demo:wiki-heldout", "--passages", "100"])
+    _cli(["generate", *base, *sae_args, "--generator", "inject:demo:wiki-heldout",
+          "--samples-per-feature", str(args.samples)])
+    if args.negatives > 0:
+        _cli(["generate", *base, "--sae", saes[0], "--generator", generator, "--negatives",
+              "--samples-per-feature", str(args.negatives), "--max-tokens", str(args.max_tokens)])
     _cli(["score", *base, *sae_args])
     validity: list[str] = []
     if args.judge_texts > 0:
@@ -64,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         _cli(["judge", *base, *sae_args, "--judge", generator, "--generator", generator,
               "--max-texts", str(args.judge_texts), "--max-tokens", "24"])
         validity = ["--validity"]
-    _cli(["report", *base, "--thresholds", *validity,
+    _cli(["report", *base, "--thresholds", "--specificity", *validity,
           "--plot", str(out / "sensitivity.png"), "--html", str(out / "report.html")])
     print(f"demo finished in {time.time() - started:.0f} s: {out / 'report.html'}, {out / 'sensitivity.png'}")
 

@@ -19,7 +19,7 @@ def test_demo_pipeline_on_real_assets(tmp_path: Path, capsys: pytest.CaptureFixt
     store = tmp_path / "evals"
     saes = ["smol_576_topk", "smol_1152_relu"]
     demo.main(["--store", str(store), "--run", "smoke", "--tokens", "3000", "--features", "2", "--samples", "2",
-               *[a for s in saes for a in ("--sae", s)]])
+               "--negatives", "2", *[a for s in saes for a in ("--sae", s)]])
     out = capsys.readouterr().out
     assert "sensitivity" in out  # the report's summary was printed
     run = store / "smoke"
@@ -31,13 +31,20 @@ def test_demo_pipeline_on_real_assets(tmp_path: Path, capsys: pytest.CaptureFixt
         assert {e["feature_index"] for e in examples} and all(e["max_activation"] > 0 for e in examples)
         assert len({e["feature_index"] for e in examples}) == 2
         gens = pq.read_table(run / sae / "generations.parquet").to_pylist()
-        # the LLM generator, and the generator-free corpus control
-        assert {g["generator"] for g in gens} == {"hf:demo:smollm2", "corpus:demo:wiki-heldout"}
+        # the LLM generator, the generator-free controls, and near misses for the first SAE
+        controls = {"corpus:demo:wiki-heldout", "baseline:demo:wiki-heldout", "inject:demo:wiki-heldout"}
+        negatives = {"negatives:hf:demo:smollm2"} if sae == saes[0] else set()
+        assert {g["generator"] for g in gens} == {"hf:demo:smollm2", *controls, *negatives}
         assert all(g["text"].strip() for g in gens)
         all_stats = pq.read_table(run / sae / "feature_stats.parquet").to_pylist()
         stats = [s for s in all_stats if s["generator"] == "hf:demo:smollm2"]
         assert len(stats) == 2
-        assert {s["generator"] for s in all_stats} == {"hf:demo:smollm2", "corpus:demo:wiki-heldout"}
+        assert {s["generator"] for s in all_stats} == {"hf:demo:smollm2", *controls, *negatives}
+        for s in stats:  # the precision side beside every sensitivity
+            assert s["n_base"] == 100 and 0.0 <= s["base_rate"] <= 1.0 and s["auroc"] is not None
+            assert s["injection_rate"] is not None and s["n_injected"] >= 1
+        # the first SAE's near misses make a specificity; the others have none
+        assert any(s["specificity"] is not None for s in stats) == (sae == saes[0])
         judged = pq.read_table(run / sae / "judgments.parquet").to_pylist()
         assert judged and {j["generator"] for j in judged} == {"hf:demo:smollm2"}
         for s in stats:

@@ -192,3 +192,61 @@ def test_known_answer_token_detectors(world: dict[str, Any], tiny_world: TinyWor
     again = [g["text"] for g in store.read_table(RUN, sae, "generations").to_pylist()
              if g["generator"] == f"baseline:{source}" and g["feature_index"] == 0]
     assert again == base_texts
+
+
+@pytest.mark.slow  # its own SAE, collect, controls and score
+def test_a_latent_for_a_or_b_seen_only_through_a(tiny_world: TinyWorld, tmp_path: Path, cli: CliRunner) -> None:
+    """What the method cannot see: a latent firing on token A or B, collected where only A occurs. Its
+    examples, control passages and injections all show A; B leaves one trace, a base rate above what
+    A alone explains."""
+    from tests.support.testing import token_detector_sae
+
+    tok, docs, others = tiny_world.tokenizer, tiny_world.docs, tiny_world.others
+    one = {w: tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in others}
+    sae = None
+    for a, b in [(x, y) for i, x in enumerate(others[1:10]) for y in others[i + 2:10]]:
+        try:  # the first pair whose union one direction separates from every other token
+            sae = token_detector_sae(tmp_path / "sae_ab", tiny_world.model, [(one[a], one[b])], layer=1,
+                                     texts=docs[:80])
+            break
+        except ValueError:
+            continue
+    assert sae is not None
+    filler = next(w for w in others if w not in (a, b))
+    without_b = [re.sub(rf"\b{b}\b", filler, d) for d in docs]
+    corpus = tmp_path / "a_only.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in without_b[:120]))
+    heldout = tmp_path / "heldout.jsonl"  # unread text where both occur
+    heldout.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[120:]))
+    store = tmp_path / "store"
+    common = ["--store", str(store), "--run", "ab", "--sae", str(sae)]
+    cli.ok("collect", *common, "--model", str(tiny_world.model), "--device", "cpu", "--corpus", str(corpus),
+           "--total-tokens", "3000", "--context-size", "48", "--feature-ids", "0")
+    for g, extra in ((f"corpus:{heldout}", ["--samples-per-feature", "5"]), (f"baseline:{heldout}", ["--passages", "60"]),
+                     (f"inject:{heldout}", ["--samples-per-feature", "6"])):
+        cli.ok("generate", *common, "--generator", g, *extra)
+    b_texts = tmp_path / "b.csv"
+    b_texts.write_text("feature_index,text\n" + "".join(f"0,the {filler} {b} and {filler}\n" for _ in range(3)))
+    cli.ok("generate", *common, "--from-table", str(b_texts), "--generator", "b-texts")
+    cli.ok("score", *common, "--model", str(tiny_world.model), "--device", "cpu")
+    st = Store(store)
+    sae_name = str(sae)
+
+    # what the method sees: A, everywhere it looks
+    examples = st.read_table("ab", sae_name, "examples").to_pylist()
+    assert examples and {e["token_ids"][e["peak_offset"]] for e in examples} == {one[a]}
+    gens = st.read_table("ab", sae_name, "generations").to_pylist()
+    assert all(re.search(rf"\b{a}\b", g["text"]) for g in gens if g["generator"].startswith(("corpus:", "inject:")))
+    injected = [q for q in st.read_table("ab", sae_name, "queries").to_pylist() if q["generator"].startswith("inject:")]
+    assert injected[0]["user_prompt"] == f"injected tokens: {' ' + a!r}"
+    stats = {r["generator"]: r for r in st.read_table("ab", sae_name, "feature_stats").to_pylist()}
+    assert stats[f"corpus:{heldout}"]["generated_sensitivity"] == 1.0 and stats["b-texts"]["injection_rate"] == 1.0
+
+    # what it cannot: B fires the latent (texts with B alone are all active) ...
+    assert stats["b-texts"]["generated_sensitivity"] == 1.0
+    # ... and shows only as a base rate above A's share of the random passages
+    base = [g["text"] for g in gens if g["generator"] == f"baseline:{heldout}"]
+    ids = [set(tok(t, add_special_tokens=False)["input_ids"]) for t in base]
+    with_a = sum(one[a] in s for s in ids) / len(ids)
+    with_a_or_b = sum(bool({one[a], one[b]} & s) for s in ids) / len(ids)
+    assert stats["b-texts"]["base_rate"] == with_a_or_b > with_a

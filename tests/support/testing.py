@@ -207,18 +207,21 @@ def save_dictionary_learning_sae(
 def token_detector_sae(
     folder: str | Path,
     model_dir: str | Path,
-    token_ids: Sequence[int],
+    token_ids: Sequence[int | Sequence[int]],
     *,
     layer: int = 1,
     n_random: int = 6,
     seed: int = 0,
     texts: Sequence[str] | None = None,
 ) -> Path:
-    """A ReLU SAE whose latent ``i < len(token_ids)`` fires exactly where ``token_ids[i]`` appears.
+    """A ReLU SAE whose latent ``i < len(token_ids)`` fires exactly where ``token_ids[i]`` appears (a set
+    of ids: where any of them appears).
 
     Directions and biases are fitted on the tiny model's own hidden states at ``layer`` (the residual
-    stream keeps each token's identity linearly readable), then the bias is set halfway between the
-    weakest on-token and strongest off-token projection. Extra random latents make it a real SAE.
+    stream keeps each token's identity linearly readable): for one token the mean difference of its
+    states from the rest, for a set the sum of each member's unit mean difference. The bias is set
+    halfway between the weakest on-token and strongest off-token projection. Extra random latents make
+    it a real SAE.
     """
     from sae_sens.model import load_model
 
@@ -232,10 +235,14 @@ def token_detector_sae(
     g = torch.Generator().manual_seed(seed)
     cols, biases = [], []
     for t in token_ids:
-        on = toks == t
-        if not on.any():
+        members = [t] if isinstance(t, int) else list(t)
+        on = torch.isin(toks, torch.as_tensor(members))
+        if any(not (toks == m).any() for m in members):
             raise ValueError(f"token {t} never appears in the fitting texts")
-        w = hs[on].mean(0) - hs[~on].mean(0)
+        w = torch.zeros(hs.shape[1])
+        for m in members:
+            d = hs[toks == m].mean(0) - hs[~on].mean(0)
+            w += d / d.norm()
         w = w / w.norm()
         proj = hs @ w
         lo, hi = proj[on].min(), proj[~on].max()
