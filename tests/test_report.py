@@ -466,6 +466,48 @@ def test_cli_plot_writes_both_pngs(store: Store, tmp_path: Path, cli: CliRunner)
     assert "sens_hist.png" in err
 
 
+def test_min_original_counts_what_it_removes_per_row_of_the_grouping(store: Store, tmp_path: Path,
+                                                                      cli: CliRunner) -> None:
+    import csv as csv_
+
+    out = tmp_path / "r.csv"
+    cli.ok("report", "--store", str(store.root), "--min-original-sensitivity", "0.9", "--by", "width",
+           "-o", str(out))
+    kept = list(csv_.DictReader((tmp_path / "r.kept.csv").open()))
+    # originals below 0.9 where (i + k) % 4 == 0: 3 of topk 4k's 10 features, 2 of relu 4k's, 2 of topk 16k's
+    assert [(r["width"], r["features"], r["kept"], r["lost"]) for r in kept] == [("4096", "20", "15", "5"),
+                                                                                 ("16384", "10", "8", "2")]
+    cli.ok("report", "--store", str(store.root), "--min-original-sensitivity", "0.9", "--by", "architecture",
+           "--by", "generator", "-o", str(out))
+    kept = list(csv_.DictReader((tmp_path / "r.kept.csv").open()))
+    assert [(r["architecture"], r["lost"]) for r in kept] == [("relu", "2"), ("topk", "5")]  # once per feature
+
+
+def test_l0_plot_uses_the_saes_l0_else_the_one_collect_measured(store: Store, tmp_path: Path,
+                                                                    cli: CliRunner) -> None:
+    from sae_sens.report import connect
+    from sae_sens.report.plot import l0_path, sae_l0
+
+    # the passes: 4k topk fires 2 latents per token, relu 5; the 16k SAE says its L0 in its metadata
+    for sae, firings in (("py_4k_topk_s0", [100, 100]), ("py_4k_relu_s0", [300, 200]), ("py_16k_topk_s0", [50, 50])):
+        store.write_table(RUN, sae, "latents", make_table("latents", [
+            {"feature_index": i, "n_firings": n, "counted_tokens": 100} for i, n in enumerate(firings)]))
+    m = store.manifest(RUN, "py_16k_topk_s0")
+    m.data["sae_info"] = {**m.sae_info, "l0": 40.0}
+    m.save()
+    l0 = sae_l0(connect(store))
+    assert l0 == {(RUN, "py_4k_topk_s0"): (2.0, "measured"), (RUN, "py_4k_relu_s0"): (5.0, "measured"),
+                  (RUN, "py_16k_topk_s0"): (40.0, "metadata")}
+    path = tmp_path / "sens.png"
+    err = cli.ok("report", "--store", str(store.root), "--plot", str(path), "--format", "csv").err
+    assert "sens_l0.png" in err
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(l0_path(path))
+    assert pixels.shape[:2] == (round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI))
+    assert pixels[..., :3].std() > 0.05
+
+
 def test_cli_html(store: Store, tmp_path: Path, cli: CliRunner) -> None:
     path = tmp_path / "report.html"
     cli.ok("report", "--store", str(store.root), "--sae", SAES[0], "--html", str(path), "--format", "csv")

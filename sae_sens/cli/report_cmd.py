@@ -92,8 +92,9 @@ def report_command(
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="Write FILE.png (sensitivity vs width per architecture, with intervals) "
-                                    "and FILE_hist.png (per-feature sensitivity per SAE).", show_default=False),
+        typer.Option("--plot", help="Write FILE.png (sensitivity vs width per architecture, with intervals), "
+                                    "FILE_hist.png (per-feature sensitivity per SAE) and FILE_l0.png "
+                                    "(sensitivity vs L0).", show_default=False),
     ] = None,
     html: Annotated[
         Path | None,
@@ -149,10 +150,11 @@ def report_command(
     as_sql = sql is not None or sql_file is not None
     con = connect(st, run, sae, status=as_sql)
     warn_stale(st, run, sae)
+    keys = [k.strip() for b in by or () for k in b.split(",") if k.strip()]  # --by width,architecture
     if min_original is not None:
         from ..report.validity import apply_min_original
 
-        _output(apply_min_original(con, min_original), fmt, _beside(output, "kept"),
+        _output(apply_min_original(con, min_original, keys), fmt, _beside(output, "kept"),
                 f"features kept at --min-original-sensitivity {min_original:g}", block=True)
     if as_sql:
         text = sql if sql is not None else sql_file.read_text()  # type: ignore[union-attr]
@@ -166,7 +168,6 @@ def report_command(
                 result.summary, highlight=False, soft_wrap=True)
             warn(result.warnings)
         else:
-            keys = [k.strip() for b in by or () for k in b.split(",") if k.strip()]  # --by width,architecture
             table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
             _output(table, fmt, output, title,

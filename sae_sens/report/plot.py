@@ -1,10 +1,14 @@
 """The paper's headline figure and the per-SAE sensitivity histograms, as PNG files (matplotlib, Agg).
 
-``write_plots(con, "sens.png")`` writes two files:
+``write_plots(con, "sens.png")`` writes three files:
 
 * ``sens.png``: mean generated sensitivity vs SAE width (log scale), one line per architecture
   (split by model and by generator where several are shown), with 95% bootstrap intervals over
   the pooled features of the SAEs at each point;
+* ``sens_l0.png``: mean generated sensitivity vs the SAE's L0 (log scale), one line per
+  architecture, one point per SAE: the L0 the SAE's metadata gives, else the one its collect pass
+  measured (active latents per counted token, ``latents.n_firings``); the paper's authors plot it so,
+  since width and sparsity trade off;
 * ``sens_hist.png``: the distribution of per-feature sensitivity for each SAE × generator, one row
   per SAE, one column per sensitivity bin (tenths), colour = share of the SAE's features. A heatmap
   keeps hundreds of SAEs readable where overlaid histograms would not.
@@ -37,6 +41,68 @@ def hist_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}_hist{path.suffix}")
 
 
+def l0_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}_l0{path.suffix}")
+
+
+def sae_l0(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], tuple[float, str]]:
+    """Per run × SAE its L0 and where it comes from: ``saes.l0`` (the SAE's own metadata), else the
+    collect pass's measured mean of active latents per counted token."""
+    rows = query(con, """
+        SELECT s.run, s.sae, s.l0, m.l0 AS measured
+        FROM saes s LEFT JOIN (
+            SELECT run, sae, sum(n_firings) / nullif(any_value(counted_tokens), 0) AS l0 FROM latents GROUP BY ALL
+        ) m USING (run, sae)
+    """).to_pylist()
+    out = {}
+    for r in rows:
+        if r["l0"] is not None:
+            out[(r["run"], r["sae"])] = (float(r["l0"]), "metadata")
+        elif r["measured"] is not None:
+            out[(r["run"], r["sae"])] = (float(r["measured"]), "measured")
+    return out
+
+
+def write_l0_plot(con: duckdb.DuckDBPyConnection, path: Path, *, generators: Sequence[str] | None = None,
+                  n_resamples: int = N_RESAMPLES, seed: int = 0) -> Path:
+    """Sensitivity vs L0, one line per architecture (and generator where several), a point per SAE."""
+    import matplotlib.pyplot as plt
+
+    l0 = sae_l0(con)
+    points = summarize(con, ["architecture", "generator", "run", "sae"], generators=generators,
+                       n_resamples=n_resamples, seed=seed).to_pylist()
+    several = len({p["generator"] for p in points}) > 1
+    lines: dict[str, list[tuple[float, float, float, float]]] = {}
+    sources = set()
+    for p in points:
+        key = (p["run"], p["sae"])
+        if key not in l0 or p["sensitivity"] is None:
+            continue
+        sources.add(l0[key][1])
+        label = str(p["architecture"] or "?") + (f" · {str(p['generator']).rsplit('/', 1)[-1]}" if several else "")
+        lines.setdefault(label, []).append((l0[key][0], p["sensitivity"], p["ci_low"], p["ci_high"]))
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    for label, pts in sorted(lines.items()):
+        pts.sort()
+        x, y, lo, hi = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
+        ax.errorbar(x, y, yerr=np.vstack([y - lo, hi - y]), marker="o", capsize=3, label=label)
+    if lines:
+        ax.set_xscale("log")
+        ax.legend(title="architecture", fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no SAE with a known or measured L0", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("L0 (active latents per token" + (", measured in collect" if sources == {"measured"} else "")
+                  + (", partly measured in collect" if sources == {"measured", "metadata"} else "") + ")")
+    ax.set_ylabel("mean generated sensitivity")
+    ax.set_title("Sensitivity vs L0 (95% bootstrap interval over features)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def _width_label(w: float) -> str:
     w = int(w)
     if w >= 1 << 20 and w % (1 << 20) == 0:
@@ -58,7 +124,7 @@ def write_plots(
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
 ) -> list[Path]:
-    """Write the headline figure to ``path`` and the histograms next to it; returns both paths."""
+    """Write the headline figure to ``path``, the histograms and the L0 figure next to it; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,4 +210,5 @@ def write_plots(
     fig.tight_layout()
     fig.savefig(hpath, dpi=DPI)
     plt.close(fig)
-    return [path, hpath]
+    lpath = write_l0_plot(con, l0_path(path), generators=generators, n_resamples=n_resamples, seed=seed)
+    return [path, hpath, lpath]

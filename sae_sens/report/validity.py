@@ -110,10 +110,12 @@ def threshold_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] 
     return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows.values()])
 
 
-def apply_min_original(con: duckdb.DuckDBPyConnection, min_original: float) -> pa.Table:
+def apply_min_original(con: duckdb.DuckDBPyConnection, min_original: float, by: Sequence[str] = ()) -> pa.Table:
     """Keep only features with ``original_sensitivity >= min_original`` in the ``feature_stats`` view
     (features whose originals were not scored are dropped too: they cannot pass). Returns per run ×
-    SAE: features before, kept, lost, and the share lost."""
+    SAE, or per the summary's ``by`` keys (width, architecture, ...: so a trend across them can be read
+    against how many features the filter removed from each): features before, kept, lost, and the
+    share lost. A feature counts once whatever its generators (its originals are the same for all)."""
     if not 0 <= min_original <= 1:
         raise UsageError(f"--min-original-sensitivity must be in [0, 1], got {min_original:g}", "e.g. 0.9")
     (view_sql,) = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'feature_stats'").fetchone() or (None,)
@@ -138,14 +140,18 @@ def apply_min_original(con: duckdb.DuckDBPyConnection, min_original: float) -> p
         con.execute(f"""CREATE OR REPLACE VIEW {name} AS
             SELECT * FROM _{name}_all x WHERE EXISTS (SELECT 1 FROM feature_stats f
                 WHERE f.run = x.run AND f.sae = x.sae AND f.feature_index = x.feature_index)""")
+    from .summary import _keys
+
+    keys = [k for k in (_keys(by) if by else ("run", "sae")) if k != "generator"] or ["run", "sae"]
+    cols = ", ".join(f"p.{k}" if k in ("run", "sae") else f"s.{k}" for k in keys)
     return query(con, f"""
         WITH per_feature AS (
             SELECT run, sae, feature_index, bool_and(coalesce(original_sensitivity >= {float(min_original)!r}, false)) AS kept
-            FROM _feature_stats_all GROUP BY ALL
+            FROM _feature_stats_all WHERE NOT {REFERENCE_SQL} GROUP BY ALL
         )
-        SELECT run, sae, count(*) AS features, count(*) FILTER (WHERE kept) AS kept,
+        SELECT {cols}, count(*) AS features, count(*) FILTER (WHERE kept) AS kept,
             count(*) FILTER (WHERE NOT kept) AS lost, avg((NOT kept)::DOUBLE) AS share_lost
-        FROM per_feature GROUP BY ALL ORDER BY run, sae
+        FROM per_feature p LEFT JOIN saes s USING (run, sae) GROUP BY ALL ORDER BY ALL
     """)
 
 
