@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SUITES = ("tracker", "collect", "score", "generate", "report", "saes", "ray", "startup")
+SUITES = ("tracker", "collect", "score", "specificity", "generate", "report", "saes", "ray", "startup")
 
 
 def main(argv: list[str]) -> int:
