@@ -88,3 +88,14 @@ class LockedError(SaeSensError):
 class StoreWriteError(StoreError, OSError):
     """Writing the store failed (read-only, full disk, a file in the way): still an ``OSError`` for
     callers that catch those."""
+
+
+class BatchPendingError(GenerationError):
+    """Batches are submitted and not finished yet, and ``--no-wait`` was given: nothing is wrong, the
+    work is at the server; rerunning the same command collects it (exit 75, EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
+class BatchError(GenerationError):
+    """The Batch API refused or lost a whole batch (a rejected input file, a failed batch)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .store import DEFAULT_STORE, PRODUCED_BY, Store
@@ -25,6 +26,42 @@ from .store import DEFAULT_STORE, PRODUCED_BY, Store
 FAMILIES = ("collect", "generate", "score", "judge")
 # worst first: what a family (or a summary over several stages) shows when any of its stages is so
 BAD_STATES = ("damaged", "stale", "incomplete")
+WAITING = "waiting (batch)"  # --batch: batches at the server, not collected yet (a rerun collects them)
+
+
+def open_batches(journal: Path) -> int:
+    """Batches in a ``batches.jsonl`` journal (generate.batch) that were not collected yet."""
+    import json
+
+    open_: set[str] = set()
+    try:
+        lines = journal.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("event") == "collected":
+            open_.discard(rec.get("key"))
+        elif rec.get("event") == "file":
+            open_.add(rec.get("key"))
+    return len(open_)
+
+
+def _waiting(store: Store, run: str, sae: str, keys: list[str]) -> list[str]:
+    """Stage keys with batches at the server: by their checkpoint folder (named after the stage key)."""
+    folder = store.sae_dir(run, sae) / ".checkpoints"
+    if not folder.is_dir():
+        return []
+    known = {store.checkpoint_dir(run, sae, k).name: k for k in keys}
+    out = []
+    for journal in sorted(folder.glob("*/batches.jsonl")):
+        if open_batches(journal):
+            name = journal.parent.name
+            out.append(known.get(name) or name.replace("_", ":", 1))
+    return out
 
 
 def stage_states(store: Store, run: str, sae: str, *, verify: bool = False) -> dict[str, str]:
@@ -50,6 +87,11 @@ def stage_states(store: Store, run: str, sae: str, *, verify: bool = False) -> d
             if any(states.get(p) in BAD_STATES for p in upstream):
                 states[key] = "stale"
                 changed = True
+    for key in _waiting(store, run, sae, list(records)):
+        if states.get(key) in (None, "done", "missing"):
+            states[key] = WAITING
+    if any(k.startswith("generate:") and v != "missing" for k, v in states.items()) and states.get("generate") == "missing":
+        del states["generate"]
     return states
 
 
@@ -62,6 +104,8 @@ def family_state(states: dict[str, str], family: str) -> str:
     for worst in BAD_STATES:
         if worst in mine.values():
             return worst
+    if WAITING in mine.values():
+        return WAITING
     if family == "collect" and "collect" not in mine:
         return "incomplete"
     return "done"

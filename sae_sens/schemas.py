@@ -114,6 +114,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("cost_usd", pa.float64()),         # from the price table (NULL when the price is unknown)
         ("query_hash", pa.string()),        # cache key: hash of generator, model, prompts, sampling settings, seed
         ("error", pa.string()),             # last error, when status = error
+        ("batch_id", pa.string()),          # the Batch API batch that answered (--batch); NULL when sent one by one
     ]),
     "generations": pa.schema([
         ("feature_index", pa.int64()),      # SAE latent index

@@ -288,3 +288,20 @@ def test_judging_one_generator_keeps_the_others(world: dict[str, Any]) -> None:
         assert len(rows) == 2 * len(other)
     finally:
         store.write_table(RUN, sae, "generations", gens.drop_columns(["run", "sae"]))
+
+
+def test_the_judge_through_the_batch_api_equals_the_synchronous_judge(world: dict[str, Any]) -> None:
+    from tests.support.batch_server import BatchServer
+
+    store, sae = world["store"], world["sae"]
+    with BatchServer(models=("judge-model",), respond=scripted_judge, polls_per_step=2) as server:
+        cfg = JudgeConfig(judge=JUDGE, base_url=server.base_url, temperature=0.25, batch=True, batch_poll_s=0.001)
+        out = run_judge(store, RUN, sae, cfg, world["opts"], force=True)
+        assert out.extra["n_batches"] >= 1 and len(server.executed) == len(set(server.executed))
+        batch_rows = store.read_table(RUN, sae, "judgments").to_pylist()
+        # the same requests, cache keys and all: a synchronous judge of the same config sends nothing
+        sync = run_judge(store, RUN, sae, JudgeConfig(judge=JUDGE, base_url=server.base_url, temperature=0.25),
+                         world["opts"], force=True)
+        assert sync.extra["n_cached"] == len(set(server.executed)) and sync.extra["n_requests"] == 0
+    assert store.read_table(RUN, sae, "judgments").to_pylist() == batch_rows
+    assert {r["answer"] for r in batch_rows if r["task"] == "pair"} == {"A"}

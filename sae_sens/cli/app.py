@@ -104,7 +104,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         from rich.markup import escape  # messages may hold brackets: pip install 'sae-sens[ray]'
 
-        _err(escape(e.one_line()))
+        from ..errors import BatchPendingError
+
+        if isinstance(e, BatchPendingError):  # not a failure: the work is at the server
+            from .output import err_console
+
+            err_console.print(f"[yellow]waiting:[/] {escape(e.one_line())}", highlight=False, soft_wrap=True)
+        else:
+            _err(escape(e.one_line()))
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)

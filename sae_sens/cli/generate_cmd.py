@@ -11,6 +11,8 @@ from ..errors import UsageError
 from .base import app
 from .options import (
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
@@ -77,6 +79,8 @@ def generate_command(
         "vocabulary but not the pattern (label negatives:<generator>; score gives feature_stats.specificity).")] = False,
     passages: Annotated[int, typer.Option(
         "--passages", min=1, help="baseline:<corpus>: random held-out passages shared by every feature.")] = 200,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 60.0,
     force: ForceOpt = False,
     wait: WaitOpt = True,
 ) -> None:
@@ -96,6 +100,9 @@ def generate_command(
 
     Near misses: sae-sens generate --sae py_4k_topk_s0 --generator openai:gpt-4.1-mini --negatives
 
+    Half price: sae-sens generate --sae py_4k_topk_s0 --generator openai:gpt-4.1-mini --batch --no-wait
+    (submits and exits with status 75; the same command later collects the answers)
+
     Answers are journaled as they arrive and cached by prompt: rerunning after a crash or Ctrl-C sends only what is missing, and nothing is ever paid for twice.
     """
     from ..generate import GenerateConfig, plan_generate, run_generate_many
@@ -110,13 +117,15 @@ def generate_command(
 
         label = "negatives:" + parse_generator(label, from_table).label
     cfg = GenerateConfig(
-        generator=label, n_passages=passages,
+        generator=label, n_passages=passages, batch=batch, batch_wait=wait, batch_poll_s=batch_poll,
         from_table=from_table, base_url=base_url, samples_per_feature=samples_per_feature, max_workers=max_workers,
         temperature=temperature, max_tokens=max_tokens, timeout=timeout, max_retries=max_retries,
         prompt_template=prompt_template, price_in=price_in, price_out=price_out, max_cost=max_cost, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype,
     )
-    cfg.spec  # noqa: B018  (an unknown generator is a usage error before anything is read or loaded)
+    if batch and cfg.spec.kind != "openai":  # an unknown generator is a usage error before anything is read
+        raise UsageError(f"--batch needs an openai: generator, not {cfg.spec.label!r}",
+                         "drop --batch, or use --generator openai:<model>")
     st = Store(store, wait=wait)
     if dry_run:
         plans = [plan_generate(st, run, s, cfg) for s in sae]

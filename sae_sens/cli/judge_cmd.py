@@ -9,6 +9,8 @@ import typer
 from .base import app
 from .options import (
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
     BatchSizeOpt,
     DeviceOpt,
     DtypeOpt,
@@ -20,6 +22,7 @@ from .options import (
     RunOpt,
     SaeOpt,
     StoreOpt,
+    WaitOpt,
 )
 
 
@@ -57,7 +60,10 @@ def judge_command(
     batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = None,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 60.0,
     force: ForceOpt = False,
+    wait: WaitOpt = True,
 ) -> None:
     """Ask an LLM whether each generated text is a fair instance of its feature's pattern.
 
@@ -79,9 +85,14 @@ def judge_command(
         max_texts=max_texts,
         base_url=base_url, temperature=temperature, max_tokens=max_tokens, seed=seed, max_workers=max_workers,
         timeout=timeout, max_retries=max_retries, price_in=price_in, price_out=price_out, max_cost=max_cost,
-        batch_size=batch_size, device=device, dtype=dtype,
+        batch_size=batch_size, device=device, dtype=dtype, batch=batch, batch_wait=wait, batch_poll_s=batch_poll,
     )
-    st = Store(store)
+    if batch and cfg.spec.kind != "openai":
+        from ..errors import UsageError
+
+        raise UsageError(f"--batch needs an openai: judge, not {cfg.spec.label!r}",
+                         "drop --batch, or use --judge openai:<model>")
+    st = Store(store, wait=wait)
     opts = ModelOptions(model=model, device=device, dtype=dtype)
     if dry_run:
         with RichProgress() as progress:

@@ -84,7 +84,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Rerun even when c
 WaitOpt = Annotated[
     bool,
     typer.Option("--wait/--no-wait", help="When another process is writing the same run × SAE: wait for it "
-                 "(saying so), or refuse at once."),
+                 "(saying so), or refuse at once; with --batch, also wait for the batches, or submit and exit."),
 ]
 ModelOpt = Annotated[
     str | None,
@@ -112,6 +112,13 @@ GeneratorOpt = Annotated[
     typer.Option("--generator", "-g", help="Generator label, e.g. openai:gpt-4.1-mini, hf:<model>, table:<file>.",
                  show_default=False),
 ]
+
+BatchOpt = Annotated[bool, typer.Option(
+    "--batch", help="Send the requests through the OpenAI Batch API: half the price, answers within 24 h. "
+    "Journaled in the store: stop at any time (Ctrl-C, or --no-wait to submit and exit) and rerun the same "
+    "command, even days later, to collect what finished; nothing is paid twice.")]
+BatchPollOpt = Annotated[float, typer.Option(
+    "--batch-poll", min=0.001, metavar="SECONDS", help="With --batch: seconds between status polls.")]
 
 # ----- collect ---------------------------------------------------------------------------------
 CorpusOpt = Annotated[

@@ -12,6 +12,8 @@ from .base import app
 from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
     BaseUrlOpt,
+    BatchOpt,
+    BatchPollOpt,
     BatchSizeOpt,
     CheckpointEveryOpt,
     ContextSizeOpt,
@@ -81,6 +83,8 @@ def run_command(
     max_workers: MaxWorkersOpt = 10,
     max_cost: MaxCostOpt = None,
     max_tokens: MaxTokensOpt = 2000,
+    batch: BatchOpt = False,
+    batch_poll: BatchPollOpt = 60.0,
     threshold: ThresholdOpt = 1e-6,
     max_length: MaxLengthOpt = 128,
     force: ForceOpt = False,
@@ -123,7 +127,11 @@ def run_command(
         generator=resolve_generator(generator, llm_model, from_table), from_table=from_table, base_url=base_url,
         samples_per_feature=samples_per_feature, max_workers=max_workers, max_cost=max_cost, max_tokens=max_tokens,
         n_top=n_top, n_iw=n_iw, device=device, dtype=dtype, batch_size=batch_size,  # hf: prompts per generate() call
+        batch=batch, batch_wait=wait, batch_poll_s=batch_poll,
     )
+    if batch and generate_cfg.spec.kind != "openai":
+        raise UsageError(f"--batch needs an openai: generator, not {generate_cfg.spec.label!r}",
+                         "drop --batch, or use --generator openai:<model>")
     generate_cfg.spec  # noqa: B018  (parsing the generator raises UsageError on an unknown one)
 
     from ..collect import CollectConfig

@@ -49,6 +49,12 @@ class GenerateConfig:
     device: str | None = None  # hf
     dtype: str | None = None  # hf
     n_passages: int = BASE_PASSAGES  # baseline: random held-out passages, shared by every feature
+    # --batch: the OpenAI Batch API (half price, within 24 h); the same requests and cache keys, so
+    # none of these is part of the manifest's config
+    batch: bool = False
+    batch_wait: bool = True  # False (--no-wait): submit, journal and exit; a rerun collects
+    batch_poll_s: float = 60.0  # seconds between status polls while waiting
+    batch_max_requests: int = 50_000  # requests per input file (the API's limit)
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +70,8 @@ class GenerateConfig:
             (self.max_cost is None or self.max_cost > 0, "--max-cost must be positive"),
             (bool(self.separator.strip()), "the separator must not be blank"),
             (self.n_passages >= 1, "--passages must be at least 1"),
+            (self.batch_poll_s > 0, "--batch-poll must be positive"),
+            (1 <= self.batch_max_requests <= 50_000, "a batch file holds 1 to 50,000 requests"),
         ]
         for ok, message in checks:
             if not ok:

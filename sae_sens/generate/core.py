@@ -49,9 +49,11 @@ def _base_url(cfg: GenerateConfig) -> str | None:
     return cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None
 
 
-def price_of(cfg: GenerateConfig) -> Price | None:
+def price_of(cfg: GenerateConfig, batch: bool | None = None) -> Price | None:
+    """The price of ``cfg``'s requests: the Batch API's with ``--batch`` (or ``batch=True``)."""
     spec = cfg.spec
-    return lookup_price(spec.kind, spec.target, _base_url(cfg), cfg.price_in, cfg.price_out)
+    return lookup_price(spec.kind, spec.target, _base_url(cfg), cfg.price_in, cfg.price_out,
+                        batch=cfg.batch if batch is None else batch)
 
 
 def make_requests(examples: pa.Table, cfg: GenerateConfig) -> list[Request]:
@@ -71,8 +73,11 @@ def make_requests(examples: pa.Table, cfg: GenerateConfig) -> list[Request]:
 def _rows(spec: GeneratorSpec, cfg: GenerateConfig, requests: list[Request], answers: dict[str, dict[str, Any]],
           price: Price | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     queries, generations = [], []
+    # an answer costs what its way of asking cost: one from a batch (also when cached) the batch price
+    by_batch = price_of(cfg, batch=True) if price is not None else None
     for r in requests:
         a = answers[r.query_hash]
+        paid = by_batch if a.get("batch_id") else price_of(cfg, batch=False) if price is not None else None
         error = a.get("error")
         samples, method = ([], None) if error else parse_samples(a["response"], cfg.separator)
         queries.append({
@@ -81,7 +86,8 @@ def _rows(spec: GeneratorSpec, cfg: GenerateConfig, requests: list[Request], ans
             "attempts": a["attempts"], "prompt_tokens": a["prompt_tokens"],
             "completion_tokens": a["completion_tokens"], "latency_s": a["latency_s"], "n_parsed": len(samples),
             "parse_method": method, "query_hash": r.query_hash, "error": error,
-            "cost_usd": price.cost(a["prompt_tokens"], a["completion_tokens"]) if price else None,
+            "cost_usd": paid.cost(a["prompt_tokens"], a["completion_tokens"]) if paid else None,
+            "batch_id": a.get("batch_id"),
         })
         for i, text in enumerate(samples[: cfg.samples_per_feature]):
             generations.append({"feature_index": r.feature_index, "generator": spec.label, "sample_index": i,
@@ -152,6 +158,14 @@ def fetch_answers(
             answers[r.query_hash] = rec
             return price.cost(c.prompt_tokens, c.completion_tokens) if price else 0.0
 
+        if cfg.batch:
+            try:
+                stats.update(_batch_answers(todo, cfg, price, llm, checkpoint, cache, answers, progress, task))
+            finally:
+                if own:
+                    llm.close()
+            progress.finish(task)
+            return answers, stats
         budget = Budget(cfg.max_cost, price, cfg.max_tokens) if cfg.max_cost is not None and price else None
         runner = Runner(llm, max_workers=cfg.max_workers, max_retries=cfg.max_retries, retry_base_s=cfg.retry_base_s,
                         retry_max_s=cfg.retry_max_s, budget=budget, progress=progress, task=task)
@@ -170,6 +184,37 @@ def fetch_answers(
             )
     progress.finish(task)
     return answers, stats
+
+
+def _batch_answers(todo: list[Request], cfg: GenerateConfig, price: Price | None, llm: Backend,
+                   checkpoint: Checkpoint | None, cache: QueryCache | None, answers: dict[str, dict[str, Any]],
+                   progress: ProgressSink, task: str) -> dict[str, Any]:
+    """``--batch``: ``todo`` through the Batch API (``generate.batch``), each answer journaled and cached
+    as its batch is collected, exactly as a synchronous answer is."""
+    from .backends import OpenAIBackend
+    from .batch import BatchClient, BatchJournal, run_batches
+
+    if not isinstance(llm, OpenAIBackend):
+        raise ConfigError(f"--batch needs an openai: generator, not {cfg.spec.label!r}",
+                          "drop --batch, or use --generator openai:<model>")
+    if checkpoint is None:
+        raise ConfigError("--batch needs a store to journal its batches in", "use run_generate or the CLI")
+
+    def on_answer(r: Request, c: Any, error: str | None, batch_id: str) -> None:
+        rec = {**answer_record(r, c, error), "batch_id": batch_id}
+        if cache is not None and error is None:
+            cache.put(r.query_hash, rec)
+        checkpoint.append(rec)
+        answers[r.query_hash] = rec
+        progress.advance(task, 1)
+
+    b = run_batches(todo, model=llm.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed,
+                    journal=BatchJournal(checkpoint.path.parent / "batches.jsonl"), client=BatchClient(llm),
+                    on_answer=on_answer, price=price, max_cost=cfg.max_cost, max_requests=cfg.batch_max_requests,
+                    poll_s=cfg.batch_poll_s, wait=cfg.batch_wait, max_rounds=cfg.max_retries + 1, progress=progress)
+    return {"n_sent": b.answered + b.refused, "n_rejected": b.refused, "n_batches": b.submitted,
+            "n_batches_adopted": b.adopted, "n_resubmitted": b.resubmitted, "batch_ids": b.batch_ids,
+            "spent_usd": b.spent_usd if price else None}
 
 
 def generate(

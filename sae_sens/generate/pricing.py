@@ -6,22 +6,23 @@ import math
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-# USD per 1M tokens (input, output), OpenAI list prices for standard processing.
-# Dated snapshots ("gpt-4o-mini-2024-07-18") match by longest prefix.
-OPENAI_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-5": (1.25, 10.00),
-    "gpt-5-mini": (0.25, 2.00),
-    "gpt-5-nano": (0.05, 0.40),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4-turbo": (10.00, 30.00),
-    "gpt-3.5-turbo": (0.50, 1.50),
-    "o3": (2.00, 8.00),
-    "o3-mini": (1.10, 4.40),
-    "o4-mini": (1.10, 4.40),
+# USD per 1M tokens: (input, output) for standard processing, then (input, output) through the Batch
+# API (``--batch``: half the standard price on OpenAI's list). Dated snapshots
+# ("gpt-4o-mini-2024-07-18") match by longest prefix.
+OPENAI_PRICES: dict[str, tuple[float, float, float, float]] = {
+    "gpt-5": (1.25, 10.00, 0.625, 5.00),
+    "gpt-5-mini": (0.25, 2.00, 0.125, 1.00),
+    "gpt-5-nano": (0.05, 0.40, 0.025, 0.20),
+    "gpt-4.1": (2.00, 8.00, 1.00, 4.00),
+    "gpt-4.1-mini": (0.40, 1.60, 0.20, 0.80),
+    "gpt-4.1-nano": (0.10, 0.40, 0.05, 0.20),
+    "gpt-4o": (2.50, 10.00, 1.25, 5.00),
+    "gpt-4o-mini": (0.15, 0.60, 0.075, 0.30),
+    "gpt-4-turbo": (10.00, 30.00, 5.00, 15.00),
+    "gpt-3.5-turbo": (0.50, 1.50, 0.25, 0.75),
+    "o3": (2.00, 8.00, 1.00, 4.00),
+    "o3-mini": (1.10, 4.40, 0.55, 2.20),
+    "o4-mini": (1.10, 4.40, 0.55, 2.20),
 }
 
 
@@ -42,9 +43,10 @@ def is_openai_url(base_url: str | None) -> bool:
 
 
 def lookup_price(kind: str, model: str, base_url: str | None = None,
-                 price_in: float | None = None, price_out: float | None = None) -> Price | None:
-    """The price of one model, or None when unknown. Explicit prices win; the table applies only
-    to OpenAI's own API (a local server may serve any name); local hf models are free."""
+                 price_in: float | None = None, price_out: float | None = None, *, batch: bool = False) -> Price | None:
+    """The price of one model, or None when unknown; ``batch``: the Batch API's. Explicit prices win
+    (they are the prices of the mode in use); the table applies only to OpenAI's own API (a local
+    server may serve any name); local hf models are free."""
     if price_in is not None and price_out is not None:
         return Price(price_in, price_out)
     if kind == "hf":
@@ -54,7 +56,8 @@ def lookup_price(kind: str, model: str, base_url: str | None = None,
     matches = [name for name in OPENAI_PRICES if model == name or model.startswith(name + "-")]
     if not matches:
         return None
-    return Price(*OPENAI_PRICES[max(matches, key=len)])
+    row = OPENAI_PRICES[max(matches, key=len)]
+    return Price(*(row[2:] if batch else row[:2]))
 
 
 def estimate_tokens(text: str) -> int:

@@ -71,6 +71,8 @@ class Checkpoint:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        # --batch keeps its batch ids beside the answers (generate.batch): done with them too
+        (self.path.parent / "batches.jsonl").unlink(missing_ok=True)
 
 
 class QueryCache:

@@ -35,6 +35,9 @@ class JudgeConfig:
     batch_size: int = 8  # hf
     device: str | None = None  # hf
     dtype: str | None = None  # hf
+    batch: bool = False  # --batch: the OpenAI Batch API (see generate.batch)
+    batch_wait: bool = True
+    batch_poll_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_texts is not None and self.max_texts < 1:
@@ -58,7 +61,7 @@ class JudgeConfig:
             seed=self.seed, max_workers=self.max_workers, timeout=self.timeout, max_retries=self.max_retries,
             retry_base_s=self.retry_base_s, retry_max_s=self.retry_max_s, price_in=self.price_in,
             price_out=self.price_out, max_cost=self.max_cost, batch_size=self.batch_size, device=self.device,
-            dtype=self.dtype,
+            dtype=self.dtype, batch=self.batch, batch_wait=self.batch_wait, batch_poll_s=self.batch_poll_s,
         )
 
     def manifest_config(self, prompt_hash: str) -> dict[str, Any]:
