@@ -18,11 +18,14 @@ def runs_command(
     fmt: AutoFormatOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Hash every table's content (slower).")] = False,
 ) -> None:
-    """List runs and SAEs in the store with each stage's status (done, stale, damaged, incomplete, missing).
+    """List runs and SAEs in the store with each stage's status (done, stale, damaged, incomplete,
+    waiting (batch), missing).
 
     A stage is stale when an upstream table changed after it ran, or a stage it reads from is stale;
     incomplete when it stopped before its last table (collect's pass without its selection); rerun it
-    (or `sae-sens run`). The judge column is optional: missing there only means no judge ran.
+    (or `sae-sens run`). waiting (batch): generate or judge --batch submitted batches that are not
+    collected yet; the same command collects them. The judge column is optional: missing there only
+    means no judge ran.
 
     Example: sae-sens runs --store evals
     """
