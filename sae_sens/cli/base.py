@@ -7,9 +7,10 @@ no command (one direction, no cycle). Only typer is imported: every command impo
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from .progress import RichProgress
 
@@ -17,14 +18,46 @@ __all__ = ["PROG", "RichProgress", "app"]
 
 PROG = "sae-sens"
 
-app = typer.Typer(
+class _Command(typer.core.TyperCommand):
+    """Click's plain help, which fits 80 columns (options, then their help below or beside them),
+    except that a paragraph holding a command line is printed as written: a command is never broken
+    across lines, so it can be copied."""
+
+    def format_help_text(self, ctx: typer._click.Context, formatter: typer._click.HelpFormatter) -> None:  # type: ignore[name-defined]
+        if self.help and "\b" not in self.help:
+            self.help = "\n\n".join(_keep_commands(p) for p in self.help.split("\n\n"))
+        super().format_help_text(ctx, formatter)
+
+
+def _keep_commands(paragraph: str) -> str:
+    """A help paragraph with its command lines kept whole: ``Example: sae-sens x ...`` becomes the label
+    (wrapped as prose) and the command on its own line (Click's ``\\b``: not rewrapped)."""
+    if paragraph.startswith((" ", "\t")):  # an indented block (commands, a shell line): as written
+        return "\b\n" + paragraph
+    at = paragraph.find(f"{PROG} ")
+    if at < 0:
+        return paragraph
+    label, command = paragraph[:at].strip(), paragraph[at:]
+    if label and not label.endswith(":"):  # a command named inside a sentence: leave the sentence whole
+        return paragraph
+    block = "\b\n    " + "\n    ".join(line.strip() for line in command.splitlines())
+    return f"{label}\n\n{block}" if label else block
+
+
+class _App(typer.Typer):
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
     name=PROG,
     help="Measure how sensitive SAE features are: collect -> generate -> score -> report.\n\n"
     "Example: sae-sens run --sae py_4k_topk_s0 --features 50",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -100,8 +100,10 @@ def generate_command(
 
     Near misses: sae-sens generate --sae py_4k_topk_s0 --generator openai:gpt-4.1-mini --negatives
 
-    Half price: sae-sens generate --sae py_4k_topk_s0 --generator openai:gpt-4.1-mini --batch --no-wait
-    (submits and exits with status 75; the same command later collects the answers)
+    Half price, through the Batch API (--no-wait submits and exits with status 75; the same command
+    without it later collects the answers):
+
+    sae-sens generate --sae py_4k_topk_s0 --generator openai:gpt-4.1-mini --batch --no-wait
 
     Answers are journaled as they arrive and cached by prompt: rerunning after a crash or Ctrl-C sends only what is missing, and nothing is ever paid for twice.
     """

@@ -122,8 +122,9 @@ def report_command(
 ) -> None:
     """Summarise sensitivity per run × SAE × generator, regroup, compare, or query with SQL.
 
-    The views: features, examples, candidates, queries, generations, scores, feature_stats,
-    saes (model, width, architecture, sparsity, ... per SAE), runs and stages (stage status).
+    The views: features, latents, examples, candidates, queries, generations, scores, feature_stats,
+    judgments, labels, saes (model, width, architecture, sparsity, ... per SAE), runs and stages
+    (stage status).
 
     Examples:
 
