@@ -331,4 +331,5 @@ def test_help_prose_reflows_to_the_terminal_width() -> None:
     lines = [line.rstrip() for line in out.splitlines()]
     # the source breaks after "on a": reflowed, the sentence runs on to fill the 80-column line
     assert any("on a read-only snapshot of the store" in line for line in lines), out
-    assert max(len(line) for line in lines) <= 80
+    # prose fits 80 columns; a command line is kept whole (copyable) however long
+    assert max(len(line) for line in lines if not line.lstrip().startswith(("sae-sens ", "echo "))) <= 80

@@ -24,6 +24,14 @@ def test_help_at_80_columns(command: str, cli: CliRunner, monkeypatch: pytest.Mo
     assert "Example" in text
 
 
+def test_the_command_list_wraps_rather_than_cuts(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    text = cli.ok("--help").out
+    commands = text.split("Commands:", 1)[1]
+    assert "..." not in commands and "…" not in text and all(len(line) <= 80 for line in text.splitlines())
+    assert "importance-weighted samples." in " ".join(text.split())  # collect's whole first sentence
+
+
 def test_help_names_what_it_must(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "80")
     generate = cli.ok("generate", "--help").out

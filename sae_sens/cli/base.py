@@ -28,6 +28,13 @@ class _Command(typer.core.TyperCommand):
             self.help = "\n\n".join(_keep_commands(p) for p in self.help.split("\n\n"))
         super().format_help_text(ctx, formatter)
 
+    def get_short_help_str(self, limit: int = 45) -> str:
+        # the command list wraps a long line; it never cuts one with "..."
+        if self.short_help:
+            return self.short_help
+        first = " ".join((self.help or "").split("\n\n", 1)[0].split())
+        return first.split(". ", 1)[0].rstrip(".") + "." if first else ""
+
 
 def _keep_commands(paragraph: str) -> str:
     """A help paragraph with its command lines kept whole: ``Example: sae-sens x ...`` becomes the label
