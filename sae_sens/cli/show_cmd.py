@@ -180,7 +180,7 @@ def render(view: FeatureView, console: Console, *, max_samples: int | None = Non
     if gens:
         t = Table(title="sensitivity", title_justify="left", header_style="bold cyan")
         for c in ("generator", "generated", "n", "original (text)", "original (window)", "mean max act.", "flags"):
-            t.add_column(c)
+            t.add_column(c, overflow="fold")  # a generator's name is never cut
         for g in gens:
             s = stats_by_gen.get(g) or {}
             flags = generator_flags(view, g, s or None)
@@ -195,6 +195,8 @@ def render(view: FeatureView, console: Console, *, max_samples: int | None = Non
     legend = ("tokens shaded by activation / top activation" if color
               else f"{{{{marked}}}}: activation >= {MARK_FRACTION:.0%} of the top activation")
     console.print(f"\n[bold]original examples[/] (top activation {_num(top)}; {legend})", highlight=False)
+    console.print("[dim]t✓ / t✗: fires or not on the re-tokenised text (the original's way); w✓ / w✗: on the "
+                  "exact window[/]", highlight=False)
     originals = {(r["sample_index"], r["variant"]): r for r in view.scores if r.get("source") == "original"}
     for e in view.examples:
         text = highlight(e.get("tokens") or [], e.get("activations") or [], top, color) if e.get("tokens") else None
@@ -259,7 +261,7 @@ def _render_evidence(view: FeatureView, console: Console, gens: list[str], stats
         return
     t = Table(title="beside the sensitivity", title_justify="left", header_style="bold cyan")
     for c in ("generator", "base rate", "lift", "specificity", "injection", "AUROC"):
-        t.add_column(c)
+        t.add_column(c, overflow="fold")
     for g, s in rows:
         dense = " [yellow](dense)[/]" if s.get("dense") else ""
         t.add_row(g, f"{_num(s.get('base_rate'))} (n {_num(s.get('n_base'))}){dense}", _num(s.get("lift")),
