@@ -374,4 +374,11 @@ def known_names(filter: str | None = None) -> list[SaeSpec]:
     def text(s: SaeSpec) -> str:
         return " ".join(str(v) for v in (s.name, s.model_id, s.architecture, s.repo_id) if v).lower()
 
-    return [s for s in specs if all(w in text(s) for w in words)]
+    def matches(s: SaeSpec) -> bool:
+        # a plain word is a whole part of a name ("topk" is not part of "btopk"); one with a separator
+        # ("py_4k_gated", "gemma-2") is looked for as written
+        t = text(s)
+        parts = set(re.split(r"[^a-z0-9.]+", t))
+        return all((w in parts) if re.fullmatch(r"[a-z0-9.]+", w) else (w in t) for w in words)
+
+    return [s for s in specs if matches(s)]

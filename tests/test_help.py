@@ -44,3 +44,26 @@ def test_help_names_what_it_must(cli: CliRunner, monkeypatch: pytest.MonkeyPatch
     run = cli.ok("run", "--help").out
     assert ("    sae-sens run --model pythia-160m-deduped --sae-names py_4k_btopk_s0 py_4k_gated_s0 --features 50 "
             "--output-path evals/mine") in run  # one line: copyable as it is
+
+
+def test_habits_and_typos_get_the_right_option(cli: CliRunner, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("report", "--json")
+    assert code == 2 and "use --format json" in err and "Possible options" not in err
+    code, _, err = cli("saes", "--csv")
+    assert code == 2 and "use --format csv" in err
+
+
+def test_saes_filter_words_are_whole_parts_and_piped_output_is_tsv(cli: CliRunner) -> None:
+    out = cli.ok("saes", "--filter", "py 4k topk").out
+    lines = out.strip().splitlines()
+    assert lines[0].split("\t")[:2] == ["name", "model"]  # TSV off a terminal, not a box
+    names = [line.split("\t")[0] for line in lines[1:]]
+    assert names == [f"py_4k_topk_s{i}" for i in range(6)]  # not btopk, not matbtopk
+
+
+def test_a_mistyped_grouping_key_gets_a_did_you_mean() -> None:
+    from sae_sens.errors import UsageError
+    from sae_sens.report.summary import _keys
+
+    with pytest.raises(UsageError, match="did you mean --by width"):
+        _keys(["widht"])

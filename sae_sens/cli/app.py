@@ -61,6 +61,10 @@ def _usage_line(e: Any, argv: list[str]) -> str:
     from rich.markup import escape
 
     message = escape(" ".join(str(e.format_message()).split()).rstrip("."))
+    habits = {"--json": "--format json", "--csv": "--format csv", "--tsv": "--format tsv"}
+    for flag, instead in habits.items():  # a habit from other tools: name the option that does it
+        if message.startswith(f"No such option: {flag}"):
+            message = f"No such option: {flag}; use {instead}"
     ctx = getattr(e, "ctx", None)
     if ctx is not None:
         where = ctx.command_path

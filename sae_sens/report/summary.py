@@ -154,7 +154,11 @@ def _keys(by: Sequence[str]) -> list[str]:
     keys = list(dict.fromkeys(by)) or list(DEFAULT_KEYS)
     bad = [k for k in keys if k not in GROUP_KEYS]
     if bad:
-        raise UsageError(f"cannot group by {', '.join(bad)}", f"use --by with one of {', '.join(GROUP_KEYS)}")
+        import difflib
+
+        close = difflib.get_close_matches(bad[0], GROUP_KEYS, n=1)
+        hint = f"did you mean --by {close[0]}? " if close else ""
+        raise UsageError(f"cannot group by {', '.join(bad)}", f"{hint}use --by with one of {', '.join(GROUP_KEYS)}")
     return keys
 
 
