@@ -89,7 +89,8 @@ def test_html_report_in_headless_chromium(tmp_path: Path) -> None:
     preamble = next(s for s in samples if "Here are 11 samples" in s)
     assert '<span class="flag">preamble</span>' in preamble
     assert '<span class="flag">n=1</span>' in dom and "&lt;b&gt;keys&lt;/b&gt;" in dom and "<b>keys</b>" not in dom
-    assert dom.count('src="data:image/png;base64,') == 2  # both plots embedded
+    assert dom.count('src="data:image/png;base64,') == 3  # the width, histogram and L0 plots embedded
+    assert 'alt="sensitivity_l0"' in dom
     assert '"max_length": 128' in dom and '"duckdb": "1.0"' in dom  # the run's config and versions
     assert re.search(r'<a href="#sae-0">smol_576_topk</a>', dom)  # summary row links to its SAE
     assert '<a href="#sae-0-f0">' in dom  # links per feature
