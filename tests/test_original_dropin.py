@@ -259,3 +259,17 @@ def test_an_original_generated_samples_csv_round_trips(tiny_world: TinyWorld, tm
     ours = out / "rt" / "theirs" / tiny_world.sae.name / "generated_samples.csv"
     assert ours.read_bytes() == theirs.read_bytes()
     assert pd.read_csv(ours)["text"].tolist() == pd.read_csv(theirs)["text"].tolist()
+
+
+@pytest.mark.slow  # a small run on the tiny world
+def test_run_takes_collects_seed_and_alive_rule(tiny_world: TinyWorld, tmp_path: Path, cli: CliRunner) -> None:
+    store = tmp_path / "evals"
+    texts = tmp_path / "t.csv"
+    texts.write_text("feature_index,text\n0,the cat\n1,a dog\n2,the sun\n")
+    cli.ok("run", "--store", str(store), "--run", "s", "--sae", str(tiny_world.sae), "--model", str(tiny_world.model),
+           "--device", "cpu", "--corpus", str(tiny_world.corpus), "--total-tokens", "3000", "--context-size", "48",
+           "--features", "2", "--seed", "7", "--alive-rule", "count", "--dead-min-firings", "3",
+           "--from-table", str(texts), "--generator", "mine")
+    manifest = json.loads(next(store.glob("s/*/manifest.json")).read_text())
+    cfg = manifest["stages"]["collect"]["config"]
+    assert (cfg["seed"], cfg["alive_rule"], cfg["dead_min_firings"]) == (7, "count", 3)

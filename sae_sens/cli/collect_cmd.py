@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from ..errors import UsageError
 from .base import app
 from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
+    AliveRuleOpt,
     BatchSizeOpt,
     CheckpointEveryOpt,
+    CollectSeedOpt,
     ContextSizeOpt,
     CorpusOpt,
+    DeadMinFiringsOpt,
     DeviceOpt,
     DtypeOpt,
     FeatureIdsOpt,
@@ -66,14 +67,9 @@ def collect_command(
     replace: ReplaceOpt = False,
     n_top: NTopOpt = 10,
     n_iw: NIwOpt = 5,
-    dead_min_firings: Annotated[int, typer.Option("--dead-min-firings", min=0,
-                                                  help="A feature is alive with more firings than this.")] = 15,
-    alive_rule: Annotated[str, typer.Option(
-        "--alive-rule", metavar="original|count",
-        help="original: firings / counted tokens x --total-tokens > --dead-min-firings (SAEBench's rule, which "
-             "the original tool uses); count: firings > --dead-min-firings and a top window (earlier sae-sens "
-             "versions).")] = "original",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the feature sample and example draws.")] = 42,
+    dead_min_firings: DeadMinFiringsOpt = 15,
+    alive_rule: AliveRuleOpt = "original",
+    seed: CollectSeedOpt = 42,
     from_saebench: FromSaebenchOpt = False,
     saebench_file: SaebenchFileOpt = None,
     store: StoreOpt = None,

@@ -128,6 +128,14 @@ CorpusOpt = Annotated[
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="Dataset split.")]
 TextColumnOpt = Annotated[str, typer.Option("--text-column", help="Column holding the text.")]
+DeadMinFiringsOpt = Annotated[int, typer.Option("--dead-min-firings", min=0,
+                                                 help="A feature is alive with more firings than this.")]
+AliveRuleOpt = Annotated[str, typer.Option(
+    "--alive-rule", metavar="original|count",
+    help="original: firings / counted tokens x --total-tokens > --dead-min-firings (SAEBench's rule, which "
+         "the original tool uses); count: firings > --dead-min-firings and a top window (earlier sae-sens "
+         "versions).")]
+CollectSeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the feature sample and example draws.")]
 FromSaebenchOpt = Annotated[bool, typer.Option(
     "--from-saebench",
     help="Import SAEBench's published autointerp examples for this SAEBench SAE instead of a pass "

@@ -11,13 +11,16 @@ from ..errors import UsageError
 from .base import app
 from .executor_options import AddressOpt, ExecutorOpt, GpusPerTaskOpt, SaesPerTaskOpt
 from .options import (
+    AliveRuleOpt,
     BaseUrlOpt,
     BatchOpt,
     BatchPollOpt,
     BatchSizeOpt,
     CheckpointEveryOpt,
+    CollectSeedOpt,
     ContextSizeOpt,
     CorpusOpt,
+    DeadMinFiringsOpt,
     DeviceOpt,
     DtypeOpt,
     FeatureIdsOpt,
@@ -73,6 +76,9 @@ def run_command(
     replace: ReplaceOpt = False,
     n_top: NTopOpt = 10,
     n_iw: NIwOpt = 5,
+    dead_min_firings: DeadMinFiringsOpt = 15,
+    alive_rule: AliveRuleOpt = "original",
+    seed: CollectSeedOpt = 42,
     from_saebench: FromSaebenchOpt = False,
     saebench_file: SaebenchFileOpt = None,
     generator: GeneratorOpt = None,
@@ -148,6 +154,7 @@ def run_command(
     collect_cfg = CollectConfig(
         corpus=corpus, split=split, text_column=text_column, total_tokens=total_tokens, context_size=context_size,
         **selection(features, feature_ids), n_top_ex_for_generation=n_top, n_iw_ex_for_generation=n_iw, replace=replace,
+        dead_min_firings=dead_min_firings, alive_rule=alive_rule, seed=seed,
     )
     score_cfg = ScoreConfig(threshold=threshold, max_length=max_length)
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size,
