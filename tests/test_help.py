@@ -68,3 +68,16 @@ def test_a_mistyped_grouping_key_gets_a_did_you_mean() -> None:
     with pytest.raises(UsageError) as e:
         _keys(["widht"])
     assert "did you mean --by width?" in e.value.one_line()
+
+
+def test_runs_writes_its_table_with_o(cli: CliRunner, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from sae_sens.store import Store
+
+    Store(tmp_path / "evals").manifest("r1", "py_4k_topk_s0").save()
+    out = tmp_path / "runs.json"
+    err = cli.ok("runs", "--store", str(tmp_path / "evals"), "-o", str(out)).err
+    rows = json.loads(out.read_text())
+    assert [(r["run"], r["sae"], r["collect"]) for r in rows] == [("r1", "py_4k_topk_s0", "missing")]
+    assert f"wrote {out}" in " ".join(err.split())

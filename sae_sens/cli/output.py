@@ -208,6 +208,16 @@ def emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "tabl
         sys.stdout.write(text)
 
 
+def write_file(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, path: Path,
+               title: str | None = None) -> None:
+    """Write one table to ``path`` in ``fmt`` (a table format as plain text), atomically; stderr names it."""
+    from ..report.html import write_user_file
+
+    text = table_text(columns, rows, title) if fmt == "table" else render(columns, rows, fmt) or ""
+    write_user_file(path, text)
+    err_console.print(f"wrote {path}" + (f" ({title})" if title else ""), highlight=False, soft_wrap=True)
+
+
 def warn(lines: Sequence[str]) -> None:
     """One ``warning:`` line each, on stderr (never mixed into a table a script reads)."""
     for line in lines:

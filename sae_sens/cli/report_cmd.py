@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..report.keys import GROUP_KEYS, N_RESAMPLES
 from .base import app
 from .options import OptionalSaeOpt, StoreOpt
-from .output import AutoFormatOpt, err_console, render, resolve_format, table_text, warn
+from .output import AutoFormatOpt, err_console, render, resolve_format, warn, write_file
 
 if TYPE_CHECKING:  # duckdb and pyarrow are imported when the command runs, not for --help
     import pyarrow as pa
@@ -45,11 +45,7 @@ def _output(table: pa.Table, fmt: str, output: Path | None, title: str | None = 
                 text = f"# {title or 'table'}\n{text}\n"
             sys.stdout.write(text)
         return
-    text = table_text(columns, rows, title) if fmt == "table" else render(columns, rows, fmt) or ""
-    from ..report.html import write_user_file
-
-    write_user_file(output, text)
-    err_console.print(f"wrote {output}" + (f" ({title})" if title else ""))
+    write_file(columns, rows, fmt, output, title)
 
 
 def _beside(output: Path | None, name: str) -> Path | None:

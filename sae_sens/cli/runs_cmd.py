@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .base import app
 from .options import StoreOpt
-from .output import AutoFormatOpt, emit, err_console, resolve_format
+from .output import AutoFormatOpt, emit, err_console, resolve_format, write_file
 
 
 @app.command("runs")
@@ -17,6 +18,9 @@ def runs_command(
     run: Annotated[str | None, typer.Option("--run", "-r", help="Only this run.", show_default=False)] = None,
     fmt: AutoFormatOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Hash every table's content (slower).")] = False,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the table to this file (format from its extension: .csv, .tsv, .json, .md, "
+        ".txt).", show_default=False)] = None,
 ) -> None:
     """List runs and SAEs in the store with each stage's status (done, stale, damaged, incomplete,
     waiting (batch), missing).
@@ -32,7 +36,7 @@ def runs_command(
     from ..runs import list_runs
     from ..store import Store
 
-    fmt = resolve_format(fmt)
+    fmt = resolve_format(fmt, output)
     st = Store(store)
     rows = list_runs(st, run, verify=verify)
     if not rows:
@@ -44,7 +48,10 @@ def runs_command(
         states = [r.family("collect"), r.family("generate"), r.family("score"), r.family("judge")]
         table_rows.append([r.run, r.sae, states[0], states[1], ", ".join(r.generators), states[2], states[3],
                            r.finished_at])
-    emit(cols, table_rows, fmt, title=f"runs in {st.root}")
+    if output is not None:
+        write_file(cols, table_rows, fmt, output, f"runs in {st.root}")
+    else:
+        emit(cols, table_rows, fmt, title=f"runs in {st.root}")
     for r in rows:
         for line in r.repairs():
             err_console.print(f"[bold red]damaged[/]: {line}", highlight=False, soft_wrap=True)
