@@ -67,22 +67,34 @@ def run_cli(args: list[str], *, tty: bool, columns: int = 80) -> str:
 
 
 def shown(v: object) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def test_report_at_80_columns_shows_every_value_whole(store: Store) -> None:
+COMPACT = ("sae", "features", "sensitivity", "ci_low", "ci_high", "control_sensitivity", "original_sensitivity")
+
+
+def test_report_at_80_columns_is_a_horizontal_table_of_whole_values(store: Store) -> None:
     out = run_cli(["report", "--store", str(store.root)], tty=True)
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 80, out
-    assert "…" not in out
+    assert "…" not in out and "-[ 1 ]" not in out  # a table, not vertical records
+    assert any(line.startswith("┃ sae") and "sens" in line and "lo" in line for line in lines), out
     expected = summarize(connect(store, status=False)).to_pylist()
+    for e in expected:
+        for k in COMPACT:
+            if e.get(k) is not None:
+                assert shown(e[k]) in out, (k, e[k], out)
+        assert (f"{e['n_min']}-{e['n_max']}" if e["n_min"] != e["n_max"] else str(e["n_min"])) in out
+    # run and generator are the same on every row: said once, above the table
+    assert out.count(GEN) == 1 and re.search(rf"run: {RUN}\b", out)
+    # every column is a --columns all away, still whole
+    full = run_cli(["report", "--store", str(store.root), "--columns", "all"], tty=True)
+    assert max(len(line) for line in full.splitlines()) <= 80 and "…" not in full
     for e in expected:
         for k, v in e.items():
             if v is not None:
-                assert shown(v) in out, (k, v, out)
-    # run and generator are the same on every row: said once, above the table
-    assert out.count(GEN) == 1 and re.search(rf"run: {RUN}\b", out)
-    assert f"original_sensitivity: {shown(expected[0]['original_sensitivity'])}" in out  # a caption part is whole
+                assert shown(v) in full, (k, v, full)
+    assert f"original_sensitivity: {shown(expected[0]['original_sensitivity'])}" in full  # a caption part is whole
 
 
 def test_runs_at_80_columns_tells_the_saes_apart(store: Store) -> None:
@@ -132,3 +144,15 @@ def test_fit_table_steps() -> None:
     assert vertical
     assert resolve_format(None, tty=True) == "table" and resolve_format(None, tty=False) == "tsv"
     assert resolve_format(None, Path("x.TSV")) == "tsv" and resolve_format("csv", Path("x.json")) == "csv"
+
+
+def test_compare_at_80_columns_is_a_horizontal_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_report import build_store
+
+    store = build_store(tmp_path / "cmp")
+    out = run_cli(["report", "--store", str(store.root), "--compare", "g1", "g2"], tty=True)
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80, out
+    assert "-[ 1 ]" not in out and "…" not in out
+    assert any(line.startswith("┃") and " a " in line and " b " in line and "diff" in line for line in lines), out
+    assert "a=g1, b=g2" in out  # the long names, once, in the title

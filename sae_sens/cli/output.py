@@ -53,6 +53,7 @@ SHORT = {
     "share_below_half": "<0.5", "ci_low": "lo", "ci_high": "hi", "architecture": "arch", "features": "feats",
     "generator": "gen", "generators": "gens", "generate": "gen", "collect": "coll", "sparsity": "spars",
     "feature_index": "feat", "preamble_samples": "preamble", "p_value": "p", "fallback_parse": "fallback",
+    "control_sensitivity": "ctrl", "control_features": "ctrl_feats",
 }
 # Cell values shown in colour in terminal tables (stage statuses in `runs`).
 STYLES = {"done": "green", "stale": "yellow", "incomplete": "yellow", "damaged": "red", "missing": "dim"}
@@ -64,7 +65,7 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
-        return f"{v:.4g}"
+        return f"{v:.3g}"  # a terminal's precision; files and pipes get every digit (_plain)
     return str(v)
 
 

@@ -48,6 +48,32 @@ def _output(table: pa.Table, fmt: str, output: Path | None, title: str | None = 
     write_file(columns, rows, fmt, output, title)
 
 
+# the summary's columns in a terminal table (--columns default); --columns all, a file or a pipe get every one
+COMPACT = ("features", "sensitivity", "ci_low", "ci_high", "control_sensitivity", "original_sensitivity", "n")
+
+
+def select_columns(table: pa.Table, keys: list[str], columns: str | None, terminal: bool) -> pa.Table:
+    """The summary's columns to show: ``columns`` "all", a comma list, or (None / "default") the grouping
+    keys and ``COMPACT`` on a terminal (the sample-count range as one ``n`` column, e.g. ``1-10``),
+    every column elsewhere."""
+    import pyarrow as pa
+
+    if columns == "all" or (columns in (None, "default") and not terminal):
+        return table
+    if columns not in (None, "default"):
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in table.column_names]
+        if unknown:
+            raise UsageError(f"no column {', '.join(unknown)} in the summary",
+                             f"choose from {', '.join(table.column_names)}, or --columns all")
+        return table.select(wanted)
+    lo, hi = table.column("n_min").to_pylist(), table.column("n_max").to_pylist()
+    n = [None if a is None else str(a) if a == b else f"{a}-{b}" for a, b in zip(lo, hi, strict=True)]
+    table = table.append_column("n", pa.array(n, pa.string()))
+    shown = [k for k in (keys or ["run", "sae", "generator"]) if k in table.column_names]
+    return table.select(shown + [c for c in COMPACT if c in table.column_names and c not in shown])
+
+
 def _beside(output: Path | None, name: str) -> Path | None:
     """Where a second table of one report goes when ``-o`` names the first: ``x.csv`` ->
     ``x.<name>.csv`` (each file one table, in the same format; stderr names every file)."""
@@ -108,6 +134,10 @@ def report_command(
     thresholds: Annotated[bool, typer.Option(
         "--thresholds", help="Also show sensitivity at the thresholds relative to each feature's top activation "
         "(score --relative-thresholds) and the mean frac_of_top.")] = False,
+    columns: Annotated[str | None, typer.Option(
+        "--columns", help="The summary's columns: default (on a terminal: the keys, features, sensitivity with its "
+        "interval, control, original, n; elsewhere every column), all, or a comma list.",
+        show_default=False)] = None,
     specificity: Annotated[bool, typer.Option(
         "--specificity", help="Also show, per generator, the evidence beside its sensitivity: base rate "
         "(baseline:), lift, specificity (negatives:), injection rate (inject:), AUROC, dense features; "
@@ -160,14 +190,20 @@ def report_command(
         require_results(con, st)
         if compare_ is not None:
             result = compare(con, *compare_, n_resamples=resamples, seed=seed)
-            _output(result.rows, fmt, output, title=f"{result.dimension}: a={result.a}, b={result.b}")
+            rows = result.rows
+            if fmt == "table" and output is None:  # long names as headers would not fit: a and b, named in the title
+                rows = rows.rename_columns(["a" if c in (result.a, f"{result.a} (a)") else
+                                            "b" if c in (result.b, f"{result.b} (b)") else c for c in rows.column_names])
+            _output(rows, fmt, output, title=f"{result.dimension}: a={result.a}, b={result.b}")
+            # prose: wrapped to the terminal (a pipe or a file's log gets it on one line)
             (console if fmt == "table" and output is None else err_console).print(
-                result.summary, highlight=False, soft_wrap=True)
+                result.summary, highlight=False, soft_wrap=not (fmt == "table" and output is None))
             warn(result.warnings)
         else:
             table = summarize(con, keys, generators=generator, n_resamples=resamples, seed=seed)
             title = "sensitivity per " + (" × ".join(keys) if keys else "run × SAE × generator")
-            _output(table, fmt, output, title,
+            shown = select_columns(table, keys, columns, terminal=fmt == "table" and output is None)
+            _output(shown, fmt, output, title,
                     block=bool(thresholds or validity or specificity or min_original is not None))
             warn(summary_warnings(table))
             if specificity:
