@@ -360,7 +360,7 @@ def test_cli_score_end_to_end(store_dir: Path, model_dir: Path, detector: Path,
     lines = {line.split("│")[1].strip(): line for line in out.out.splitlines() if line.count("│") > 2}
     assert set(lines) == {"imported", "other"}
     # imported: 2 features, mean generated sensitivity (2/3 + 1/2) / 2, originals all active, 5 samples
-    assert [c.strip() for c in lines["imported"].split("│")[2:-1]] == ["2", "0.5833", "1", "1", "5", "0", "0"]
+    assert [c.strip() for c in lines["imported"].split("│")[2:-1]] == ["2", "0.583", "1", "1", "5", "0", "0"]
     assert "11 rows from" in out.err  # 7 generated + 2 originals × 2 variants, logged by the stage
     store = Store(store_dir)
     stats = store.read_table("default", str(detector), "feature_stats")
