@@ -29,38 +29,35 @@ BAD_STATES = ("damaged", "stale", "incomplete")
 WAITING = "waiting (batch)"  # --batch: batches at the server, not collected yet (a rerun collects them)
 
 
-def open_batches(journal: Path) -> int:
-    """Batches in a ``batches.jsonl`` journal (generate.batch) that were not collected yet."""
-    import json
+def open_batches(journal: Path) -> tuple[int, str | None]:
+    """Batches in a ``batches.jsonl`` journal (generate.batch) not collected yet, and the stage key
+    its ``file`` events name (journals written before they did: None)."""
+    from .jsonl import read_records
 
     open_: set[str] = set()
-    try:
-        lines = journal.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return 0
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    stage = None
+    for rec in read_records(journal):
         if rec.get("event") == "collected":
-            open_.discard(rec.get("key"))
+            open_.discard(str(rec.get("key")))
         elif rec.get("event") == "file":
-            open_.add(rec.get("key"))
-    return len(open_)
+            open_.add(str(rec.get("key")))
+            stage = rec.get("stage") or stage
+    return len(open_), stage
 
 
 def _waiting(store: Store, run: str, sae: str, keys: list[str]) -> list[str]:
-    """Stage keys with batches at the server: by their checkpoint folder (named after the stage key)."""
+    """Stage keys with batches at the server: as their journal names them, else by their checkpoint
+    folder (named after the stage key)."""
     folder = store.sae_dir(run, sae) / ".checkpoints"
     if not folder.is_dir():
         return []
     known = {store.checkpoint_dir(run, sae, k).name: k for k in keys}
     out = []
     for journal in sorted(folder.glob("*/batches.jsonl")):
-        if open_batches(journal):
+        n, stage = open_batches(journal)
+        if n:
             name = journal.parent.name
-            out.append(known.get(name) or name.replace("_", ":", 1))
+            out.append(stage or known.get(name) or name.replace("_", ":", 1))
     return out
 
 

@@ -89,6 +89,24 @@ def open_model(sae: Sae, opts: ModelOptions, progress: ProgressSink = NULL_PROGR
     return lm
 
 
+def split_model_ref(ref: str | None) -> tuple[str | None, str | None]:
+    """``model_id@revision`` as ``model_inputs`` records it -> (model id, revision); ``local`` (a
+    folder) and a missing revision are None; an empty reference is (None, None)."""
+    ref = str(ref or "")
+    if not ref:
+        return None, None
+    model_id, at, rev = ref.rpartition("@")
+    if not at:  # no revision recorded
+        return ref, None
+    return model_id or None, (None if rev in ("", "local") else rev)
+
+
+def recorded_model(store: Store, run: str, sae: str, stage: str = "collect:pass") -> tuple[str | None, str | None]:
+    """(model id, revision) that ``stage`` of run × SAE ran; (None, None) when it has no record."""
+    rec = store.manifest(run, sae).stage(stage)
+    return split_model_ref(rec.inputs.get("model") if rec else None)
+
+
 def model_inputs(sae: Sae, lm: HookedLM) -> dict[str, str]:
     """The non-table inputs of a model stage, for the manifest (no secrets: ids and hashes only)."""
     return {

@@ -144,8 +144,10 @@ def test_no_wait_submits_and_a_rerun_collects(store: Store, cli: CliRunner) -> N
         code, out, err = cli(*common, "--no-wait")
         assert code == 75 and "waiting:" in err and "batch_0" in err and "Traceback" not in err
         assert len(srv.order) == 1 and not store.has_table("r", "sae-a", "generations")
-        runs = cli.ok("runs", "--store", str(store.root), "--format", "json").out
-        assert "waiting (batch)" in runs
+        runs = json.loads(cli.ok("runs", "--store", str(store.root), "--format", "json").out)
+        # the stage has no record yet: its name comes from the journal, not the checkpoint folder's
+        assert "openai:test-model" in json.dumps(runs) and "openai_test-model" not in json.dumps(runs)
+        assert "waiting (batch)" in json.dumps(runs)
         code, _, err = cli(*common, "--no-wait")  # still at the server: polled once, nothing resubmitted
         assert code == 75 and len(srv.order) == 1
         cli.ok(*common)
@@ -204,3 +206,13 @@ def test_no_wait_leaves_the_batches_journaled(store: Store) -> None:
         assert [f["batch_id"] for f in journal(store).open_batches()] == ["batch_0", "batch_1", "batch_2"]
         run_generate(store, "r", "sae-a", bcfg(srv))
         assert journal(store).open_batches() == [] and len(srv.order) == 3
+
+
+def test_a_torn_journal_line_does_not_swallow_the_next_event(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    j = BatchJournal(tmp_path / "batches.jsonl", STAGE)
+    j.append({"event": "file", "key": "f0", "hashes": ["h"]})
+    with j.path.open("ab") as f:  # a kill in the middle of the next line
+        f.write(b'{"event": "submitted", "key": "f0", "bat')
+    j.append({"event": "submitted", "key": "f0", "batch_id": "batch_7"})
+    assert j.load()["f0"]["batch_id"] == "batch_7"
+    assert json.loads(j.path.read_text().splitlines()[0])["stage"] == STAGE

@@ -206,3 +206,12 @@ def test_saes_command_lists_names(capsys, monkeypatch) -> None:
         main(["saes", "--filter", "no-such-sae-anywhere"])
     assert e.value.code != 0
     assert "no known SAE matches" in capsys.readouterr().err
+
+
+def test_a_recorded_model_reference_splits_into_id_and_revision() -> None:
+    from sae_sens.stages import split_model_ref
+
+    assert split_model_ref("HuggingFaceTB/SmolLM2-135M@abc123") == ("HuggingFaceTB/SmolLM2-135M", "abc123")
+    assert split_model_ref("/models/tiny@local") == ("/models/tiny", None)
+    assert split_model_ref("gpt2") == ("gpt2", None)  # no revision recorded: the id, not ""
+    assert split_model_ref("") == (None, None) and split_model_ref(None) == (None, None)

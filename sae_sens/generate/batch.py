@@ -22,7 +22,6 @@ expired, never run) is submitted again in the next round, up to ``max_retries`` 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 from .. import faults
 from ..errors import BatchError, BatchPendingError, BudgetExceededError, GenerationError
 from ..hashing import hash_config
+from ..jsonl import append_record, read_records
 from ..progress import NULL_PROGRESS, ProgressSink
 from ..store import write_error
 from .backends import Completion, Request
@@ -49,19 +49,13 @@ class BatchJournal:
     """``batches.jsonl``: one line per event, appended and fsynced. Events: ``file`` (a file about to be
     submitted: its key and query hashes), ``submitted`` (its batch id), ``collected`` (its end)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, stage: str | None = None) -> None:
+        self.path, self.stage = path, stage
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Per file key: ``hashes``, and ``batch_id``, ``status`` once known; ``collected`` when done."""
         files: dict[str, dict[str, Any]] = {}
-        if not self.path.exists():
-            return files
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: its event never happened
-                continue
+        for rec in read_records(self.path):
             f = files.setdefault(rec["key"], {"key": rec["key"], "hashes": [], "collected": False})
             if rec["event"] == "file":
                 f["hashes"] = rec["hashes"]
@@ -72,12 +66,10 @@ class BatchJournal:
         return files
 
     def append(self, record: dict[str, Any]) -> None:
+        if self.stage and record.get("event") == "file":  # so `runs` names a stage that has no record yet
+            record = {**record, "stage": self.stage}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_record(self.path, record)
         except OSError as e:
             raise write_error(self.path, e) from None
 

@@ -209,7 +209,7 @@ def _batch_answers(todo: list[Request], cfg: GenerateConfig, price: Price | None
         progress.advance(task, 1)
 
     b = run_batches(todo, model=llm.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed,
-                    journal=BatchJournal(checkpoint.path.parent / "batches.jsonl"), client=BatchClient(llm),
+                    journal=BatchJournal(checkpoint.path.parent / "batches.jsonl", checkpoint.stage), client=BatchClient(llm),
                     on_answer=on_answer, price=price, max_cost=cfg.max_cost, max_requests=cfg.batch_max_requests,
                     poll_s=cfg.batch_poll_s, wait=cfg.batch_wait, max_rounds=cfg.max_retries + 1, progress=progress)
     return {"n_sent": b.answered + b.refused, "n_rejected": b.refused, "n_batches": b.submitted,
@@ -348,7 +348,7 @@ def run_generate(
                                 rec.extra)  # type: ignore[union-attr]
         started = now_iso()
         examples = store.read_table(run, sae, "examples")
-        checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl")
+        checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl", stage)
         cache = QueryCache(store.cache_dir / "generate")
         if cfg.spec.kind not in ("table", *RETRIEVAL_KINDS):
             store.check_writable(store.sae_dir(run, sae), checkpoint.path.parent, cache.folder)

@@ -128,11 +128,10 @@ def corpus_generations(store: Store, run: str, sae: str, source_id: str, label: 
                        max_scan_tokens: int = MAX_SCAN_TOKENS) -> tuple[pa.Table, pa.Table, dict[str, Any], list[str]]:
     """(queries, generations, stats, warnings) of the ``corpus:`` control for one run × SAE."""
     from ..corpus import iter_documents, resolve_corpus
-    from ..stages import ModelOptions, open_model, open_sae
+    from ..stages import ModelOptions, open_model, open_sae, recorded_model
 
     examples = store.read_table(run, sae, "examples")
-    rec = store.manifest(run, sae).stage("collect:pass")
-    model = str((rec.inputs if rec else {}).get("model", "")).rsplit("@", 1)[0] or None
+    model = recorded_model(store, run, sae)[0]
     opts = ModelOptions(model=model, device=device)
     lm = open_model(open_sae(sae, opts, progress), opts)
     read, cfg = collect_read_documents(store, run, sae, lm.tokenizer, lm.bos_id, progress)

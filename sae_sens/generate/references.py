@@ -28,6 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..errors import MissingTableError
 from ..hashing import hash_text
 from ..progress import NULL_PROGRESS, ProgressSink
 from ..schemas import make_table
@@ -105,14 +106,16 @@ def reference_generations(store: Store, run: str, sae: str, cfg: GenerateConfig,
     """(queries, generations, stats, warnings) of ``baseline:`` or ``inject:`` for one run × SAE."""
     from ..corpus import iter_documents, resolve_corpus
     from ..model import bos_id, load_tokenizer
+    from ..stages import recorded_model
     from .corpus_control import collect_read_documents
 
     spec, label = cfg.spec, cfg.spec.label
     examples = store.read_table(run, sae, "examples")
-    rec = store.manifest(run, sae).stage("collect:pass")
-    model_ref = str((rec.inputs if rec else {}).get("model", ""))
-    model_id, _, rev = model_ref.rpartition("@")
-    tokenizer = load_tokenizer(model_id or model_ref, None if rev in ("", "local") else rev)
+    model_id, rev = recorded_model(store, run, sae)
+    if model_id is None:
+        raise MissingTableError(f"run {run!r}, SAE {sae!r} has no collect pass to draw passages for",
+                                f"run `sae-sens collect --run {run} --sae {sae}` first")
+    tokenizer = load_tokenizer(model_id, rev)
     read, ccfg = collect_read_documents(store, run, sae, tokenizer, bos_id(tokenizer), progress)
     source = resolve_corpus(spec.target, split=ccfg.split, text_column=ccfg.text_column)
     features = sorted(set(examples["feature_index"].to_pylist()))

@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import faults
 from ..errors import BudgetExceededError, GenerationError, PermanentGenerationError
+from ..jsonl import append_record, read_records
 from ..progress import NULL_PROGRESS, ProgressSink
 from ..store import write_error
 from .backends import Backend, Completion, Request, RequestRejected, TransientError, Unreachable
@@ -32,22 +33,13 @@ UNREACHABLE_RETRIES = 2  # a server that refuses connections is retried this oft
 class Checkpoint:
     """Append-only JSONL journal of finished requests for one stage of one run × SAE."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stage: str | None = None) -> None:
         self.path = path
+        self.stage = stage  # the stage key it journals (``generate:<label>``), for the batch journal beside it
 
     def load(self) -> dict[str, dict[str, Any]]:
         """query_hash -> record; a torn last line (killed mid-write) is ignored."""
-        out: dict[str, dict[str, Any]] = {}
-        if not self.path.exists():
-            return out
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and "query_hash" in rec:
-                out[rec["query_hash"]] = rec
-        return out
+        return {rec["query_hash"]: rec for rec in read_records(self.path) if "query_hash" in rec}
 
     def append(self, record: dict[str, Any]) -> None:
         try:
@@ -56,17 +48,7 @@ class Checkpoint:
             raise write_error(self.path, e) from None
 
     def _append(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as f:
-            line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-            end = f.seek(0, os.SEEK_END)
-            if end:  # a torn last line (killed mid-write) must not swallow this record: start a new line
-                f.seek(end - 1)
-                if f.read(1) != b"\n":
-                    line = b"\n" + line
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        append_record(self.path, record)
         faults.point("journal:appended")
 
     def clear(self) -> None:

@@ -271,7 +271,7 @@ def run_judge(
     """Judge one run × SAE's generated texts; merges its rows into ``judgments`` beside other judges'."""
     cfg, stage, config, inputs = _setup(store, run, sae, cfg)
     label = cfg.spec.label
-    checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl")
+    checkpoint = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl", stage)
     extra: dict[str, Any] = {}
 
     def compute() -> dict[str, pa.Table]:

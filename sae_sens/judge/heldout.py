@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..progress import NULL_PROGRESS, ProgressSink
-from ..stages import ModelOptions
+from ..stages import ModelOptions, split_model_ref
 from ..store import Store
 
 HELD_OUT_COLUMNS = ("feature_index", "pool", "rank", "window_index", "position", "text")
@@ -67,7 +67,7 @@ def held_out_examples(store: Store, run: str, sae_name: str, opts: ModelOptions,
     cfg = CollectConfig(**config)
     if opts.model is None and pass_rec is not None and pass_rec.inputs.get("model"):
         # the model collect ran (it may have been a --model override): its tokenizer made the windows
-        opts = replace(opts, model=str(pass_rec.inputs["model"]).rsplit("@", 1)[0])
+        opts = replace(opts, model=split_model_ref(pass_rec.inputs["model"])[0])
     sae = open_sae(sae_name, opts, progress)
     lm = open_model(sae, opts)
     source = resolve_corpus(cfg.corpus, split=cfg.split, text_column=cfg.text_column)

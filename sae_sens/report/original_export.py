@@ -88,13 +88,12 @@ def _rows(table: pa.Table) -> list[dict[str, Any]]:
 
 def _model_of(store: Store, run: str, sae: str) -> tuple[str, str | None]:
     """The model the score stage ran (``model_id@revision`` in its inputs), else the SAE's."""
-    manifest = store.manifest(run, sae)
-    score = manifest.stage("score")
-    ref = (score.inputs.get("model") if score else None) or ""
-    if ref:
-        model_id, _, rev = ref.rpartition("@")
-        return model_id, (None if rev in ("", "local") else rev)
-    model_id = str(manifest.sae_info.get("model_id") or "")
+    from ..stages import recorded_model
+
+    model_id, rev = recorded_model(store, run, sae, "score")
+    if model_id:
+        return model_id, rev
+    model_id = str(store.manifest(run, sae).sae_info.get("model_id") or "")
     if not model_id:
         raise MissingTableError(f"run {run!r}, SAE {sae!r} records no model", "run `sae-sens score` first")
     return model_id, None
