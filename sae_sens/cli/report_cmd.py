@@ -124,8 +124,8 @@ def report_command(
                                     "generated samples, highlighted by activation.", show_default=False),
     ] = None,
     resamples: Annotated[int, typer.Option(
-        "--resamples", help="Bootstrap resamples for the 95% intervals, where values are not on a lattice "
-                            "(sensitivities always are: they get the exact bootstrap distribution).", min=10)
+        "--resamples", help="Bootstrap resamples for --compare of two SAEs (the interval of b - a and its "
+                            "permutation test); a row's own interval is analytic and needs none.", min=10)
     ] = N_RESAMPLES,
     seed: Annotated[int, typer.Option("--seed", help="Seed of those resamples.")] = 0,
     min_original: Annotated[float | None, typer.Option(
@@ -219,11 +219,12 @@ def report_command(
                         _beside(output, "thresholds"), "sensitivity at thresholds relative to the top activation",
                         block=True)
             if validity:
-                from ..report.validity import validity_tables
+                from ..report.validity import validity_tables, validity_warnings
 
                 for title_, table_ in validity_tables(con, generator, n_resamples=resamples, seed=seed):
                     name = "judge" if title_.startswith("LLM judge") else "labels"
                     _output(table_, fmt, _beside(output, name), title_, block=True)
+                    warn(validity_warnings(name, table_))
     if plot is not None:
         require_results(con, st)
         paths = write_plots(con, plot, generators=generator, n_resamples=resamples, seed=seed)

@@ -161,7 +161,7 @@ def _summary_table(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | N
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<h2>Summary</h2><div class="scroll"><table class="summary"><tr>{head}</tr>{"".join(body)}</table></div>'
             "<p class=stats>sensitivity: mean over features of the share of generated samples that activate "
-            "the feature, with a 95% bootstrap interval (ci_low, ci_high); n_min / n_max: fewest and most "
+            "the feature, with a 95% interval over features (ci_low, ci_high; Wilson at the effective size, see the README); n_min / n_max: fewest and most "
             "parsed samples per feature; control_sensitivity: the corpus control's mean over the same features "
             "(real held-out passages, never averaged into sensitivity).</p>" + warnings)
 

@@ -3,7 +3,7 @@
 ``write_plots(con, "sens.png")`` writes three files:
 
 * ``sens.png``: mean generated sensitivity vs SAE width (log scale), one line per architecture
-  (split by model and by generator where several are shown), with 95% bootstrap intervals over
+  (split by model and by generator where several are shown), with 95% intervals over
   the pooled features of the SAEs at each point;
 * ``sens_l0.png``: mean generated sensitivity vs the SAE's L0 (log scale), one line per
   architecture, one point per SAE: the L0 the SAE's metadata gives, else the one its collect pass
@@ -95,7 +95,7 @@ def write_l0_plot(con: duckdb.DuckDBPyConnection, path: Path, *, generators: Seq
     ax.set_xlabel("L0 (active latents per token" + (", measured in collect" if sources == {"measured"} else "")
                   + (", partly measured in collect" if sources == {"measured", "metadata"} else "") + ")")
     ax.set_ylabel("mean generated sensitivity")
-    ax.set_title("Sensitivity vs L0 (95% bootstrap interval over features)", fontsize=10)
+    ax.set_title("Sensitivity vs L0 (95% interval over features)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -169,7 +169,7 @@ def write_plots(
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("SAE width (latents)")
     ax.set_ylabel("mean generated sensitivity")
-    ax.set_title("Sensitivity vs width (95% bootstrap interval over features)", fontsize=10)
+    ax.set_title("Sensitivity vs width (95% interval over features)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

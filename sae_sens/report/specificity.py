@@ -2,7 +2,7 @@
 
 A sensitivity alone rewards dense features and token detectors. For every generator whose texts are
 meant to show the pattern (role positive, and the ``corpus:`` control) this gives, as means over
-features with a 95% bootstrap interval each (as in the main summary): the sensitivity, the base rate
+features with a 95% interval each (as in the main summary): the sensitivity, the base rate
 (``baseline:`` passages), the lift (sensitivity - base rate), the specificity (share of that
 generator's near-miss negatives that stay silent), the injection rate (``inject:``) and the AUROC,
 plus how many features are dense. A column is empty where its control was not generated.
@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..schemas import ROLE_SQL
-from .summary import N_RESAMPLES, bootstrap_mean_ci
+from .intervals import mean_ci
+from .summary import N_RESAMPLES
 from .views import query
 
 METRICS = ("sensitivity", "base_rate", "lift", "specificity", "injection_rate", "auroc")
@@ -48,7 +49,7 @@ def specificity_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str
         sums = np.bincount(codes, weights=flat, minlength=table.num_rows)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(lengths > 0, sums / np.maximum(lengths, 1), np.nan)
-        low, high = bootstrap_mean_ci(codes, flat, table.num_rows, n_resamples=n_resamples, seed=seed)
+        low, high = mean_ci(codes, flat, table.num_rows)
         for name, values in ((m, mean), (f"{m}_low", low), (f"{m}_high", high)):
             columns[name] = pa.array(values, pa.float64(), from_pandas=True)  # NaN (none) -> NULL
     for c in ("dense", "n_base", "n_negative", "n_injected"):

@@ -1,8 +1,10 @@
 """The numbers a researcher reads: sensitivity per SAE (or regrouped), intervals, comparisons.
 
-Aggregation happens in DuckDB; the bootstrap runs in numpy over all groups at once.
+Aggregation happens in DuckDB; intervals run in numpy over all groups at once. A row's mean over
+features gets ``intervals.mean_ci`` (analytic, honest over few features); the difference of two
+SAEs' means gets a bootstrap interval and a permutation test (``difference_test``).
 
-Bootstrap intervals are percentile intervals of the mean over features resampled with
+Bootstrap intervals (``bootstrap_mean_ci``) are percentile intervals of the mean over features resampled with
 replacement. A resampled sum of n values is a sum of n independent draws from the group's
 distinct values, so where those values lie on a lattice (sensitivities are k / n_samples, so they
 always do) its distribution is the n-fold convolution of one draw's, computed exactly with one
@@ -25,6 +27,7 @@ import pyarrow.compute as pc
 
 from ..errors import UsageError
 from ..schemas import CONTROL_SQL, REFERENCE_SQL, is_control
+from .intervals import mean_ci
 from .keys import GROUP_KEYS, N_RESAMPLES
 from .views import query
 
@@ -218,7 +221,7 @@ def summarize(
     seed: int = 0,
 ) -> pa.Table:
     """Per run × SAE × generator (or per ``by`` keys): features scored, mean generated sensitivity
-    with a 95% bootstrap interval over features, mean original sensitivity (re-tokenised text and
+    with a 95% interval over features (intervals.mean_ci), mean original sensitivity (re-tokenised text and
     exact window), share of features below 0.5, the fewest and most samples per feature (``n_min``,
     ``n_max``), features whose generator ignored the separator (``fallback_parse``), samples that
     look like preamble, the corpus control's mean over the same features (``control_sensitivity``,
@@ -298,13 +301,13 @@ def summarize(
     lengths = values.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
     flat = values.flatten().to_numpy(zero_copy_only=False)
     codes = np.repeat(np.arange(table.num_rows), lengths)
-    low, high = bootstrap_mean_ci(codes, flat, table.num_rows, n_resamples=n_resamples, seed=seed)
+    low, high = mean_ci(codes, flat, table.num_rows)
     table = table.drop_columns(["_values"])
     at = table.column_names.index("sensitivity") + 1
     low_col, high_col = (pa.array(x, from_pandas=True) for x in (low, high))  # NaN (no features) -> NULL
     table = table.add_column(at, "ci_low", low_col).add_column(at + 1, "ci_high", high_col)
     n_feat = table.column("features").to_numpy(zero_copy_only=False)
-    # a percentile bootstrap over few features covers less than its nominal 95% (see summary_warnings)
+    # an interval over few features is wide (intervals.mean_ci): said in a column and a warning
     table = table.add_column(at + 2, "small_n", pa.array((n_feat > 0) & (n_feat < SMALL_N)))
     return table.select([c for c in shown if c in table.column_names]
                         + [c for c in table.column_names if c not in shown])
@@ -320,9 +323,8 @@ def summary_warnings(table: pa.Table) -> list[str]:
         out.append(f"rows compare different numbers of features ({feats[0]} to {feats[-1]})")
     small = [r for r in rows if r.get("small_n")]
     if small:
-        out.append(f"{len(small)} row(s) over fewer than {SMALL_N} features (column small_n): a bootstrap "
-                   "interval over so few features covers less than 95% of the time (about 80% at 4, "
-                   "50-60% at 2, zero width at 1); read those rows as descriptive")
+        out.append(f"{len(small)} row(s) over fewer than {SMALL_N} features (column small_n): their intervals "
+                   "are wide (all of [0, 1] over one feature) and say little; read those rows as descriptive")
     n_lo = [r["n_min"] for r in rows if r.get("n_min") is not None]
     n_hi = [r["n_max"] for r in rows if r.get("n_max") is not None]
     if n_lo and min(n_lo) != max(n_hi):
@@ -423,8 +425,8 @@ def _compare_saes(con: duckdb.DuckDBPyConnection, a: str, b: str, n_resamples: i
         for side in (a, b):
             side_units[side] = [u for u in units if u["sae"] == side and u["generator"] == g]
             side_vals[side] = np.array([u["v"] for u in side_units[side]], dtype=float)
-        low, high = bootstrap_mean_ci(np.r_[np.zeros(side_vals[a].size), np.ones(side_vals[b].size)].astype(np.int64),
-                                      np.r_[side_vals[a], side_vals[b]], 2, n_resamples=n_resamples, seed=seed)
+        low, high = mean_ci(np.r_[np.zeros(side_vals[a].size), np.ones(side_vals[b].size)].astype(np.int64),
+                            np.r_[side_vals[a], side_vals[b]], 2)
         for i, side in enumerate((a, b)):
             us = side_units[side]
             n_seen |= {u["n_min"] for u in us} | {u["n_max"] for u in us}
@@ -486,7 +488,7 @@ def compare(
     """, [a, b])
     side_code = pc.equal(side.column("side"), b).to_numpy(zero_copy_only=False)
     v = side.column("v").to_numpy()
-    low, high = bootstrap_mean_ci(side_code.astype(np.int64), v, 2, n_resamples=n_resamples, seed=seed)
+    low, high = mean_ci(side_code.astype(np.int64), v, 2)
     means = [float(v[side_code == s].mean()) if (side_code == s).any() else float("nan") for s in (False, True)]
     counts = [int((side_code == s).sum()) for s in (False, True)]
     parts = [f"{name}: mean {m:.3f} [{lo:.3f}, {hi:.3f}] over {n} features"

@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import UsageError
-from ..schemas import REFERENCE_SQL
-from .summary import N_RESAMPLES, bootstrap_mean_ci
+from ..schemas import CONTROL_SQL, REFERENCE_SQL
+from .intervals import mean_ci
+from .summary import N_RESAMPLES, SMALL_N
 from .views import query
 
 
@@ -42,12 +43,12 @@ def level_label(r: float | None, absolute: float | None = None) -> str:
 
 def with_intervals(table: pa.Table, values: str, mean_at: str, *, n_resamples: int, seed: int) -> pa.Table:
     """Replace the list column ``values`` (per-feature values of each row's group) by ``ci_low`` and
-    ``ci_high`` placed after ``mean_at``: 95% bootstrap intervals of the mean, as in the main summary."""
+    ``ci_high`` placed after ``mean_at``: 95% intervals of the mean (intervals.mean_ci), as in the main summary."""
     col = table.column(values).combine_chunks()
     lengths = col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
     flat = col.flatten().to_numpy(zero_copy_only=False)
     codes = np.repeat(np.arange(table.num_rows), lengths)
-    low, high = bootstrap_mean_ci(codes, flat, table.num_rows, n_resamples=n_resamples, seed=seed)
+    low, high = mean_ci(codes, flat, table.num_rows)
     table = table.drop_columns([values])
     at = table.column_names.index(mean_at) + 1
     return (table.add_column(at, f"{mean_at}_low", pa.array(low, from_pandas=True))
@@ -260,7 +261,26 @@ def judge_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | No
     for values, mean in (("_v1", "sensitivity"), ("_v2", "sensitivity_valid"), ("_v3", "valid_share"),
                          ("_v4", "indistinguishable")):
         table = with_intervals(table, values, mean, n_resamples=n_resamples, seed=seed)
-    return table
+    return _flag_small(table, "pairs")
+
+
+def _flag_small(table: pa.Table, count: str) -> pa.Table:
+    """``small_n``: the row's means are over fewer than ``SMALL_N`` features, or its ``count`` (pairs,
+    labels) is under ``SMALL_N``: wide intervals that say little (``validity_warnings``)."""
+    feats = np.asarray(table.column("features").to_pylist(), dtype=float)
+    n = np.asarray([x or 0 for x in table.column(count).to_pylist()], dtype=float)
+    return table.append_column("small_n", pa.array((feats < SMALL_N) | ((n > 0) & (n < SMALL_N)), pa.bool_()))
+
+
+def validity_warnings(name: str, table: pa.Table) -> list[str]:
+    """One line when rows of a validity table (``name``: judge, labels) are flagged ``small_n``."""
+    if "small_n" not in table.column_names:
+        return []
+    k = sum(bool(x) for x in table.column("small_n").to_pylist())
+    if not k:
+        return []
+    return [f"{k} row(s) of the {name} table over fewer than {SMALL_N} features or pairs (column small_n): "
+            "their intervals are wide and say little; read those rows as descriptive"]
 
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
@@ -278,8 +298,12 @@ def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
 def label_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
                   n_resamples: int = N_RESAMPLES, seed: int = 0) -> pa.Table:
     """Per run × SAE × generator (× judge, where the judge answered the same pairs): raters, answered
-    pairs (skips left out), human accuracy and human indistinguishable rate (means over features,
-    95% intervals), and the human vs judge agreement and Cohen's kappa on the pairs both answered."""
+    pairs (skips left out), human accuracy and human indistinguishable rate (per-feature shares over
+    every rater's answers, then their mean over features, with 95% intervals), and the human vs judge
+    agreement (pooled share of matched pairs) and Cohen's kappa on the pairs both answered: ``kappa``
+    pools every rater's answers as one set of items, ``kappa_per_rater`` is the mean of each rater's
+    own kappa. ``trial`` says whether the generator's texts were generated or the corpus control's
+    real texts (calibration trials: both sides real, accuracy 0.5 expected)."""
     where, params = _generator_where(generators, "AND")
     sql = f"""
         WITH l AS (SELECT * FROM labels WHERE answer IN ('A', 'B') {where}),
@@ -289,6 +313,7 @@ def label_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | No
             FROM l GROUP BY ALL
         )
         SELECT run, sae, generator,
+            CASE WHEN {CONTROL_SQL} THEN 'calibration (real vs real)' ELSE 'generated vs real' END AS trial,
             (SELECT count(DISTINCT rater) FROM l WHERE l.run = p.run AND l.sae = p.sae AND l.generator = p.generator)
                 AS raters,
             (SELECT count(*) FROM l WHERE l.run = p.run AND l.sae = p.sae AND l.generator = p.generator) AS labels,
@@ -301,25 +326,32 @@ def label_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | No
     for values, mean in (("_v1", "accuracy"), ("_v2", "indistinguishable")):
         table = with_intervals(table, values, mean, n_resamples=n_resamples, seed=seed)
     matched = query(con, f"""
-        SELECT l.run, l.sae, l.generator, j.judge, l.answer AS human, j.answer AS judge_answer
+        SELECT l.run, l.sae, l.generator, j.judge, l.rater, l.answer AS human, j.answer AS judge_answer
         FROM labels l JOIN judgments j ON j.task = 'pair' AND j.status = 'ok' AND l.run = j.run AND l.sae = j.sae
             AND l.generator = j.generator AND l.feature_index = j.feature_index AND l.sample_index = j.sample_index
             AND l.real_example = j.real_example AND l.real_position = j.real_position
         WHERE l.answer IN ('A', 'B') {where.replace('generator', 'l.generator')}
     """, params).to_pylist() if _has_rows(con, "judgments") else []
-    pairs: dict[tuple[str, str, str], dict[str | None, tuple[list[str], list[str]]]] = {}
+    pairs: dict[tuple[str, str, str], dict[str | None, tuple[list[str], list[str], list[str]]]] = {}
     for m in matched:
-        h, j = pairs.setdefault((m["run"], m["sae"], m["generator"]), {}).setdefault(m["judge"], ([], []))
+        h, j, who = pairs.setdefault((m["run"], m["sae"], m["generator"]), {}).setdefault(m["judge"], ([], [], []))
         h.append(m["human"])
         j.append(m["judge_answer"])
+        who.append(m["rater"])
     rows = []
     for r in table.to_pylist():
-        judges = pairs.get((r["run"], r["sae"], r["generator"])) or {None: ([], [])}
-        for judge, (h, j) in sorted(judges.items(), key=lambda kv: kv[0] or ""):
+        judges = pairs.get((r["run"], r["sae"], r["generator"])) or {None: ([], [], [])}
+        for judge, (h, j, who) in sorted(judges.items(), key=lambda kv: kv[0] or ""):
+            # pooled: every rater's answers against the judge's as one set of items; per rater: each
+            # rater's own kappa, then their mean (raters whose kappa is undefined left out)
+            each = [cohen_kappa([x for x, w in zip(h, who, strict=True) if w == rater],
+                                [y for y, w in zip(j, who, strict=True) if w == rater]) for rater in sorted(set(who))]
+            defined = [k for k in each if k is not None]
             rows.append({**r, "judge": judge, "matched": len(h),
                          "agreement": sum(x == y for x, y in zip(h, j, strict=True)) / len(h) if h else None,
-                         "kappa": cohen_kappa(h, j)})
-    return pa.Table.from_pylist(rows) if rows else table
+                         "kappa": cohen_kappa(h, j),
+                         "kappa_per_rater": sum(defined) / len(defined) if defined else None})
+    return _flag_small(pa.Table.from_pylist(rows) if rows else table, "labels")
 
 
 def validity_tables(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
