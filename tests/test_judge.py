@@ -305,3 +305,92 @@ def test_the_judge_through_the_batch_api_equals_the_synchronous_judge(world: dic
         assert sync.extra["n_cached"] == len(set(server.executed)) and sync.extra["n_requests"] == 0
     assert store.read_table(RUN, sae, "judgments").to_pylist() == batch_rows
     assert {r["answer"] for r in batch_rows if r["task"] == "pair"} == {"A"}
+
+
+def test_label_exports_its_pairs_never_serves_the_control_unless_asked_and_undoes(
+        world: dict[str, Any], cli: CliRunner, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import csv
+    import json
+    import threading
+    import urllib.request
+
+    from sae_sens.label import LabelBook, label_pairs, make_server
+
+    store, sae = world["store"], world["sae"]
+    gens = store.read_table(RUN, sae, "generations")
+    control = gens.filter(pa.compute.equal(gens["generator"], GEN)).to_pylist()
+    for r in control:  # real passages as the corpus control writes them
+        r.update(generator="corpus:tiny", text="CONTROL passage " + r["text"])
+    store.write_table(RUN, sae, "generations", make_table("generations", gens.to_pylist() + control))
+    common = ["label", "--store", str(store.root), "--run", RUN, "--sae", sae, "--model", world["model"],
+              "--device", "cpu", "--seed", "3"]
+    try:
+        res = cli.ok(*common, "--export-pairs", str(tmp_path / "pairs.csv"))
+        assert "wrote" in res.err and "keep it from the raters" in res.err and res.out == ""
+        rows = list(csv.DictReader(open(tmp_path / "pairs.csv", encoding="utf-8")))
+        assert rows and {r["generator"] for r in rows} == {GEN} and {r["trial"] for r in rows} == {"test"}
+        assert not any("CONTROL" in r["text_a"] + r["text_b"] for r in rows)
+        pairs = label_pairs(store, RUN, sae, seed=3, opts=world["opts"])
+        assert [r["pair_id"] for r in rows] == [p.pair_id for p in pairs]  # the served order, exactly
+        for r, p in zip(rows, pairs, strict=True):
+            real = r["text_a"] if r["real_position"] == "A" else r["text_b"]
+            assert real == p.real_text and r["examples"].split("\n<SEP>\n") == list(p.examples)
+        cli.ok(*common, "--calibration", "--export-pairs", str(tmp_path / "pairs.json"))
+        cal = json.loads((tmp_path / "pairs.json").read_text())
+        assert {r["trial"] for r in cal} == {"test", "calibration"}
+        assert all((r["generator"] == "corpus:tiny") == (r["trial"] == "calibration") for r in cal)
+        assert all(isinstance(r["examples"], list) for r in cal)
+        code, _, err = cli(*common, "--export-pairs", str(tmp_path / "pairs.xlsx"))
+        assert code != 0 and "--export-pairs" in err and "Traceback" not in err
+
+        # undo over the real HTTP server: the rater's last answer goes, the pair comes back
+        cal_pairs = label_pairs(store, RUN, sae, seed=3, calibration=True, opts=world["opts"])
+        book = LabelBook(store, cal_pairs, 3)
+        server = make_server(book, "ana")
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+
+        def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            req = urllib.request.Request(url + path, json.dumps(body).encode(), {"content-type": "application/json"})
+            with urllib.request.urlopen(req) as r:
+                return json.loads(r.read())
+
+        try:
+            page = urllib.request.urlopen(url + "/").read().decode()
+            assert "__CALIBRATION__" not in page and "const rater" in page
+            assert "document.getElementById(\"calibration\").hidden = !true" in page  # the page says so
+            first, second = cal_pairs[0].pair_id, cal_pairs[1].pair_id
+            assert post("/api/answer", {"rater": "ana", "pair_id": first, "answer": "A"}) == {"written": True}
+            assert post("/api/answer", {"rater": "ana", "pair_id": second, "answer": "B"}) == {"written": True}
+            assert post("/api/answer", {"rater": "bo", "pair_id": first, "answer": "B"}) == {"written": True}
+            assert post("/api/undo", {"rater": "ana"}) == {"undone": second}
+            left = [(r["rater"], r["pair_id"]) for r in store.read_table(RUN, sae, "labels").to_pylist()]
+            assert left == [("ana", first), ("bo", first)]
+            nxt = json.loads(urllib.request.urlopen(url + "/api/next?rater=ana").read())
+            assert nxt["pair"]["pair_id"] == second and nxt["done"] == 1
+            assert post("/api/undo", {"rater": "ana"}) == {"undone": first}
+            assert post("/api/undo", {"rater": "ana"}) == {"undone": None}
+            assert [r["rater"] for r in store.read_table(RUN, sae, "labels").to_pylist()] == ["bo"]
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        store.write_table(RUN, sae, "generations", gens.drop_columns(["run", "sae"]))
+        if store.has_table(RUN, sae, "labels"):
+            store.table_path(RUN, sae, "labels").unlink()
+
+
+def test_label_on_another_host_warns(monkeypatch: pytest.MonkeyPatch, world: dict[str, Any], cli: CliRunner) -> None:
+    from http.server import ThreadingHTTPServer
+
+    def stop(self: ThreadingHTTPServer, *a: Any) -> None:  # serve_forever as Ctrl-C ends it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ThreadingHTTPServer, "serve_forever", stop)
+    common = ["label", "--store", str(world["store"].root), "--run", RUN, "--sae", world["sae"], "--model",
+              world["model"], "--device", "cpu"]
+    res = cli.ok(*common, "--host", "0.0.0.0")
+    assert "warning: serving on 0.0.0.0:" in res.err and "no login" in res.err
+    assert "open http://127.0.0.1:" in res.out and "every answer is saved" in res.err
+    res = cli.ok(*common)
+    assert "warning" not in res.err

@@ -127,10 +127,28 @@ def test_label_page_in_headless_chromium(served: tuple[Store, str, LabelBook], t
         pid = browser.shown_pair(page)
         assert browser.eval(page, "document.querySelectorAll('#examples mark').length") == 4  # highlights
         assert browser.eval(page, "document.querySelector('#examples mark').textContent").startswith("token")
+        assert browser.eval(page, "document.getElementById('calibration').hidden") is True  # no such trials
         for key, answer in (("a", "A"), ("b", "B"), ("s", "skip")):
             browser.key(page, key)
             given.append((pid, answer))
             pid = browser.shown_pair(page, pid)
+        # undo (key U): the last answer's row goes and its pair comes back
+        browser.key(page, "u")
+        back = browser.shown_pair(page, pid)
+        assert back == given[-1][0] and store.read_table(RUN, SAE, "labels").num_rows == 2
+        given.pop()
+        browser.key(page, "b")
+        given.append((back, "B"))
+        pid = browser.shown_pair(page, back)
+        # undo (the button), then answer again
+        browser.eval(page, "document.getElementById('undo').click()")
+        back = browser.shown_pair(page, pid)
+        assert back == given.pop()[0]
+        browser.key(page, "s")
+        given.append((back, "skip"))
+        pid = browser.shown_pair(page, back)
+        browser.call("Page.reload", {}, page)  # a reload shows the same next pair
+        assert browser.shown_pair(page, "") == pid
         browser.close(target)  # closed mid-way
         # the three answers are on disk already
         assert store.read_table(RUN, SAE, "labels").num_rows == 3

@@ -43,6 +43,11 @@ class Pair:
     def text_b(self) -> str:
         return self.text if self.real_position == "A" else self.real_text
 
+    @property
+    def trial(self) -> str:
+        """``test`` (a generated text vs a real one) or ``calibration`` (the corpus control: both real)."""
+        return "calibration" if is_control(self.generator) else "test"
+
     def public(self) -> dict[str, Any]:
         """What the page may see: nothing that says which text is real."""
         return {"pair_id": self.pair_id, "sae": self.sae, "feature_index": self.feature_index,
@@ -89,3 +94,24 @@ def build_pairs(run: str, sae: str, examples: pa.Table, generations: pa.Table, h
     out.sort(key=lambda p: (p.generator, p.feature_index, p.sample_index))
     random.Random(seed).shuffle(out)
     return out
+
+
+PAIR_COLUMNS = ("order", "pair_id", "run", "sae", "feature_index", "generator", "trial", "sample_index",
+                "real_position", "real_example", "text_a", "text_b", "text", "real_text", "examples")
+
+
+def pairs_table(pairs: list[Pair]) -> pa.Table:
+    """The pairs a study serves, in the order it serves them, with everything needed to audit it:
+    what the page shows (examples, text A, text B) and what it never does (which side is real, the
+    real text's candidate, the generator)."""
+    rows = [{"order": i, "pair_id": p.pair_id, "run": p.run, "sae": p.sae, "feature_index": p.feature_index,
+             "generator": p.generator, "trial": p.trial, "sample_index": p.sample_index,
+             "real_position": p.real_position, "real_example": p.real_example, "text_a": p.text_a,
+             "text_b": p.text_b, "text": p.text, "real_text": p.real_text, "examples": list(p.examples)}
+            for i, p in enumerate(pairs)]
+    schema = pa.schema([("order", pa.int64()), ("pair_id", pa.string()), ("run", pa.string()), ("sae", pa.string()),
+                        ("feature_index", pa.int64()), ("generator", pa.string()), ("trial", pa.string()),
+                        ("sample_index", pa.int64()), ("real_position", pa.string()), ("real_example", pa.string()),
+                        ("text_a", pa.string()), ("text_b", pa.string()), ("text", pa.string()),
+                        ("real_text", pa.string()), ("examples", pa.list_(pa.string()))])
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -14,7 +14,10 @@ from .pairs import Pair, build_pairs
 
 
 def label_pairs(store: Store, run: str, sae: str, *, generator: str | None = None, seed: int = 42,
-                opts: ModelOptions | None = None, progress: ProgressSink = NULL_PROGRESS) -> list[Pair]:
+                calibration: bool = False, opts: ModelOptions | None = None,
+                progress: ProgressSink = NULL_PROGRESS) -> list[Pair]:
+    """The pairs of one run × SAE in the order a rater gets them; ``calibration`` adds the corpus
+    control's real-vs-real trials (``build_pairs``)."""
     gens = store.read_table(run, sae, "generations")
     present = sorted(set(gens["generator"].to_pylist()))
     if generator is not None:
@@ -24,4 +27,5 @@ def label_pairs(store: Store, run: str, sae: str, *, generator: str | None = Non
         gens = gens.filter(pc.equal(gens["generator"], generator))
     held = held_out_examples(store, run, sae, opts or ModelOptions(), progress)
     shown = {g: shown_settings(store, run, sae, g) for g in set(gens["generator"].to_pylist())}
-    return build_pairs(run, sae, store.read_table(run, sae, "examples"), gens, held, shown, seed)
+    return build_pairs(run, sae, store.read_table(run, sae, "examples"), gens, held, shown, seed,
+                       include_control=calibration)
