@@ -112,12 +112,14 @@ def test_min_original_filter_and_threshold_summary(tmp_path: Path) -> None:
     wide = {r["sae"]: r for r in threshold_summary(con).to_pylist()}
     assert wide["py_4k_topk_s0"]["mean_frac_of_top"] == pytest.approx(0.25)
     assert wide["py_4k_topk_s0"]["sens 1%"] == 1.0
+    assert wide["py_4k_topk_s0"]["features"] == 6 and wide["py_4k_topk_s0"]["small_n"] is False
     # originals 0.5..1.0 (4k) and 0.6..1.0 (16k): at 0.9, 4k keeps i = 4, 5 and 16k keeps i = 3, 4, 5
     lost = {r["sae"]: r for r in apply_min_original(con, 0.9).to_pylist()}
     assert (lost["py_4k_topk_s0"]["kept"], lost["py_4k_topk_s0"]["lost"]) == (2, 4)
     assert lost["py_16k_topk_s0"]["share_lost"] == pytest.approx(3 / 6)
     summary = {r["sae"]: r["features"] for r in summarize(con).to_pylist()}
     assert summary == {"py_4k_topk_s0": 2, "py_16k_topk_s0": 3}
+    assert all(r["small_n"] for r in threshold_summary(con).to_pylist())  # 2 and 3 kept features
 
 
 def test_report_cli_filter_thresholds_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

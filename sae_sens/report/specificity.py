@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ..schemas import ROLE_SQL
 from .intervals import mean_ci
-from .summary import N_RESAMPLES
+from .summary import N_RESAMPLES, SMALL_N
 from .views import query
 
 METRICS = ("sensitivity", "base_rate", "lift", "specificity", "injection_rate", "auroc")
@@ -54,4 +54,6 @@ def specificity_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str
             columns[name] = pa.array(values, pa.float64(), from_pandas=True)  # NaN (none) -> NULL
     for c in ("dense", "n_base", "n_negative", "n_injected"):
         columns[c] = table.column(c)
+    feats = np.asarray(table.column("features").to_pylist(), dtype=float)
+    columns["small_n"] = pa.array(feats < SMALL_N, pa.bool_())  # wide intervals: see summary_warnings
     return pa.table(columns)

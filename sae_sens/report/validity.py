@@ -99,7 +99,7 @@ def threshold_summary(con: duckdb.DuckDBPyConnection, generators: Sequence[str] 
         key = (r["run"], r["sae"], r["generator"])
         n, mean_frac = frac.get(key, (0, None))
         row = rows.setdefault(key, {"run": key[0], "sae": key[1], "generator": key[2], "features": n,
-                                    "mean_frac_of_top": mean_frac})
+                                    "small_n": bool(n < SMALL_N), "mean_frac_of_top": mean_frac})
         name = "sens " + r["level"]
         row[name] = r["sensitivity"]
         # numbers, never a "[low, high]" string: CSV, JSON and Parquet readers get floats (NULL: none)
