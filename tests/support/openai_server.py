@@ -188,3 +188,22 @@ class ChatServer:
                 }
 
         return Handler
+
+
+def hashed_judge(messages: list[dict[str, Any]]) -> str:
+    """A deterministic judge: A or B for a blind pair, yes or no for a direct check, from the prompt's hash."""
+    user = str(messages[-1].get("content", ""))
+    bit = hashlib.sha256(user.encode()).digest()[0] % 2
+    if "Text A:" in user:
+        return "AB"[bit]
+    return ("yes\nit shows the pattern", "no\nnothing like the examples")[bit]
+
+
+if __name__ == "__main__":  # python -m tests.support.openai_server URL_FILE MODEL...: serve until killed
+    import sys
+    from pathlib import Path
+
+    with ChatServer(models=tuple(sys.argv[2:]) or ("test-model",), respond=hashed_judge) as _srv:
+        Path(sys.argv[1]).write_text(_srv.base_url)
+        while True:
+            time.sleep(3600)
