@@ -120,6 +120,30 @@ def test_show_unknown_feature_and_wrong_run_are_one_line(store: Store, cli: CliR
     code, _, err = cli("show", "--store", str(store.root), "--sae", SAE, str(FEATURE))
     assert code == 1 and "did you mean --run demo?" in err
     code, _, err = cli("show", "--store", str(store.root), "--sae", "other", "1")
-    assert code == 1 and f"SAEs there: {SAE}" in err
+    assert code == 2 and f"SAEs there: {SAE}" in err
+    # the same unknown SAE exits as report's does
+    assert cli("report", "--store", str(store.root), "--run", RUN, "--sae", "other").code == code
     code, _, err = cli("show", "--store", str(store.root), "--sae", SAE, "x")
     assert code == 2 and "'feature'" in err and "integer" in err and "Traceback" not in err
+
+
+def test_show_format_json_holds_every_row_of_the_view(store: Store, cli: CliRunner) -> None:
+    import json
+
+    from sae_sens.cli.show_cmd import load_feature
+
+    out = cli.ok("show", "--store", str(store.root), "--run", RUN, "--sae", SAE, str(FEATURE), "--format", "json").out
+    data = json.loads(out)
+    view = load_feature(store, RUN, SAE, FEATURE)
+    assert (data["run"], data["sae"], data["feature"]) == (RUN, SAE, FEATURE)
+    assert len(data["generations"]) == len(view.generations) == 14 and len(data["scores"]) == len(view.scores)
+    assert {s["generator"]: s["generated_sensitivity"] for s in data["stats"]} == {
+        "hf:demo:smollm2": pytest.approx(2 / 3), "openai:gpt": 0.9}
+    assert data["examples"][0]["tokens"] == [" in", " 1637", "."] and data["top_activation"] == 8.0
+    capped = json.loads(cli.ok("show", "--store", str(store.root), "--run", RUN, "--sae", SAE, str(FEATURE),
+                               "--format", "json", "--samples", "2").out)
+    assert {(g["generator"], g["sample_index"]) for g in capped["generations"]} == {
+        ("hf:demo:smollm2", 0), ("hf:demo:smollm2", 1), ("openai:gpt", 0), ("openai:gpt", 1)}
+    assert [r["sample_index"] for r in capped["scores"] if r["source"] == "generated"] == [0, 1]
+    code, _, err = cli("show", "--store", str(store.root), "--run", RUN, "--sae", SAE, str(FEATURE), "--format", "xml")
+    assert code == 2 and "--format json" in err

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import MissingTableError, UsageError
+from ..errors import UnknownSaeError, UsageError
 from ..schemas import is_reference, role_of
 from .base import app
 from .options import RunOpt, StoreOpt
@@ -283,20 +283,70 @@ def show_command(
     samples: Annotated[int | None, typer.Option(
         "--samples", min=1, help="Show at most this many generated samples per generator.", show_default=False,
     )] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="text (the terminal view) or json (every row the view reads: stats, queries, "
+        "examples, scores with per-token activations, generations).")] = "text",
 ) -> None:
     """One feature in the terminal: its stats and flags, its original examples and every generated
     sample, tokens highlighted by activation (✓ active, ✗ not; the share of the feature's top
     activation after the max).
 
     Example: sae-sens show --run demo --sae smol_576_topk 25
+
+    Example: sae-sens show --run demo --sae smol_576_topk 25 --format json | jq '.stats'
     """
     from ..store import Store
     from .output import console, warn_stale
 
+    if fmt not in ("text", "json"):
+        raise UsageError(f"unknown format {fmt!r}", "use --format text or --format json")
     st = Store(store)
     if not any(st.has_table(r, sae, "examples") for r in [run, *st.runs()]):
         known = sorted({s for _, s in st.iter_run_saes()})
-        raise MissingTableError(f"no SAE {sae!r} with examples in {st.root}",
-                                f"SAEs there: {', '.join(known) or 'none yet'} (sae-sens runs lists them)")
+        # the same error, and exit code, as report's for an SAE the store does not hold
+        raise UnknownSaeError(f"no SAE {sae!r} with examples in {st.root}",
+                              f"SAEs there: {', '.join(known) or 'none yet'} (sae-sens runs lists them)")
     warn_stale(st, run, sae)
-    render(load_feature(st, run, sae, feature, generator), console, max_samples=samples)
+    view = load_feature(st, run, sae, feature, generator)
+    if fmt == "json":
+        import sys
+
+        sys.stdout.write(view_json(view, max_samples=samples) + "\n")
+        return
+    render(view, console, max_samples=samples)
+
+
+def _plain(v: Any) -> Any:
+    """JSON-safe: NaN and infinities as null, numpy scalars as numbers, nested lists and dicts alike."""
+    import math
+
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if hasattr(v, "item") and not isinstance(v, str | bytes):
+        return _plain(v.item())
+    return v if v is None or isinstance(v, str | int | bool) else str(v)
+
+
+def view_json(view: FeatureView, *, max_samples: int | None = None) -> str:
+    """The feature's rows as one JSON object (``--format json``); ``max_samples`` caps generations
+    and their scores per generator, as the text view does."""
+    import json
+    from dataclasses import asdict
+
+    data = asdict(view)
+    if max_samples is not None:
+        keep: dict[str, set[int]] = {}
+        for g in sorted(data["generations"], key=lambda r: (r.get("generator") or "", r.get("sample_index") or 0)):
+            chosen = keep.setdefault(g.get("generator") or "", set())
+            if len(chosen) < max_samples:
+                chosen.add(int(g.get("sample_index") or 0))
+        data["generations"] = [g for g in data["generations"]
+                               if int(g.get("sample_index") or 0) in keep.get(g.get("generator") or "", set())]
+        data["scores"] = [r for r in data["scores"] if r.get("source") != "generated"
+                          or int(r.get("sample_index") or 0) in keep.get(r.get("generator") or "", set())]
+    data["top_activation"] = view.top
+    return json.dumps(_plain(data), indent=1)
