@@ -276,8 +276,10 @@ def test_pipeline_collects_saes_of_one_hook_in_one_pass(world: dict[str, Any], t
 
 
 def pass_column(out: str) -> list[str]:
-    """The last column ("pass") of each row of the collect table."""
-    return [line.split("│")[-2].strip() for line in out.splitlines() if line.startswith("│")]
+    """The last column ("pass") of each row of the collect table (TSV: the output is not a terminal)."""
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    assert rows and rows[0][-1] == "pass", out
+    return [r[-1] for r in rows[1:]]
 
 
 def test_cli_collect_several_saes_runs_one_pass(world: dict[str, Any], reference: Store, tmp_path: Path,

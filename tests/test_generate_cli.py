@@ -158,3 +158,36 @@ def test_cli_bad_input_is_one_line(tmp_path, cli, argv, message):
 def test_cli_missing_examples_says_to_collect(tmp_path, cli):
     code, _, err = cli("generate", "--store", str(tmp_path), "--sae", "sae-z", "--from-table", "x.csv")
     assert code == 1 and "no examples table" in err and "sae-sens collect" in err
+
+
+def test_run_dry_run_plans_without_running(tiny_world, tmp_path, cli) -> None:  # type: ignore[no-untyped-def]
+    import csv
+    import io
+
+    from sae_sens.collect import CollectConfig, run_collect
+    from sae_sens.stages import ModelOptions
+    from sae_sens.store import Store
+
+    store = tmp_path / "store"
+    common = ["--store", str(store), "--run", "r", "--sae", str(tiny_world.sae), "--generator", "openai:gpt-4.1-mini"]
+    def rows(out: str) -> list[dict[str, str]]:  # piped: TSV, then the total line
+        return list(csv.DictReader(io.StringIO("\n".join(x for x in out.splitlines() if "\t" in x)), delimiter="\t"))
+
+    res = cli.ok("run", *common, "--corpus", str(tiny_world.corpus), "--feature-ids", "0,1,2", "--dry-run")
+    (row,) = rows(res.out)
+    assert row["collect"].startswith("would run") and row["requests"] == "3" and float(row["est_prompt_tokens"]) > 0
+    assert "3 requests to openai:gpt-4.1-mini" in res.out and "estimated from examples" in res.out
+    assert not store.exists()  # nothing run, not even a store made
+
+    run_collect(Store(store), "r", str(tiny_world.sae), CollectConfig(
+        corpus=str(tiny_world.corpus), total_tokens=3000, context_size=48, features=None, feature_ids=(0, 1, 2)),
+        ModelOptions(model=str(tiny_world.model), device="cpu"))
+    res = cli.ok("run", *common, "--feature-ids", "0,1,2", "--dry-run", "--max-cost", "0.000001")
+    (row,) = rows(res.out)
+    assert row["collect"] == "collected (3 features)" and "would stop before sending" in res.out
+    gen = cli.ok("generate", "--store", str(store), "--run", "r", "--sae", str(tiny_world.sae), "--generator",
+                 "openai:gpt-4.1-mini", "--dry-run").out
+    (g,) = rows(gen)
+    # once collected, run's plan is generate's own
+    assert [row[c] for c in ("requests", "est_prompt_tokens", "est_completion_tokens", "est_cost")] == [
+        g[c] for c in ("requests", "est_prompt_tokens", "est_completion_tokens", "est_cost")]

@@ -357,10 +357,14 @@ def test_cli_score_end_to_end(store_dir: Path, model_dir: Path, detector: Path,
     base = ("score", "--sae", str(detector), "--store", str(store_dir), "--model", str(model_dir),
             "--device", "cpu", "--batch-size", "2")
     out = cli.ok(*base)
-    lines = {line.split("│")[1].strip(): line for line in out.out.splitlines() if line.count("│") > 2}
-    assert set(lines) == {"imported", "other"}
+    # piped: TSV at full precision, one line per generator after the header
+    header, *body = [line.split("\t") for line in out.out.splitlines() if "\t" in line]
+    lines = {cells[0]: cells for cells in body}
+    assert set(lines) == {"imported", "other"} and header[0] == "generator"
     # imported: 2 features, mean generated sensitivity (2/3 + 1/2) / 2, originals all active, 5 samples
-    assert [c.strip() for c in lines["imported"].split("│")[2:-1]] == ["2", "0.583", "1", "1", "5", "0", "0"]
+    got = lines["imported"][1:]
+    assert got[0] == "2" and float(got[1]) == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert [float(x) for x in got[2:]] == [1, 1, 5, 0, 0]
     assert "11 rows from" in out.err  # 7 generated + 2 originals × 2 variants, logged by the stage
     store = Store(store_dir)
     stats = store.read_table("default", str(detector), "feature_stats")

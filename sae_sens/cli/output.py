@@ -203,8 +203,10 @@ def table_text(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
 
 
-def emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table", title: str | None = None) -> None:
-    text = render(columns, rows, fmt, title)
+def emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str | None = None,
+         title: str | None = None) -> None:
+    """A command's table on stdout: a table on a terminal, TSV in a pipe or file (``fmt`` to choose)."""
+    text = render(columns, rows, resolve_format(fmt), title)
     if text is not None:
         sys.stdout.write(text)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -50,6 +50,11 @@ from .options import (
     TotalTokensOpt,
     WaitOpt,
 )
+
+if TYPE_CHECKING:
+    from ..collect import CollectConfig
+    from ..generate import GenerateConfig
+    from ..store import Store
 
 SUMMARY_COLUMNS = ("sae", "generator", "features", "sensitivity", "ci_low", "ci_high", "original_sensitivity",
                    "original_sensitivity_window", "share_below_half")
@@ -104,6 +109,9 @@ def run_command(
         help="Also write the results in the original tool's layout: DIR/<sae>/ with its six CSVs "
              "(as `sae-sens export --format original`).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="A line when each step starts and ends.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Show per SAE whether collect would run and what generate would send and cost "
+        "(estimated before collect); run nothing, send nothing.")] = False,
 ) -> None:
     """Run every stage (collect -> generate -> score) for one or many SAEs, then print the summary.
 
@@ -124,6 +132,10 @@ def run_command(
     Example (one Ray task per model and hook, on the cluster `ray start --head` made):
 
         sae-sens run --sae py_4k_topk_s0 --sae gem_4k_topk_s0 --executor ray --address auto --gpus-per-task 1
+
+    Example (what it would send and cost, nothing run):
+
+        sae-sens run --sae py_4k_topk_s0 --features 100 --generator openai:gpt-4.1-mini --dry-run
     """
     from ..generate import GenerateConfig
     from .generate_cmd import resolve_generator
@@ -160,6 +172,9 @@ def run_command(
     opts = ModelOptions(model=model, hook=hook, device=device, dtype=dtype, batch_size=batch_size,
                         checkpoint_every=checkpoint_every)
     st = Store(store, wait=wait)
+    if dry_run:
+        _dry_run(st, run, list(sae), collect_cfg, generate_cfg)
+        return
     runner = make_executor(executor, address, gpus_per_task, saes_per_task)
     imported = bool(from_saebench or saebench_file)
     if imported and runner.name != "local":
@@ -193,3 +208,22 @@ def run_command(
     cols = [c for c in SUMMARY_COLUMNS if c in summary.column_names]
     emit(cols, [list(r) for r in zip(*(summary[c].to_pylist() for c in cols), strict=True)],
          title="sensitivity (sae-sens report for more)")
+
+
+def _dry_run(st: Store, run: str, saes: list[str], collect_cfg: CollectConfig, generate_cfg: GenerateConfig) -> None:
+    from ..pipeline import plan_run
+    from .output import console, emit, money
+
+    plans = plan_run(st, run, saes, collect_cfg, generate_cfg)
+    cols = ["sae", "collect", "features", "done", "requests", "est_prompt_tokens", "est_completion_tokens"]
+    emit(cols + ["est_cost"], [[p[c] for c in cols] + [money(p["est_cost_usd"])] for p in plans],
+         title="dry run: nothing run, nothing sent")
+    costs = [p["est_cost_usd"] for p in plans]
+    total = None if None in costs else sum(float(str(c)) for c in costs)
+    line = f"{sum(int(str(p['requests'])) for p in plans)} requests to {generate_cfg.spec.label}, estimated cost " + (
+        "n/a (pass --price-in/--price-out)" if total is None else f"${total:.4f}")
+    if any(p.get("estimate") for p in plans):
+        line += "; before collect, prompts are estimated from examples of the window's length"
+    if generate_cfg.max_cost is not None and total is not None and total > generate_cfg.max_cost:
+        line += f"; more than --max-cost {generate_cfg.max_cost:g}: the run would stop before sending"
+    console.print(line, highlight=False, soft_wrap=True)

@@ -99,4 +99,4 @@ def score_command(
             with RichProgress() as progress:
                 run_score(st, run, name, cfg, opts, force=force, progress=progress)
         summary = summarize(st.read_table(run, name, "scores"), st.read_table(run, name, "feature_stats"))
-        emit(list(COLUMNS.values()), [[row[c] for c in COLUMNS] for row in summary], "table", title=f"{run} / {name}")
+        emit(list(COLUMNS.values()), [[row[c] for c in COLUMNS] for row in summary], title=f"{run} / {name}")

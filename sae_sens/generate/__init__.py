@@ -22,6 +22,7 @@ from .core import (
     import_generations,
     make_requests,
     plan_generate,
+    plan_uncollected,
     run_generate,
     run_generate_many,
 )
@@ -51,5 +52,6 @@ __all__ = [
     "parse_generator",
     "parse_samples",
     "plan_generate",
+    "plan_uncollected",
     "run_generate",
 ]

@@ -393,6 +393,13 @@ def plan_generate(store: Store, run: str, sae: str, cfg: GenerateConfig) -> dict
     journal = Checkpoint(store.checkpoint_dir(run, sae, stage) / "answers.jsonl").load()
     cache = QueryCache(store.cache_dir / "generate")
     todo = [r for r in requests if r.query_hash not in journal and cache.get(r.query_hash) is None]
+    return {"sae": sae, "generator": spec.label, "features": len(requests), "done": len(requests) - len(todo),
+            **estimate_requests(todo, examples, cfg)}
+
+
+def estimate_requests(todo: list[Request], examples: pa.Table, cfg: GenerateConfig) -> dict[str, Any]:
+    """Requests, estimated prompt and completion tokens and cost of sending ``todo``: a completion is
+    ``n_request`` samples as long as the feature's examples (at most ``max_tokens``)."""
     texts = {f: [_MARK_RE.sub("", t or "") for t in ts]
              for f, ts in _example_texts(examples).items()}
     prompt_tokens = sum(estimate_tokens(r.system + r.user) + 10 for r in todo)  # + chat framing
@@ -402,9 +409,24 @@ def plan_generate(store: Store, run: str, sae: str, cfg: GenerateConfig) -> dict
         per_sample = sum(estimate_tokens(t) for t in ts) / len(ts)
         completion_tokens += min(cfg.max_tokens, math.ceil(cfg.n_request * (per_sample + 3)))
     price = price_of(cfg)
-    return {"sae": sae, "generator": spec.label, "features": len(requests), "done": len(requests) - len(todo),
-            "requests": len(todo), "est_prompt_tokens": prompt_tokens, "est_completion_tokens": completion_tokens,
+    return {"requests": len(todo), "est_prompt_tokens": prompt_tokens, "est_completion_tokens": completion_tokens,
             "est_cost_usd": price.cost(prompt_tokens, completion_tokens) if price else None}
+
+
+def plan_uncollected(features: list[int], n_top: int, n_iw: int, window: int, cfg: GenerateConfig) -> dict[str, Any]:
+    """``run --dry-run`` before collect: the requests for ``features`` with ``n_top`` + ``n_iw``
+    examples of ``window`` tokens each (stand-ins of that length, one token marked): an estimate,
+    since the examples' real text is not known yet."""
+    from ..schemas import make_table
+
+    if cfg.spec.kind == "table" or cfg.spec.kind in RETRIEVAL_KINDS:
+        return {"features": len(features), "done": 0, "requests": 0, "est_prompt_tokens": 0,
+                "est_completion_tokens": 0, "est_cost_usd": 0.0}
+    text = "{{ word}}" + " word" * (window - 1)
+    examples = make_table("examples", [
+        {"feature_index": f, "example_index": i, "kind": "top" if i < n_top else "iw", "text": text}
+        for f in features for i in range(n_top + n_iw)])
+    return {"features": len(features), "done": 0, **estimate_requests(make_requests(examples, cfg), examples, cfg)}
 
 
 def _example_texts(examples: pa.Table) -> dict[int, list[str]]:
