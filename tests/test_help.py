@@ -18,6 +18,9 @@ def test_help_at_80_columns(command: str, cli: CliRunner, monkeypatch: pytest.Mo
     monkeypatch.setenv("COLUMNS", "80")
     text = cli.ok(command, "--help").out
     assert "…" not in text and "<bool>" not in text
+    # placeholders say what to type (INTEGER, TEXT, PATH), never a Python annotation
+    assert not any(t in text for t in ("<int", "<float", "<str>", "<list[", "<path>")), text
+    assert "{" not in text.splitlines()[0]  # usage: FEATURE, not {feature}
     for line in text.splitlines():
         # prose wraps at 80; only a command line (kept whole so it can be copied) may run longer
         assert len(line) <= 80 or line.lstrip().startswith(("sae-sens ", "echo ")), line

@@ -18,6 +18,41 @@ __all__ = ["PROG", "RichProgress", "app"]
 
 PROG = "sae-sens"
 
+# Value placeholders as Click and `llm` print them (INTEGER, TEXT, PATH), not Typer's type names
+# (`<int range>`, `<list[str]>`): a reader wants to know what to type, not the Python annotation.
+_PLAIN_TYPES = {"int": "INTEGER", "int range": "INTEGER", "float": "FLOAT", "float range": "FLOAT", "str": "TEXT",
+                "path": "PATH", "file": "FILE", "directory": "DIR", "dir": "DIR"}
+
+
+def _plain_type(label: str) -> str:
+    import re
+
+    inner = label[1:-1] if label.startswith("<") and label.endswith(">") else label
+    listed = re.fullmatch(r"list\[(.*)\]", inner)
+    inner = listed.group(1) if listed else inner
+    return _PLAIN_TYPES.get(inner, inner.upper() if "|" not in inner else inner)
+
+
+def _install_plain_types() -> None:
+    base = typer.core._TyperParameter
+    typer_type = base.display_type
+
+    def display_type(self: Any, ctx: Any) -> str:
+        label = typer_type(self, ctx)
+        return _plain_type(label) if isinstance(label, str) and label.startswith("<") else label
+
+    base.display_type = display_type  # type: ignore[method-assign]
+
+    def usage_name(self: Any) -> str:  # FEATURE, not {feature}; optional ones in brackets
+        name = (self.metavar or self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    typer.core.TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+
+
+_install_plain_types()
+
 class _Command(typer.core.TyperCommand):
     """Click's plain help, which fits 80 columns (options, then their help below or beside them),
     except that a paragraph holding a command line is printed as written: a command is never broken
