@@ -161,3 +161,46 @@ def test_ctrl_c_reaches_the_duckdb_cli_and_not_the_session(store: Store, tmp_pat
     assert proc.stdout.readline().strip() == "interrupted"
     proc.stdin.close()
     assert proc.wait(timeout=60) == 5, proc.stderr.read() if proc.stderr else ""
+
+
+def readme_queries() -> list[str]:
+    """Every ``--sql "..."`` of the README, its line breaks joined (a query may wrap in the prose)."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = [" ".join(q.split()) for q in re.findall(r'--sql "([^"]+)"', text)]
+    return [q for q in found if "…" not in q and "..." not in q]  # placeholders (`--sql "…"`) are no query
+
+
+@pytest.fixture
+def readme_store(store: Store) -> Store:
+    """The fixture store plus what the README's queries read: features with alive/selected flags."""
+    store.write_table(RUN, SAE, "features", make_table("features", [
+        {"feature_index": i, "frequency": 0.01, "n_firings": 20 + i, "max_activation": 1.0, "top_activation": 1.0,
+         "alive": i % 2 == 0, "selected": i < 4} for i in range(10)]))
+    return store
+
+
+@pytest.mark.slow  # the real duckdb CLI process for each query
+def test_every_readme_query_runs_in_report_sql_and_in_the_duckdb_shell(readme_store: Store, cli) -> None:  # type: ignore[no-untyped-def]
+    queries = readme_queries()
+    assert len(queries) >= 2, queries
+    # and the README's read_parquet example, as report --sql reads files inside the store
+    queries.append(f"SELECT count(*) FROM read_parquet('{readme_store.root}/*/*/feature_stats.parquet')")
+    for q in queries:
+        res = cli("report", "--store", str(readme_store.root), "--sql", q, "--format", "csv")
+        assert res.code == 0 and res.out.count("\n") >= 2, (q, res.err)
+    for q in queries[:-1]:  # the shell sees the views, not the files
+        p = run_sql(readme_store, q.rstrip(";") + ";\n")
+        assert p.returncode == 0 and "Error" not in p.stderr, (q, p.stderr)
+
+
+@pytest.mark.slow  # the real duckdb CLI process
+def test_a_refused_write_in_the_duckdb_shell_names_the_way_to_save(store: Store) -> None:
+    for sql in ("COPY (SELECT 1) TO 'x.csv';\n", ".once x.txt\nSELECT 1;\n", "CREATE TABLE t AS SELECT 1;\n"):
+        p = run_sql(store, sql)
+        assert p.returncode != 0, sql
+        hints = [line for line in p.stderr.splitlines() if line.startswith("hint: ")]
+        assert len(hints) == 1 and 'sae-sens report --sql "SELECT ..." -o FILE.csv' in hints[0], p.stderr
+    ok = run_sql(store, "SELECT 1 AS one;\n")
+    assert ok.returncode == 0 and "hint" not in ok.stderr

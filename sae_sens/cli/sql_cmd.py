@@ -86,17 +86,46 @@ def open_duckdb_cli(binary: str, store: Store, runs: list[str] | None, saes: lis
             raise StoreError(f"could not copy the store {store.root} into a snapshot for the duckdb CLI: {first}",
                              f"check the free space in {Path(tmp).parent} (set TMPDIR to a folder with room), "
                              "or use sae-sens sql --builtin")
-        return _run_interactive([binary, "-safe", "-readonly", str(db)])
+        banner = Path(tmp) / "banner.sql"  # -init works in safe mode: one line on how to save a result
+        banner.write_text(f'.print "{SAVE_HINT}"\n' if sys.stdin.isatty() else "")
+        return _run_interactive([binary, "-safe", "-readonly", "-init", str(banner), str(db)], hint=True)
 
 
-def _run_interactive(command: list[str]) -> int:
+SAVE_HINT = ('read-only snapshot of the store: to save a result, run sae-sens report --sql "SELECT ..." '
+             '-o FILE.csv (or .tsv, .json, .md)')
+# what the duckdb CLI says when safe mode or the read-only database refuses a write
+REFUSED = ("file system operations are disabled", "cannot be used in -safe mode", "read-only mode",
+           "Cannot execute statement of type", "disabled by configuration", "read-only database")
+
+
+def _relay_stderr(pipe: Any) -> None:
+    """The CLI's stderr, line by line, with the way to save a result after each refused write."""
+    for raw in iter(pipe.readline, b""):
+        sys.stderr.buffer.write(raw)
+        line = raw.decode("utf-8", "replace")
+        if any(r in line for r in REFUSED):
+            sys.stderr.buffer.write(f"hint: {SAVE_HINT}\n".encode())
+        sys.stderr.flush()
+
+
+def _run_interactive(command: list[str], *, hint: bool = False) -> int:
     """Run an interactive child to its end and return its exit status. Ctrl-C on the terminal reaches the
     child (the duckdb CLI cancels the running query and stays open) and is ignored here, where it would
-    otherwise kill the child with the whole session."""
-    proc = subprocess.Popen(command)
+    otherwise kill the child with the whole session. With ``hint``, its stderr passes through a relay
+    that adds the way to save a result after a refused write (stdin and stdout stay the terminal)."""
+    import threading
+
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE if hint else None)
+    relay = None
+    if hint and proc.stderr is not None:
+        relay = threading.Thread(target=_relay_stderr, args=(proc.stderr,), daemon=True)
+        relay.start()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # after the spawn: the child keeps the default
     try:
-        return proc.wait()
+        code = proc.wait()
+        if relay is not None:
+            relay.join(timeout=5)
+        return code
     finally:
         signal.signal(signal.SIGINT, old)
 
