@@ -91,7 +91,8 @@ def test_compare_html_and_export_keep_the_control_apart(tmp_path: Path) -> None:
 
     page = render_html(con, store=store, plots=False)
     # features ordered by the generator's sensitivity, lowest first: the control's 0.7 / 0.9 do not move them
-    shown = re.findall(r'class="feature" id="sae-0-f(\d+)" data-sens="([^"]+)"', page)
+    found = re.findall(r'class="feature" id="([^"/]+/[^"/]+)/(\d+)" data-sens="([^"]+)"', page)
+    shown = [(f, v) for sae, f, v in found if sae == found[0][0]]  # the page's first SAE
     values = [float(v) for _, v in shown]
     assert values == sorted(values) and len(values) == N
     assert max(values[:-1]) <= 0.5 and shown[-1][0] == str(N - 1)  # only the control scored the last one

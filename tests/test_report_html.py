@@ -78,7 +78,7 @@ def test_html_report_in_headless_chromium(tmp_path: Path) -> None:
     dom, console = chromium(page.as_uri() + "#max=0.5", tmp_path / "profile")
     assert console == []
     assert 'data-filter="0.50"' in dom  # the filter script ran, with the value from the address
-    feature = {m.group(1): m.group(0) for m in re.finditer(r'<div class="feature" id="sae-0-f(\d+)"[^>]*>', dom)}
+    feature = {m.group(1): m.group(0) for m in re.finditer(rf'<div class="feature" id="{RUN}/{SAE}/(\d+)"[^>]*>', dom)}
     assert set(feature) == {"0", "1"}
     assert "hidden" not in feature["0"] and "hidden" in feature["1"]  # 0.2 shown, 1.0 hidden at max 0.5
     samples = [s.split("</div>")[0] for s in dom.split('<div class="sample">')[1:]]
@@ -92,6 +92,26 @@ def test_html_report_in_headless_chromium(tmp_path: Path) -> None:
     assert dom.count('src="data:image/png;base64,') == 3  # the width, histogram and L0 plots embedded
     assert 'alt="sensitivity_l0"' in dom
     assert '"max_length": 128' in dom and '"duckdb": "1.0"' in dom  # the run's config and versions
-    assert re.search(r'<a href="#sae-0">smol_576_topk</a>', dom)  # summary row links to its SAE
-    assert '<a href="#sae-0-f0">' in dom  # links per feature
+    # stable anchors by run, SAE and feature: links keep working when SAEs are added
+    assert f'<a href="#{RUN}/{SAE}">{SAE}</a>' in dom  # summary row links to its SAE
+    assert f'<a href="#{RUN}/{SAE}/0">' in dom and f'id="{RUN}/{SAE}"' in dom  # links per feature
+    assert "Sensitivity at thresholds relative to the top activation" in dom  # every table the store has
     assert "(n = 1 to 5;" in dom  # the summary's warning about different n
+
+
+def test_html_folder_is_an_index_and_a_page_per_sae(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "evals")
+    other = "smol_1152_topk"
+    for t in ("feature_stats", "scores", "generations", "examples"):  # a second SAE, same rows
+        store.write_table(RUN, other, t, store.read_table(RUN, SAE, t).drop_columns(["run", "sae"]))
+    folder = tmp_path / "site"
+    main(["report", "--store", str(store.root), "--html", str(folder), "--format", "csv"])
+    index = (folder / "index.html").read_text()
+    assert 'class="feature"' not in index  # the index holds the tables, not the features
+    assert f'href="{RUN}/{SAE}.html#{RUN}/{SAE}"' in index and f'href="{RUN}/{other}.html#{RUN}/{other}"' in index
+    page = folder / RUN / f"{SAE}.html"
+    dom, console = chromium(page.as_uri() + f"#{RUN}/{SAE}/1", tmp_path / "profile")
+    assert console == []
+    assert f'id="{RUN}/{SAE}/0"' in dom and f'id="{RUN}/{SAE}/1"' in dom and f'id="{RUN}/{other}/0"' not in dom
+    assert 'href="../index.html"' in dom and f'href="../{RUN}/{other}.html#{RUN}/{other}"' in dom
+    assert page.stat().st_size < (tmp_path / "site" / "index.html").stat().st_size + 200_000

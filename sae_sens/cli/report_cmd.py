@@ -121,7 +121,8 @@ def report_command(
     html: Annotated[
         Path | None,
         typer.Option("--html", help="Write a self-contained HTML page of every feature's examples and "
-                                    "generated samples, highlighted by activation.", show_default=False),
+                                    "generated samples, highlighted by activation, and every table; a folder "
+                                    "(DIR/ or no suffix): an index plus one page per SAE.", show_default=False),
     ] = None,
     resamples: Annotated[int, typer.Option(
         "--resamples", help="Bootstrap resamples for --compare of two SAEs (the interval of b - a and its "

@@ -25,7 +25,7 @@ import html
 import json
 import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,7 @@ def _summary_table(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | N
         for c in cols:
             v = _fmt(r[c])
             if c == "sae" and (r["run"], r["sae"]) in anchors:
-                v = f'<a href="#{anchors[(r["run"], r["sae"])]}">{v}</a>'
+                v = f'<a href="{html.escape(anchors[(r["run"], r["sae"])])}">{v}</a>'
             cells.append(f"<td>{v}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<h2>Summary</h2><div class="scroll"><table class="summary"><tr>{head}</tr>{"".join(body)}</table></div>'
@@ -164,6 +164,31 @@ def _summary_table(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | N
             "the feature, with a 95% interval over features (ci_low, ci_high; Wilson at the effective size, see the README); n_min / n_max: fewest and most "
             "parsed samples per feature; control_sensitivity: the corpus control's mean over the same features "
             "(real held-out passages, never averaged into sensitivity).</p>" + warnings)
+
+
+def _table_html(title: str, table: Any) -> str:
+    rows = table.to_pylist()
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
+    return f'<h2>{html.escape(title)}</h2><div class="scroll"><table class="summary"><tr>{head}</tr>{body}</table></div>'
+
+
+def _more_tables(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None) -> str:
+    """The report's other tables where the store has their data: thresholds, specificity (when a
+    base-rate, negatives or injection generator was scored), the judge's and the human labels'."""
+    from ..schemas import REFERENCE_SQL
+    from .specificity import specificity_summary
+    from .validity import threshold_summary, validity_tables
+
+    parts = [_table_html("Sensitivity at thresholds relative to the top activation", threshold_summary(con, generators))]
+    if query(con, f"SELECT count(*) AS n FROM feature_stats WHERE {REFERENCE_SQL}").column("n")[0].as_py():
+        parts.append(_table_html("Beside the sensitivity: base rate, lift, specificity, injection rate, AUROC",
+                                 specificity_summary(con, generators)))
+    parts += [_table_html(title, table) for title, table in validity_tables(con, generators)]
+    return "".join(parts)
 
 
 def _plots(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None) -> str:
@@ -191,9 +216,25 @@ def _config(store: Store | None, run: str, sae: str) -> str:
     return f'<details class="config"><summary>run config and package versions</summary><pre>{html.escape(text)}</pre></details>'
 
 
+def anchor_of(run: str, sae: str, feature: int | None = None) -> str:
+    """The page's id for an SAE (``demo/smol_576_topk``) or one of its features (``.../25``): stable
+    when SAEs are added or removed, so a link keeps pointing at the same thing."""
+    return f"{run}/{sae}" if feature is None else f"{run}/{sae}/{feature}"
+
+
+def _frag(anchor: str) -> str:
+    from urllib.parse import quote
+
+    return quote(anchor, safe="/")
+
+
 def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None = None, *,
-                store: Store | None = None, plots: bool = True) -> str:
-    """The whole page as a string (see the module docstring for what it shows)."""
+                store: Store | None = None, plots: bool = True, tables: bool = True,
+                only: set[tuple[str, str]] | None = None, page_of: Callable[[tuple[str, str]], str] | None = None,
+                index_href: str | None = None) -> str:
+    """The whole page as a string (see the module docstring for what it shows). ``only``: the SAEs
+    whose feature sections the page holds (all by default; an index page holds none); ``page_of``:
+    the file an SAE's section is on (links point there; same page by default)."""
     gen_where = f"WHERE generator IN ({', '.join('?' for _ in generators)})" if generators else ""
     params = list(generators or [])
     marks = ", ".join(f"${i + 2}" for i in range(len(params)))
@@ -238,26 +279,36 @@ def render_html(con: duckdb.DuckDBPyConnection, generators: Sequence[str] | None
             vals = [r["generated_sensitivity"] for r in rows]
         return sum(vals) / len(vals) if vals else None
 
-    anchors = {key: f"sae-{i}" for i, key in enumerate(saes)}
+    # stable anchors: #<run>/<sae> and #<run>/<sae>/<feature>, whatever else the page holds
+    anchors = {key: anchor_of(*key) for key in saes}
+    pages = page_of or (lambda key: "")  # --html DIR: an SAE's section lives on its own page
+    shown = [k for k in saes if only is None or k in only]
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sae-sens report</title>",
              f"<style>{_CSS}</style></head><body><h1>SAE feature sensitivity</h1><nav>"]
-    parts += [f'<a href="#{anchors[k]}">{html.escape(k[0])}/{html.escape(k[1])}</a>' for k in saes]
+    if index_href:
+        parts.append(f'<a href="{html.escape(index_href)}">all SAEs</a>')
+    parts += [f'<a href="{html.escape(pages(k))}#{_frag(anchors[k])}">{html.escape(k[0])}/{html.escape(k[1])}</a>'
+              for k in saes]
     parts.append("</nav>")
     parts.append(_LEGEND)
     parts.append('<p><label>Show features with sensitivity at most <input type="range" id="maxsens" min="0" '
                  'max="1" step="0.05" value="1"></label> <output id="maxsens-value">1.00</output></p>')
-    parts.append(_summary_table(con, generators, anchors))
+    parts.append(_summary_table(con, generators, {k: f"{pages(k)}#{_frag(a)}" for k, a in anchors.items()}))
+    if tables:
+        parts.append(_more_tables(con, generators))
     if plots:
         parts.append(_plots(con, generators))
     for (run, sae), features in saes.items():
+        if (run, sae) not in shown:
+            continue
         keys = sorted(((run, sae, fi) for fi in features),
                       key=lambda k: (m if (m := mean_sens(k)) is not None else float("inf"), k[2]))
         anchor = anchors[(run, sae)]
-        parts.append(f'<section id="{anchor}"><h2>{html.escape(sae)} '
+        parts.append(f'<section id="{html.escape(anchor)}"><h2>{html.escape(sae)} '
                      f'<small>run {html.escape(run)}, {len(keys)} features</small></h2>')
         parts.append(_config(store, run, sae))
         parts.append('<p class="featlinks">' + "".join(
-            f'<a href="#{anchor}-f{k[2]}">{k[2]} ({_fmt(mean_sens(k))})</a>' for k in keys) + "</p>")
+            f'<a href="#{_frag(anchor)}/{k[2]}">{k[2]} ({_fmt(mean_sens(k))})</a>' for k in keys) + "</p>")
         for key in keys:
             parts.append(_feature(key, anchor, stats_by[key], ex_by.get(key, []), gen_by.get(key, []),
                                   orig_active, mean_sens(key)))
@@ -293,9 +344,9 @@ def _feature(key: tuple, anchor: str, rows: list[dict[str, Any]], examples: list
     acts = [a for e in examples for a in (e["activations"] or []) if a is not None]
     acts += [g["max_activation"] for g in gen_rows if g["max_activation"] is not None]
     scale = max(tops) if tops else max(acts, default=0.0)
-    fid = f"{anchor}-f{fi}"
-    parts = [f'<div class="feature" id="{fid}" data-sens="{"" if sens is None else f"{sens:.6g}"}">'
-             f'<h3>feature {fi} <a href="#{fid}" title="link to this feature">#</a></h3>']
+    fid = anchor_of(run, sae, fi)
+    parts = [f'<div class="feature" id="{html.escape(fid)}" data-sens="{"" if sens is None else f"{sens:.6g}"}">'
+             f'<h3>feature {fi} <a href="#{_frag(fid)}" title="link to this feature">#</a></h3>']
     for r in rows:
         flags = []
         if (r["n_generated"] or 0) < SMALL_N:
@@ -348,4 +399,25 @@ def write_user_file(path: str | Path, text: str) -> Path:
 
 def write_html(con: duckdb.DuckDBPyConnection, path: str | Path, generators: Sequence[str] | None = None, *,
                store: Store | None = None) -> Path:
-    return write_user_file(path, render_html(con, generators, store=store))
+    """One page (``path`` a file), or for many SAEs an index plus one page per SAE (``path`` a folder:
+    it exists, ends with a slash, or has no suffix): ``index.html`` holds the summary, the other
+    tables and the plots; ``<run>/<sae>.html`` one SAE's features. Returns the page or the index."""
+    path_s = str(path)
+    folder = Path(path)
+    if not (folder.is_dir() or path_s.endswith(("/", "\\")) or not folder.suffix):
+        return write_user_file(folder, render_html(con, generators, store=store))
+    from ..store import sae_slug
+
+    keys = [(r["run"], r["sae"]) for r in query(con, "SELECT DISTINCT run, sae FROM feature_stats ORDER BY run, sae").to_pylist()]
+
+    def page_of(key: tuple[str, str]) -> str:
+        return f"{sae_slug(key[0])}/{sae_slug(key[1])}.html"
+
+    for key in keys:
+        page = render_html(con, generators, store=store, plots=False, tables=False, only={key},
+                           page_of=lambda k: "../" + page_of(k), index_href="../index.html")
+        target = folder / page_of(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_user_file(target, page)
+    return write_user_file(folder / "index.html",
+                           render_html(con, generators, store=store, only=set(), page_of=page_of))
