@@ -134,8 +134,42 @@ def test_report_cli_filter_thresholds_and_plot(tmp_path: Path, capsys: pytest.Ca
     header = curve.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", header[16:24])
-    assert (width, height) == (1050, 675)
+    assert (width, height) == (1080, 555)  # two SAEs: two panels side by side, the legend below
     with pytest.raises(SystemExit) as exit_:
         main(["report", "--store", str(store.root), "--min-original-sensitivity", "1.5"])
     assert exit_.value.code == 2
     assert "--min-original-sensitivity must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_plots_are_small_multiples_with_legends_outside_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.figure
+
+    figures: list[matplotlib.figure.Figure] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def keep(self: matplotlib.figure.Figure, *a: object, **kw: object) -> None:
+        figures.append(self)
+        save(self, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    store = _build_store(tmp_path / "store")
+    main(["report", "--store", str(store.root), "--format", "csv", "--plot", str(tmp_path / "p.png")])
+    assert len(figures) == 4  # width, histogram, L0, thresholds
+    thresholds = figures[-1]
+    panels = [ax for ax in thresholds.axes if ax.get_visible()]
+    assert sorted(ax.get_title() for ax in panels) == ["py_16k_topk_s0", "py_4k_topk_s0"]  # one per SAE
+    for fig in (figures[0], thresholds):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)  # lay it out as saved
+        legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert legends
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            for ax in fig.axes:
+                if ax.get_visible():
+                    assert not box.overlaps(ax.get_window_extent(renderer)), (ax.get_title(), legend)
+        for ax in panels:
+            assert ax.get_xlabel() or ax is not panels[-1]
+            assert ax.get_ylim() == (-0.02, 1.02)

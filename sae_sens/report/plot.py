@@ -88,7 +88,7 @@ def write_l0_plot(con: duckdb.DuckDBPyConnection, path: Path, *, generators: Seq
         ax.errorbar(x, y, yerr=np.vstack([y - lo, hi - y]), marker="o", capsize=3, label=label)
     if lines:
         ax.set_xscale("log")
-        ax.legend(title="architecture", fontsize=8, loc="best")
+        ax.legend(title="architecture", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)  # outside the data
     else:
         ax.text(0.5, 0.5, "no SAE with a known or measured L0", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylim(0, 1.05)
@@ -163,7 +163,7 @@ def write_plots(
         ticks = np.unique(width[keep])
         ax.set_xticks(ticks, [_width_label(t) for t in ticks])
         ax.minorticks_off()
-        ax.legend(title=" · ".join(series), fontsize=8)
+        ax.legend(title=" · ".join(series), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)  # outside the data
     else:
         ax.text(0.5, 0.5, "no SAE widths known", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylim(0, 1.05)

@@ -159,8 +159,11 @@ def apply_min_original(con: duckdb.DuckDBPyConnection, min_original: float, by: 
 def write_threshold_plot(con: duckdb.DuckDBPyConnection, path: str | Path, *,
                          generators: Sequence[str] | None = None, n_resamples: int = N_RESAMPLES,
                          seed: int = 0) -> Path:
-    """Mean sensitivity against the threshold (absolute, then relative levels in increasing order),
-    one line per SAE × generator with 95% interval bars."""
+    """Mean sensitivity against the threshold (absolute, then relative levels in increasing order) as
+    small multiples: one panel per run × SAE, one line per generator in it (offset a little along x so
+    interval bars do not stack), shared axes, one legend below the panels, outside the data."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,29 +173,46 @@ def write_threshold_plot(con: duckdb.DuckDBPyConnection, path: str | Path, *,
     levels: list[tuple[float, str]] = sorted({(-1.0 if r["relative"] is None else r["relative"], r["level"])
                                               for r in long})
     x_of = {label: i for i, (_, label) in enumerate(levels)}
-    lines: dict[str, list[dict[str, object]]] = {}
+    several_runs = len({x["run"] for x in long}) > 1
+    panels: dict[str, dict[str, list[dict[str, object]]]] = {}
     for r in long:
-        name = r["sae"] if not r["generator"] else f"{r['sae']} · {r['generator']}"
-        if r["run"] and len({x["run"] for x in long}) > 1:
-            name = f"{r['run']}/{name}"
-        lines.setdefault(name, []).append(r)
-    fig, ax = plt.subplots(figsize=(7.0, 4.5), dpi=150)
-    for name, rows in sorted(lines.items()):
-        rows = [r for r in rows if r["sensitivity"] is not None]
-        rows.sort(key=lambda r: x_of[str(r["level"])])
-        xs = [x_of[str(r["level"])] for r in rows]
-        ys = np.array([r["sensitivity"] for r in rows], dtype=float)
-        lo = np.array([r["sensitivity_low"] for r in rows], dtype=float)
-        hi = np.array([r["sensitivity_high"] for r in rows], dtype=float)
-        ax.errorbar(xs, ys, yerr=[np.clip(np.nan_to_num(ys - lo), 0, None), np.clip(np.nan_to_num(hi - ys), 0, None)], marker="o", capsize=3,
-                    label=name)
-    ax.set_xticks(range(len(levels)), [label for _, label in levels])
-    ax.set_xlabel("threshold (absolute, then fraction of the feature's top activation)")
-    ax.set_ylabel("mean generated sensitivity")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+        panel = f"{r['run']}/{r['sae']}" if several_runs else str(r["sae"])
+        panels.setdefault(panel, {}).setdefault(str(r["generator"] or "(all)"), []).append(r)
+    gens = sorted({g for lines in panels.values() for g in lines})
+    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(gens)}
+    n = max(len(panels), 1)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows + 0.9), dpi=150, sharex=True,
+                             sharey=True, squeeze=False)
+    width = 0.5  # the generators of a panel spread over half a level's step
+    for ax, (panel, lines) in zip(axes.flat, sorted(panels.items()), strict=False):
+        for k, g in enumerate(sorted(lines)):
+            rows = sorted((r for r in lines[g] if r["sensitivity"] is not None), key=lambda r: x_of[str(r["level"])])
+            shift = (k - (len(lines) - 1) / 2) * (width / max(len(lines), 1))
+            xs = [x_of[str(r["level"])] + shift for r in rows]
+            ys = np.array([r["sensitivity"] for r in rows], dtype=float)
+            lo = np.array([r["sensitivity_low"] for r in rows], dtype=float)
+            hi = np.array([r["sensitivity_high"] for r in rows], dtype=float)
+            ax.errorbar(xs, ys, yerr=[np.clip(np.nan_to_num(ys - lo), 0, None), np.clip(np.nan_to_num(hi - ys), 0, None)],
+                        marker="o", markersize=3, capsize=2, linewidth=1, color=colours[g], label=g)
+        ax.set_title(panel, fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for i, ax in enumerate(axes.flat[:len(panels)]):
+        ax.set_xticks(range(len(levels)), [label for _, label in levels], fontsize=8)
+        if i + ncols >= len(panels):  # the lowest panel of its column: its ticks and the axis label
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel("threshold (absolute, then of top act.)", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("mean sensitivity", fontsize=9)
+    handles = [plt.Line2D([], [], color=colours[g], marker="o", linewidth=1) for g in gens]
+    fig.legend(handles, gens, loc="lower center", ncol=min(len(gens), 3), fontsize=8, frameon=False)
+    fig.suptitle("Sensitivity vs threshold (95% intervals over features)", fontsize=10)
+    legend_rows = math.ceil(len(gens) / 3)
+    fig.tight_layout(rect=(0, 0.02 + 0.05 * legend_rows / nrows, 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
