@@ -147,3 +147,16 @@ def test_show_format_json_holds_every_row_of_the_view(store: Store, cli: CliRunn
     assert [r["sample_index"] for r in capped["scores"] if r["source"] == "generated"] == [0, 1]
     code, _, err = cli("show", "--store", str(store.root), "--run", RUN, "--sae", SAE, str(FEATURE), "--format", "xml")
     assert code == 2 and "--format json" in err
+
+
+def test_every_data_command_speaks_json_and_pipes_tsv(store: Store, cli: CliRunner) -> None:
+    import json
+
+    s = ["--store", str(store.root)]
+    for args in (["report", *s, "--run", RUN], ["runs", *s], ["saes"], ["show", *s, "--run", RUN, "--sae", SAE,
+                                                                       str(FEATURE)]):
+        data = json.loads(cli.ok(*args, "--format", "json").out)
+        assert data, args
+        if args[0] != "show":  # a table: piped, it is TSV with a header line
+            lines = cli.ok(*args).out.splitlines()
+            assert lines and "\t" in lines[0] and "│" not in "".join(lines), args
