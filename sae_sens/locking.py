@@ -54,7 +54,8 @@ OnWait = Callable[[str], None]
 
 
 def stderr_line(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """The default ``on_wait``: a line on stderr (the CLI passes its own console's)."""
+    print(message, file=sys.stderr, flush=True)  # noqa: T201  (a default sink, replaceable by the caller)
 
 
 @dataclass
