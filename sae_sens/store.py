@@ -326,7 +326,9 @@ class Store:
     """
 
     def __init__(self, root: str | Path | None = None, *, wait: bool = True, on_wait: OnWait | None = None) -> None:
-        root = root or os.environ.get("SAE_SENS_STORE") or DEFAULT_STORE
+        # SAE_SENS_STORE is read in one place, the CLI's --store option (cli/options.py): the library
+        # takes the folder it is given, ./evals by default
+        root = root or DEFAULT_STORE
         self.root = Path(root).expanduser()
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"the store {self.root} is a file, not a folder",

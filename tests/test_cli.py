@@ -333,3 +333,18 @@ def test_help_prose_reflows_to_the_terminal_width() -> None:
     assert any("on a read-only snapshot of the store" in line for line in lines), out
     # prose fits 80 columns; a command line is kept whole (copyable) however long
     assert max(len(line) for line in lines if not line.lstrip().startswith(("sae-sens ", "echo "))) <= 80
+
+
+def test_sae_sens_store_is_read_once_by_the_cli(tmp_path, monkeypatch, cli) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from sae_sens.schemas import make_table
+    from sae_sens.store import Store
+
+    st = Store(tmp_path / "elsewhere")
+    st.write_table("r", "py_4k_topk_s0", "feature_stats", make_table("feature_stats", [
+        {"feature_index": 0, "generator": "g", "generated_sensitivity": 0.5}]))
+    monkeypatch.setenv("SAE_SENS_STORE", str(st.root))
+    rows = json.loads(cli.ok("runs", "--format", "json").out)  # the option's environment variable
+    assert [r["sae"] for r in rows] == ["py_4k_topk_s0"]
+    assert Store().root.name == "evals"  # the library takes the folder it is given, never the environment
