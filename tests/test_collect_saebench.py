@@ -11,8 +11,8 @@ import pytest
 from tabulate import tabulate
 
 from sae_sens.cli import main
+from sae_sens.collect.saebench import SAEBENCH_DATASET, SAEBENCH_RESULTS_REPO, saebench_results_path
 from sae_sens.errors import ConfigError
-from sae_sens.saebench_examples import SAEBENCH_DATASET, SAEBENCH_RESULTS_REPO, saebench_results_path
 
 # (latent, [(top act, sequence with SAEBench's per-token marks)]) -- strongest first, 3 top then 2 iw
 LATENTS = {

@@ -122,7 +122,7 @@ def test_sae_lens_ids_follow_saebench_naming() -> None:
     assert sae_lens_ids("py_4k_topk_s0") == (
         "saebench_pythia-160m-deduped_width-2pow12_date-0108", "TopK_pythia-160m-deduped__0108_resid_post_layer_8_trainer_0")
     # the file name SAEBench gave this SAE's autointerp results is {release}_{id}_eval_results.json
-    from sae_sens.saebench_examples import saebench_results_path
+    from sae_sens.collect.saebench import saebench_results_path
 
     for name in ("py_4k_topk_s0", "gem_16k_jumprelu_s2", "gem_65k_matbtopk_s5"):
         release, sae_id = sae_lens_ids(name)

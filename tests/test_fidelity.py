@@ -288,7 +288,7 @@ def test_saebench_import_samples_in_the_files_order() -> None:
     order, not sorted)."""
     from tabulate import tabulate
 
-    from sae_sens.saebench_examples import saebench_tables
+    from sae_sens.collect.saebench import saebench_tables
 
     latents = [412, 7, 3050, 96, 1201, 55, 2999, 18, 640, 333]
     logs = {lat: "Generation phase\n" + tabulate([[2.0, f"a<< word{lat}>> here"]], headers=["Top act", "Sequence"],

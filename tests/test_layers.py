@@ -39,7 +39,7 @@ FLOORS: dict[str, int] = {
     # 2: model, SAE and corpus access, and the demo assets that resolve "demo:" ids
     "assets": 2, "hub": 2, "names": 2, "sae": 2, "model": 2, "corpus": 2, "devices": 2,
     # 3: the stages and what they share
-    "stages": 3, "collect": 3, "saebench_examples": 3, "generate": 3,
+    "stages": 3, "collect": 3, "generate": 3,
     "score": 3, "judge": 3, "label": 3, "report": 3, "export": 3,
     # 4: running many stages over many SAEs
     "pipeline": 4, "executors": 4,

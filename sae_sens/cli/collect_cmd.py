@@ -100,7 +100,7 @@ def collect_command(
         sae-sens collect --sae py_4k_topk_s0 --from-saebench --features 20
     """
     from ..collect import CollectConfig, run_collect_many
-    from ..saebench_examples import HUB, run_saebench_import
+    from ..collect.saebench import HUB, run_saebench_import
     from ..stages import ModelOptions
     from ..store import Store
     from .base import RichProgress

@@ -181,9 +181,9 @@ def run_command(
         raise UsageError("--from-saebench imports files and runs no collect pass", "drop --executor")
     with RichProgress(verbose=verbose) as progress:
         if imported:  # SAEBench's published examples replace the collect pass
+            from ..collect.saebench import HUB, run_saebench_import
             from ..executors import Work
             from ..pipeline import run_work
-            from ..saebench_examples import HUB, run_saebench_import
 
             source = str(saebench_file) if saebench_file else HUB
             collected = {name: run_saebench_import(st, run, name, source, collect_cfg, force=force, progress=progress)

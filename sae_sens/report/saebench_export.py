@@ -142,7 +142,7 @@ def sae_lens_ids(sae: str) -> tuple[str | None, str | None]:
         return GEMMASCOPE_RELEASE, spec.path.removesuffix("/params.npz")
     if spec.source == "saebench":
         # the names SAEBench itself gave this SAE: its results file is <release>/<release>_<id>_eval_results.json
-        from ..saebench_examples import saebench_results_path
+        from ..collect.saebench import saebench_results_path
 
         folder, _, file = saebench_results_path(sae).rpartition("/")
         release = folder.rpartition("/")[2]

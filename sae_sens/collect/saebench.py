@@ -24,13 +24,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from .collect import SELECT_STAGE, CollectConfig
-from .errors import ConfigError, CorpusError, ImportTableError
-from .hashing import hash_file
-from .progress import NULL_PROGRESS, ProgressSink
-from .schemas import make_table
-from .stages import StageOutcome, run_stage
-from .store import Store
+from ..errors import ConfigError, CorpusError, ImportTableError
+from ..hashing import hash_file
+from ..progress import NULL_PROGRESS, ProgressSink
+from ..schemas import make_table
+from ..stages import StageOutcome, run_stage
+from ..store import Store
+from .config import SELECT_STAGE, CollectConfig
 
 SAEBENCH_RESULTS_REPO = "adamkarvonen/sae_bench_results_0125"
 SAEBENCH_DATASET = "Skylion007/openwebtext"
