@@ -12,6 +12,7 @@ import difflib
 import fnmatch
 import functools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -382,3 +383,54 @@ def known_names(filter: str | None = None) -> list[SaeSpec]:
         return all((w in parts) if re.fullmatch(r"[a-z0-9.]+", w) else (w in t) for w in words)
 
     return [s for s in specs if matches(s)]
+
+
+# ----- what a name says about its SAE (the report's saes view) ----------------------------------
+# Lenient on purpose: a folder named like a grammar (smol_1k_topk, a gscope name at another layer)
+# still describes its SAE, though only registry names resolve to one.
+MODEL_CODES = {code: m.model_id for code, m in SAEBENCH_MODELS.items()}
+ARCHITECTURES = tuple(SAEBENCH_ARCHS)
+_DESCRIBE_SAEBENCH_RE = re.compile(rf"^(py|gem)_(\d+[km])_({'|'.join(ARCHITECTURES)})_(s\d+)$")
+_DESCRIBE_GSCOPE_RE = re.compile(r"^gscope_(?:layer(\d+)_)?(\d+[km]?)_l0_(\d+)$")
+# <model>_<width>_<arch>[_s<N>]: the demo SAEs (smol_1152_topk) and folders named alike (a bare width has 3+ digits)
+_DESCRIBE_DEMO_RE = re.compile(r"^([a-z][a-z0-9]*)_(\d+[km]|\d{3,})_([a-z0-9]+)(?:_(s\d+))?$")
+
+
+def parse_width(token: str) -> int:
+    """``4k`` -> 4096, ``65k`` -> 65536, ``1m`` -> 1048576, ``4096`` -> 4096.
+
+    SAE widths are powers of two written loosely in thousands, so ``Nk`` snaps to the nearest
+    power of two when that is within 5%, and is N*1000 otherwise.
+    """
+    m = re.fullmatch(r"(\d+)([km]?)", token.lower())
+    if m is None:
+        raise ValueError(f"not a width: {token!r}")
+    n = int(m.group(1))
+    if not m.group(2):
+        return n
+    approx = n * (1000 if m.group(2) == "k" else 1_000_000)
+    pow2 = 1 << round(math.log2(approx))
+    return pow2 if abs(pow2 - approx) <= 0.05 * approx else approx
+
+
+def parse_sae_name(name: str) -> dict[str, Any]:
+    """What an SAE name says about the SAE (SAEBench, GemmaScope and demo grammars); {} if nothing."""
+    base = Path(name.rstrip("/")).name
+    if m := _DESCRIBE_SAEBENCH_RE.match(base):
+        code, width, arch, sparsity = m.groups()
+        return {"model": MODEL_CODES[code], "width": parse_width(width), "architecture": arch,
+                "sparsity": sparsity, "source": "saebench"}
+    if m := _DESCRIBE_GSCOPE_RE.match(base):
+        layer, width, l0 = m.groups()
+        out: dict[str, Any] = {"model": SAEBENCH_MODELS["gem"].model_id, "width": parse_width(width), "architecture": "jumprelu",
+                               "sparsity": f"l0_{l0}", "l0": float(l0), "source": "gemmascope"}
+        if layer is not None:
+            out["layer"] = int(layer)
+        return out
+    if m := _DESCRIBE_DEMO_RE.match(base):
+        _, width, arch, sparsity = m.groups()
+        out = {"width": parse_width(width), "architecture": arch}
+        if sparsity:
+            out["sparsity"] = sparsity
+        return out
+    return {}

@@ -215,3 +215,18 @@ def test_a_recorded_model_reference_splits_into_id_and_revision() -> None:
     assert split_model_ref("/models/tiny@local") == ("/models/tiny", None)
     assert split_model_ref("gpt2") == ("gpt2", None)  # no revision recorded: the id, not ""
     assert split_model_ref("") == (None, None) and split_model_ref(None) == (None, None)
+
+
+def test_what_a_name_says_agrees_with_what_it_resolves_to() -> None:
+    """One copy of the name rules: the report's description of every registry name and every demo
+    SAE is what the resolver finds for it."""
+    from sae_sens.names import packaged_names, parse_sae_name, resolve, saebench_names
+
+    names = saebench_names()
+    assert len(names) > 200
+    for name in names + packaged_names():
+        said, spec = parse_sae_name(name), resolve(name)
+        assert said["width"] == spec.width, name
+        assert said["architecture"] == spec.architecture, name
+        if "model" in said:
+            assert said["model"] == spec.model_id and said["sparsity"] == spec.sparsity, name

@@ -18,7 +18,6 @@ snapshot instead (``write_snapshot_sql``): a database of its own, opened read-on
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,9 @@ import pyarrow.parquet as pq
 
 from ..errors import MissingTableError, SqlError, UsageError
 from ..freshness import FAMILIES, Notice, family_state, notices, stage_states
+
+# the name rules are names.py's (one copy): what a name says about its SAE, for the saes view
+from ..names import ARCHITECTURES, MODEL_CODES, parse_sae_name, parse_width  # noqa: F401
 from ..schemas import SCHEMAS
 from ..store import MANIFEST, Store, read_manifest
 
@@ -38,13 +40,6 @@ TABLE_VIEWS = ("features", "latents", "examples", "candidates", "queries", "gene
                "feature_stats", "judgments", "labels")
 META_VIEWS = ("saes", "runs", "stages")
 STAGE_FAMILIES = FAMILIES  # collect, generate, score, judge
-
-# The SAEBench grid's model codes (see the original tool's README).
-MODEL_CODES = {"py": "EleutherAI/pythia-160m-deduped", "gem": "google/gemma-2-2b"}
-ARCHITECTURES = ("btopk", "matbtopk", "gated", "jumprelu", "topk", "relu", "pan")
-_SAEBENCH_RE = re.compile(rf"^(py|gem)_(\d+[km])_({'|'.join(ARCHITECTURES)})_(s\d+)$")
-_GSCOPE_RE = re.compile(r"^gscope_(?:layer(\d+)_)?(\d+[km]?)_l0_(\d+)$")
-_DEMO_RE = re.compile(r"^([a-z][a-z0-9]*)_(\d+[km])_([a-z0-9]+)(?:_(s\d+))?$")
 
 SAES_SCHEMA = pa.schema([
     ("run", pa.string()),
@@ -78,46 +73,6 @@ STAGES_SCHEMA = pa.schema([
     ("config_hash", pa.string()),
     ("rows", pa.int64()),           # rows written, over all its output tables
 ])
-
-
-def parse_width(token: str) -> int:
-    """``4k`` -> 4096, ``65k`` -> 65536, ``1m`` -> 1048576, ``4096`` -> 4096.
-
-    SAE widths are powers of two written loosely in thousands, so ``Nk`` snaps to the nearest
-    power of two when that is within 5%, and is N*1000 otherwise.
-    """
-    m = re.fullmatch(r"(\d+)([km]?)", token.lower())
-    if m is None:
-        raise ValueError(f"not a width: {token!r}")
-    n = int(m.group(1))
-    if not m.group(2):
-        return n
-    approx = n * (1000 if m.group(2) == "k" else 1_000_000)
-    pow2 = 1 << round(math.log2(approx))
-    return pow2 if abs(pow2 - approx) <= 0.05 * approx else approx
-
-
-def parse_sae_name(name: str) -> dict[str, Any]:
-    """What an SAE name says about the SAE (SAEBench, GemmaScope and demo grammars); {} if nothing."""
-    base = Path(name.rstrip("/")).name
-    if m := _SAEBENCH_RE.match(base):
-        code, width, arch, sparsity = m.groups()
-        return {"model": MODEL_CODES[code], "width": parse_width(width), "architecture": arch,
-                "sparsity": sparsity, "source": "saebench"}
-    if m := _GSCOPE_RE.match(base):
-        layer, width, l0 = m.groups()
-        out: dict[str, Any] = {"model": "google/gemma-2-2b", "width": parse_width(width), "architecture": "jumprelu",
-                               "sparsity": f"l0_{l0}", "l0": float(l0), "source": "gemmascope"}
-        if layer is not None:
-            out["layer"] = int(layer)
-        return out
-    if m := _DEMO_RE.match(base):
-        _, width, arch, sparsity = m.groups()
-        out = {"width": parse_width(width), "architecture": arch}
-        if sparsity:
-            out["sparsity"] = sparsity
-        return out
-    return {}
 
 
 def _find_l0(obj: Any) -> float | None:
