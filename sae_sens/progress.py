@@ -1,4 +1,5 @@
-"""How library code reports progress without printing: the CLI passes a rich-backed sink."""
+"""How library code reports progress without printing: the CLI passes a rich-backed sink. Messages
+are plain text: the library never writes markup; the CLI decides how a warning looks."""
 
 from __future__ import annotations
 
@@ -27,3 +28,10 @@ class NullProgress:
 
 
 NULL_PROGRESS = NullProgress()
+
+WARNING = "warning: "  # a log line that starts so is a warning (a terminal shows it in yellow)
+
+
+def warn(progress: ProgressSink, message: str) -> None:
+    """Log ``message`` as a warning: plain text (the CLI styles it), never markup."""
+    progress.log(WARNING + message)

@@ -52,7 +52,7 @@ import torch
 from .errors import ConfigError, MissingTableError
 from .hashing import hash_bytes, hash_config
 from .model import HookedLM, to_device
-from .progress import NULL_PROGRESS, ProgressSink
+from .progress import NULL_PROGRESS, ProgressSink, warn
 from .sae import Sae
 from .schemas import NEGATIVES_PREFIX, make_table, role_of
 from .stages import (
@@ -582,7 +582,7 @@ def run_score(
         )
         counts.update(c)
         if c["n_marks_stripped"]:
-            progress.log(f"[yellow]warning[/]: score {sae_name}: {c['n_marks_stripped']} generated texts had {{{{ }}}} marks; "
+            warn(progress, f"score {sae_name}: {c['n_marks_stripped']} generated texts had {{{{ }}}} marks; "
                          "stripped before scoring, as the original does (scores.marks_stripped)")
         progress.log(
             f"score {sae_name}: {c['n_rows']} rows from {c['n_sequences']} distinct texts; "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from .errors import ConfigError, StoreError
-from .progress import NULL_PROGRESS, ProgressSink
+from .progress import NULL_PROGRESS, ProgressSink, warn
 from .store import Store, now_iso
 
 if TYPE_CHECKING:  # torch is imported only by the stages that run a model
@@ -51,7 +51,7 @@ def open_sae(name: str, opts: ModelOptions, progress: ProgressSink = NULL_PROGRE
     progress.log(f"loading SAE {name} …")
     sae = load_sae(name, device=opts.device, dtype=opts.dtype)
     for warning in sae.spec.extra.get("warnings", []):  # e.g. GemmaScope '128k' read as 131k
-        progress.log(f"[yellow]warning[/]: {warning}")
+        warn(progress, f"{warning}")
     return sae
 
 

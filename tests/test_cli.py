@@ -168,6 +168,8 @@ class Clock:
 
 
 def test_line_progress_prints_a_line_per_interval_with_rate_and_eta() -> None:
+    from sae_sens.progress import warn
+
     out, clock = io.StringIO(), Clock()
     p = LineProgress(out, interval=10, clock=clock)
     p.start("collect pass", total=100)
@@ -176,13 +178,13 @@ def test_line_progress_prints_a_line_per_interval_with_rate_and_eta() -> None:
         p.advance("collect pass", 5)
     assert out.getvalue() == ""  # a task quicker than the interval says nothing
     clock.t += 6  # 10 s in, 25 done: 2.5/s, 75 left -> 30 s
-    p.advance("collect pass", 5, info="[bold]batch[/] 5")
-    p.log("[yellow]warning[/]: something")
+    p.advance("collect pass", 5, info="batch 5")
+    warn(p, "something [ray] kept")  # plain text: brackets are text, never markup
     clock.t += 20
     p.finish("collect pass")
     assert out.getvalue().splitlines() == [
         "collect pass: 25/100 (25%), 2.5/s, ETA 30s, elapsed 10s · batch 5",
-        "warning: something",
+        "warning: something [ray] kept",
         "collect pass: finished 100 in 30s",
     ]
 
@@ -224,10 +226,11 @@ def test_cli_sink_off_a_terminal_writes_lines(capsys: pytest.CaptureFixture[str]
     with RichProgress() as p:  # pytest's captured stderr is not a terminal
         assert isinstance(p._sink, LineProgress)
         p.start("score", total=3)
-        p.log("[yellow]loading[/] model m …")
+        p.log("loading model [m] …")
         p.advance("score", 3)
         p.finish("score")
-    assert capsys.readouterr().err.splitlines() == ["loading model m …"]  # markup gone; the quick task silent
+    # plain text as written (brackets too); the quick task silent
+    assert capsys.readouterr().err.splitlines() == ["loading model [m] …"]
 
 
 # ----- sae-sens demo ----------------------------------------------------------------------------
@@ -348,3 +351,15 @@ def test_sae_sens_store_is_read_once_by_the_cli(tmp_path, monkeypatch, cli) -> N
     rows = json.loads(cli.ok("runs", "--format", "json").out)  # the option's environment variable
     assert [r["sae"] for r in rows] == ["py_4k_topk_s0"]
     assert Store().root.name == "evals"  # the library takes the folder it is given, never the environment
+
+
+def test_the_library_writes_no_markup() -> None:
+    """Warnings and progress lines are plain data (progress.warn); only the CLI styles them."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "sae_sens"
+    offenders = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if "cli" not in p.parts
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(r"\[(?:yellow|red|bold|dim|green|cyan)[^\]]*\]|\[/\]", line)]
+    assert not offenders, offenders

@@ -24,14 +24,15 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _plain(message: str) -> str:
-    """The text of a message written with rich markup ("[yellow]warning[/]: ...")."""
+def _styled(message: str) -> Any:
+    """A library message (plain text, never markup) for a terminal: a warning's prefix in yellow."""
     from rich.text import Text
 
-    try:
-        return Text.from_markup(message).plain
-    except Exception:  # not markup after all (a literal '[' in a path)
-        return message
+    from ..progress import WARNING
+
+    if message.startswith(WARNING):
+        return Text(WARNING.rstrip(": "), style="yellow") + Text(": " + message[len(WARNING):])
+    return Text(message)
 
 
 @dataclass
@@ -106,7 +107,7 @@ class LineProgress:
             parts.append(f"ETA {_duration((t.total - t.done) / rate)}")
         parts.append(f"elapsed {_duration(elapsed)}")
         line = f"{name}: " + ", ".join(parts)
-        return line + (f" · {_plain(t.info)}" if t.info else "")
+        return line + (f" · {t.info}" if t.info else "")
 
     def start(self, task: str, total: int | None = None) -> None:
         with self._lock:
@@ -138,7 +139,7 @@ class LineProgress:
                 self._write(f"{task}: finished {t.done:,} in {_duration(self._clock() - t.started)}")
 
     def log(self, message: str) -> None:
-        self._write(_plain(message))
+        self._write(message)  # plain already: the library writes no markup
 
 
 class _Bars:
@@ -178,7 +179,7 @@ class _Bars:
                 self._progress.update(t, completed=total)
 
     def log(self, message: str) -> None:
-        self._progress.console.print(message)
+        self._progress.console.print(_styled(message), soft_wrap=True)
 
 
 class RichProgress:

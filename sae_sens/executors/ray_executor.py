@@ -330,7 +330,7 @@ class RayExecutor:
                 if " started on " in a:
                     started[group] = started.get(group, 0) + 1
                     if started[group] > 1:
-                        progress.log(f"[yellow]{labels[group]}: retried by Ray (attempt {started[group]})[/]")
+                        progress.log(f"{labels[group]}: retried by Ray (attempt {started[group]})")
                 progress.log(a if a.startswith(labels[group]) else f"{labels[group]}: {a}")
         for group in wanted:
             if group in generations:

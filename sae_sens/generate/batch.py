@@ -32,7 +32,7 @@ from .. import faults
 from ..errors import BatchError, BatchPendingError, BudgetExceededError, GenerationError
 from ..hashing import hash_config
 from ..jsonl import append_record, read_records
-from ..progress import NULL_PROGRESS, ProgressSink
+from ..progress import NULL_PROGRESS, ProgressSink, warn
 from ..store import write_error
 from .backends import Completion, Request
 from .pricing import Price, estimate_tokens
@@ -236,9 +236,9 @@ def run_batches(
         if b.status == "failed":
             errors = getattr(getattr(b, "errors", None), "data", None) or []
             why = "; ".join(f"{getattr(e, 'code', '')}: {getattr(e, 'message', '')}" for e in errors[:3]) or "no reason given"
-            progress.log(f"[yellow]warning[/]: batch {b.id} failed ({why}); its requests go into a new batch")
+            warn(progress, f"batch {b.id} failed ({why}); its requests go into a new batch")
         elif b.status in ("expired", "cancelled"):
-            progress.log(f"[yellow]warning[/]: batch {b.id} {b.status}; what finished is kept, the rest goes "
+            warn(progress, f"batch {b.id} {b.status}; what finished is kept, the rest goes "
                          "into a new batch")
 
     # journal lines without a batch id: a submit that may have reached the server before a kill
@@ -289,7 +289,7 @@ def run_batches(
                 for h in hashes:
                     sent_rounds[h] = sent_rounds.get(h, 0) + 1
             if take and len(take) < len(pending):
-                progress.log(f"[yellow]warning[/]: --max-cost: {len(pending) - len(take)} requests wait for room "
+                warn(progress, f"--max-cost: {len(pending) - len(take)} requests wait for room "
                              "in the budget")
         for f in unsent:
             data = b"".join(json.dumps(request_line(by_hash[h], model, temperature, max_tokens, seed)).encode() + b"\n"

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigError, GenerationError, ImportTableError, StoreError
 from ..hashing import hash_config, hash_file
-from ..progress import NULL_PROGRESS, ProgressSink
+from ..progress import NULL_PROGRESS, ProgressSink, warn
 from ..schemas import make_table, role_of
 from ..stages import StageOutcome, table_inputs
 from ..store import Store, now_iso
@@ -104,7 +104,7 @@ def import_generations(examples: pa.Table, source: TableImport, progress: Progre
         raise ImportTableError(f"no usable rows in {source.path}: {'; '.join(warnings) or 'it is empty'}",
                                "fix the rows listed (feature_index must name features of this run)")
     for w in warnings:
-        progress.log(f"[yellow]warning[/]: {source.label}: {w}")
+        warn(progress, f"{source.label}: {w}")
     stats = {"n_features": len(result.queries), "n_rows": result.n_rows, "n_imported": len(result.generations),
              "n_dropped": sum(len(v) for v in result.dropped.values())}
     return GenerateResult(make_table("queries", result.queries), make_table("generations", result.generations),
@@ -270,7 +270,7 @@ def generate(
         warnings.append(f"{len(rejected)} prompts were refused by the generator (see queries.error), "
                         f"e.g. feature {rejected[0]['feature_index']}: {rejected[0]['error']}")
     for w in warnings:
-        progress.log(f"[yellow]warning[/]: {spec.label}: {w}")
+        warn(progress, f"{spec.label}: {w}")
     return GenerateResult(make_table("queries", queries), make_table("generations", generations), stats, warnings)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..hashing import hash_text
-from ..progress import NULL_PROGRESS, ProgressSink
+from ..progress import NULL_PROGRESS, ProgressSink, warn
 from ..schemas import make_table
 from ..store import Store
 
@@ -157,6 +157,6 @@ def corpus_generations(store: Store, run: str, sae: str, source_id: str, label: 
                         f"few unread documents with their tokens (see queries.n_parsed): "
                         f"{', '.join(f'{f} ({len(found[f])})' for f in short[:10])}{', ...' if len(short) > 10 else ''}")
     for w in warnings:
-        progress.log(f"[yellow]warning[/]: {label}: {w}")
+        warn(progress, f"{label}: {w}")
     stats.update(n_features=len(targets), n_passages=len(generations), n_short=len(short), docs_read_by_collect=len(read))
     return make_table("queries", queries), make_table("generations", generations), stats, warnings

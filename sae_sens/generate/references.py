@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from ..errors import MissingTableError
 from ..hashing import hash_text
-from ..progress import NULL_PROGRESS, ProgressSink
+from ..progress import NULL_PROGRESS, ProgressSink, warn
 from ..schemas import make_table
 from ..store import Store
 from .config import GenerateConfig
@@ -169,6 +169,6 @@ def reference_generations(store: Store, run: str, sae: str, cfg: GenerateConfig,
                             "(too few passages without their tokens, or the token did not survive re-tokenising; "
                             f"see queries.n_parsed): {', '.join(map(str, short[:10]))}{', ...' if len(short) > 10 else ''}")
     for w in warnings:
-        progress.log(f"[yellow]warning[/]: {label}: {w}")
+        warn(progress, f"{label}: {w}")
     stats.update(n_features=len(features), n_passages=len(generations), docs_read_by_collect=len(read))
     return make_table("queries", queries), make_table("generations", generations), stats, warnings

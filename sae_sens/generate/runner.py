@@ -212,7 +212,7 @@ class Runner:
         if s.retries:
             parts.append(f"{s.retries} retries")
         if s.failed or s.rejected:
-            parts.append(f"[red]{s.failed + s.rejected} failed[/]")
+            parts.append(f"{s.failed + s.rejected} failed")
         if s.spent_usd:
             parts.append(f"${s.spent_usd:.4f}")
         return " · ".join(parts)

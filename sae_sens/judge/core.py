@@ -37,7 +37,7 @@ from ..generate.pricing import Price, estimate_tokens
 from ..generate.prompts import feature_examples
 from ..generate.runner import Checkpoint, QueryCache
 from ..hashing import hash_config
-from ..progress import NULL_PROGRESS, ProgressSink
+from ..progress import NULL_PROGRESS, ProgressSink, warn
 from ..schemas import is_reference, make_table
 from ..stages import ModelOptions, StageOutcome, run_stage, table_inputs
 from ..store import Store
@@ -223,7 +223,7 @@ def judge(
         warnings.append(f"{len(unparsed)} of {len(rows)} answers gave no verdict (judgments.status = 'unparsed'; "
                         f"left out of every rate), e.g. {unparsed[0]['response'][:60]!r}")
     for w in warnings:
-        progress.log(f"[yellow]warning[/]: {cfg.spec.label}: {w}")
+        warn(progress, f"{cfg.spec.label}: {w}")
     stats.update(n_judgments=len(rows), n_pairs=sum(r["task"] == "pair" for r in rows),
                  n_direct=sum(r["task"] == "direct" for r in rows), n_unparsed=len(unparsed),
                  n_blank_texts=notes["n_blank"], features_without_held_out=notes["features_without_held_out"],
