@@ -21,12 +21,17 @@ from .options import (
     GeneratorOpt,
     LlmModelOpt,
     MaxCostOpt,
+    MaxRetriesOpt,
     MaxTokensOpt,
     MaxWorkersOpt,
+    PriceInOpt,
+    PriceOutOpt,
     RunOpt,
     SamplesPerFeatureOpt,
     StoredSaeOpt,
     StoreOpt,
+    TemperatureOpt,
+    TimeoutOpt,
     WaitOpt,
 )
 
@@ -55,18 +60,15 @@ def generate_command(
     base_url: BaseUrlOpt = None,
     samples_per_feature: SamplesPerFeatureOpt = 10,
     max_workers: MaxWorkersOpt = 10,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.", min=0.0)] = 1.0,
+    temperature: TemperatureOpt = 1.0,
     max_tokens: MaxTokensOpt = 2000,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request attempt.", min=0.001)] = 60.0,
-    max_retries: Annotated[int, typer.Option(
-        "--max-retries", help="Retries of a failed request (5xx, 429, timeouts).", min=0)] = 6,
+    timeout: TimeoutOpt = 60.0,
+    max_retries: MaxRetriesOpt = 6,
     prompt_template: Annotated[Path | None, typer.Option(
         "--prompt-template", help="Template file with '=== system ===' and '=== user ===' sections "
         "(default: sae_sens/prompts/generate.txt).", show_default=False)] = None,
-    price_in: Annotated[float | None, typer.Option(
-        "--price-in", help="USD per 1M prompt tokens (for models not in the price table).", show_default=False)] = None,
-    price_out: Annotated[float | None, typer.Option(
-        "--price-out", help="USD per 1M completion tokens.", show_default=False)] = None,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
     max_cost: MaxCostOpt = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Show requests, estimated tokens and cost; send nothing.")] = False,

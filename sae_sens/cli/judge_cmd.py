@@ -17,11 +17,16 @@ from .options import (
     ForceOpt,
     GeneratorOpt,
     MaxCostOpt,
+    MaxRetriesOpt,
     MaxWorkersOpt,
     ModelOpt,
+    PriceInOpt,
+    PriceOutOpt,
     RunOpt,
     SaeOpt,
     StoreOpt,
+    TemperatureOpt,
+    TimeoutOpt,
     WaitOpt,
 )
 
@@ -44,14 +49,11 @@ def judge_command(
     base_url: BaseUrlOpt = None,
     max_workers: MaxWorkersOpt = 10,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Completion tokens per answer.", min=1)] = 128,
-    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.", min=0.0)] = 0.0,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request attempt.", min=0.001)] = 60.0,
-    max_retries: Annotated[int, typer.Option(
-        "--max-retries", help="Retries of a failed request (5xx, 429, timeouts).", min=0)] = 6,
-    price_in: Annotated[float | None, typer.Option(
-        "--price-in", help="USD per 1M prompt tokens (for models not in the price table).", show_default=False)] = None,
-    price_out: Annotated[float | None, typer.Option(
-        "--price-out", help="USD per 1M completion tokens.", show_default=False)] = None,
+    temperature: TemperatureOpt = 0.0,
+    timeout: TimeoutOpt = 60.0,
+    max_retries: MaxRetriesOpt = 6,
+    price_in: PriceInOpt = None,
+    price_out: PriceOutOpt = None,
     max_cost: MaxCostOpt = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Show requests, estimated tokens and cost; send nothing.")] = False,

@@ -177,6 +177,15 @@ SamplesPerFeatureOpt = Annotated[
     int, typer.Option("--samples-per-feature", "-n", help="Texts kept per feature (one extra is asked for).", min=1)
 ]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Cap on tokens per answer.", min=1)]
+# the LLM request options generate and judge share (each command keeps its own default)
+TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature.", min=0.0)]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds per request attempt.", min=0.001)]
+MaxRetriesOpt = Annotated[int, typer.Option(
+    "--max-retries", help="Retries of a failed request (5xx, 429, timeouts).", min=0)]
+PriceInOpt = Annotated[float | None, typer.Option(
+    "--price-in", help="USD per 1M prompt tokens (for models not in the price table).", show_default=False)]
+PriceOutOpt = Annotated[float | None, typer.Option(
+    "--price-out", help="USD per 1M completion tokens.", show_default=False)]
 MaxWorkersOpt = Annotated[int, typer.Option("--max-workers", "-j", help="Requests in flight at once.", min=1)]
 MaxCostOpt = Annotated[
     float | None,
