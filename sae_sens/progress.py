@@ -35,3 +35,14 @@ WARNING = "warning: "  # a log line that starts so is a warning (a terminal show
 def warn(progress: ProgressSink, message: str) -> None:
     """Log ``message`` as a warning: plain text (the CLI styles it), never markup."""
     progress.log(WARNING + message)
+
+
+def warn_all(progress: ProgressSink, label: str, warnings: list[str]) -> None:
+    """A stage's warnings, each as one line naming what it is about (a generator, a judge)."""
+    for w in warnings:
+        warn(progress, f"{label}: {w}")
+
+
+def some(items: list[object] | list[int] | list[str], n: int = 10) -> str:
+    """The first ``n`` of ``items`` for a message, ``, ...`` when there are more."""
+    return ", ".join(map(str, items[:n])) + (", ..." if len(items) > n else "")

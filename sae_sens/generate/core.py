@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConfigError, GenerationError, ImportTableError, StoreError
 from ..hashing import hash_config, hash_file
-from ..progress import NULL_PROGRESS, ProgressSink, warn
+from ..progress import NULL_PROGRESS, ProgressSink, some, warn_all
 from ..schemas import make_table, role_of
 from ..stages import StageOutcome, table_inputs
 from ..store import Store, now_iso
@@ -103,8 +103,7 @@ def import_generations(examples: pa.Table, source: TableImport, progress: Progre
     if not result.generations:
         raise ImportTableError(f"no usable rows in {source.path}: {'; '.join(warnings) or 'it is empty'}",
                                "fix the rows listed (feature_index must name features of this run)")
-    for w in warnings:
-        warn(progress, f"{source.label}: {w}")
+    warn_all(progress, source.label, warnings)
     stats = {"n_features": len(result.queries), "n_rows": result.n_rows, "n_imported": len(result.generations),
              "n_dropped": sum(len(v) for v in result.dropped.values())}
     return GenerateResult(make_table("queries", result.queries), make_table("generations", result.generations),
@@ -264,13 +263,12 @@ def generate(
     warnings = []
     if short:
         warnings.append(f"{len(short)} features got fewer than {cfg.samples_per_feature} samples "
-                        f"(see queries.n_parsed): {', '.join(map(str, short[:10]))}{', ...' if len(short) > 10 else ''}")
+                        f"(see queries.n_parsed): {some(short)}")
     rejected = [q for q in queries if q["status"] == "error"]
     if rejected:
         warnings.append(f"{len(rejected)} prompts were refused by the generator (see queries.error), "
                         f"e.g. feature {rejected[0]['feature_index']}: {rejected[0]['error']}")
-    for w in warnings:
-        warn(progress, f"{spec.label}: {w}")
+    warn_all(progress, spec.label, warnings)
     return GenerateResult(make_table("queries", queries), make_table("generations", generations), stats, warnings)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..hashing import hash_text
-from ..progress import NULL_PROGRESS, ProgressSink, warn
+from ..progress import NULL_PROGRESS, ProgressSink, warn_all
 from ..schemas import make_table
 from ..store import Store
 
@@ -156,7 +156,6 @@ def corpus_generations(store: Store, run: str, sae: str, source_id: str, label: 
         warnings.append(f"{len(short)} features got fewer than {samples_per_feature} passages: {source_id} has too "
                         f"few unread documents with their tokens (see queries.n_parsed): "
                         f"{', '.join(f'{f} ({len(found[f])})' for f in short[:10])}{', ...' if len(short) > 10 else ''}")
-    for w in warnings:
-        warn(progress, f"{label}: {w}")
+    warn_all(progress, label, warnings)
     stats.update(n_features=len(targets), n_passages=len(generations), n_short=len(short), docs_read_by_collect=len(read))
     return make_table("queries", queries), make_table("generations", generations), stats, warnings

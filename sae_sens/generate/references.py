@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from ..errors import MissingTableError
 from ..hashing import hash_text
-from ..progress import NULL_PROGRESS, ProgressSink, warn
+from ..progress import NULL_PROGRESS, ProgressSink, some, warn_all
 from ..schemas import make_table
 from ..store import Store
 from .config import GenerateConfig
@@ -167,8 +167,7 @@ def reference_generations(store: Store, run: str, sae: str, cfg: GenerateConfig,
         if short:
             warnings.append(f"{len(short)} features got fewer than {cfg.samples_per_feature} injected passages "
                             "(too few passages without their tokens, or the token did not survive re-tokenising; "
-                            f"see queries.n_parsed): {', '.join(map(str, short[:10]))}{', ...' if len(short) > 10 else ''}")
-    for w in warnings:
-        warn(progress, f"{label}: {w}")
+                            f"see queries.n_parsed): {some(short)}")
+    warn_all(progress, label, warnings)
     stats.update(n_features=len(features), n_passages=len(generations), docs_read_by_collect=len(read))
     return make_table("queries", queries), make_table("generations", generations), stats, warnings

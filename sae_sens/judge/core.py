@@ -37,7 +37,7 @@ from ..generate.pricing import Price, estimate_tokens
 from ..generate.prompts import feature_examples
 from ..generate.runner import Checkpoint, QueryCache
 from ..hashing import hash_config
-from ..progress import NULL_PROGRESS, ProgressSink, warn
+from ..progress import NULL_PROGRESS, ProgressSink, some, warn_all
 from ..schemas import is_reference, make_table
 from ..stages import ModelOptions, StageOutcome, run_stage, table_inputs
 from ..store import Store
@@ -217,13 +217,12 @@ def judge(
         fs = notes["features_without_held_out"]
         warnings.append(f"{len(fs)} features have no held-out real example (every candidate collect drew was shown "
                         f"to the generator, or the examples were imported), so they get no pairwise test: "
-                        f"{', '.join(map(str, fs[:10]))}{', ...' if len(fs) > 10 else ''}")
+                        f"{some(fs)}")
     unparsed = [r for r in rows if r["status"] == "unparsed"]
     if unparsed:
         warnings.append(f"{len(unparsed)} of {len(rows)} answers gave no verdict (judgments.status = 'unparsed'; "
                         f"left out of every rate), e.g. {unparsed[0]['response'][:60]!r}")
-    for w in warnings:
-        warn(progress, f"{cfg.spec.label}: {w}")
+    warn_all(progress, cfg.spec.label, warnings)
     stats.update(n_judgments=len(rows), n_pairs=sum(r["task"] == "pair" for r in rows),
                  n_direct=sum(r["task"] == "direct" for r in rows), n_unparsed=len(unparsed),
                  n_blank_texts=notes["n_blank"], features_without_held_out=notes["features_without_held_out"],
