@@ -1,4 +1,7 @@
-"""The artifact store: ``<store>/<run>/<sae>/<table>.parquet`` plus ``manifest.json``.
+"""The artifact store: ``<store>/<run>/<sae>/<table>.parquet`` plus ``manifest.json`` (``Store``).
+
+Its parts live beside it, one job each, and are re-exported here: ``files`` (atomic writes and
+digests), ``folders`` (run and SAE folder names), ``manifest`` (the per-stage records).
 
 Every table carries ``run`` and ``sae`` columns, so a glob over the store is self-describing.
 Writes are atomic (temporary file in the same folder, fsync, rename), so a crash never leaves
@@ -19,17 +22,12 @@ is refused.
 
 from __future__ import annotations
 
-import datetime as _dt
-import errno
-import hashlib
 import json
 import os
 import re
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +35,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import faults
-from .errors import MissingTableError, StoreError, StoreWriteError, UsageError
+from .errors import MissingTableError, StoreError, UsageError
+
+# the store's parts, re-exported: ``from sae_sens.store import ...`` keeps working
+from .files import (  # noqa: F401  # noqa: F401
+    TMP_GLOB,
+    _mkdir,
+    _mkstemp,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    file_sha256,
+    table_digest,
+    write_error,
+)
+from .folders import _RUN_RE, MAX_RUN_NAME, _is_local_path, sae_folder, sae_identity, sae_slug  # noqa: F401
 from .hashing import canonical_json, hash_config
 from .locking import OnWait, file_lock, stderr_line
+from .manifest import Manifest, StageRecord, now_iso, package_versions, read_manifest  # noqa: F401
 
 TABLES = ("features", "examples", "queries", "generations", "scores", "feature_stats")
 DEFAULT_STORE = "evals"
 DEFAULT_RUN = "default"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-TMP_GLOB = ".*.tmp"  # what _mkstemp names a write in progress
-MAX_RUN_NAME = 100
 
 # Which CLI command produces each table, for "missing table" hints.
 PRODUCED_BY = {
@@ -62,158 +72,6 @@ PRODUCED_BY = {
     "feature_stats": "score",
 }
 
-_RUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def sae_slug(sae: str) -> str:
-    """A folder name for an SAE name; names like ``saelens:rel/id`` or local paths contain '/'."""
-    slug = sae.replace("\\", "/").rstrip("/")
-    if "/" in slug and (slug.startswith((".", "/", "~")) or ":" not in slug):
-        slug = Path(slug).name or slug  # a local path: its last component
-    slug = slug.replace(":", "--").replace("/", "__")
-    slug = re.sub(r"[^A-Za-z0-9._=+-]", "_", slug)
-    return slug.lstrip(".") or "sae"
-
-
-def _is_local_path(sae: str) -> bool:
-    if re.match(r"^[A-Za-z][A-Za-z0-9_-]*:", sae):  # saelens:<release>/<id> and similar specs
-        return False
-    return "/" in sae or "\\" in sae or sae.startswith((".", "~")) or Path(sae).expanduser().exists()
-
-
-def sae_identity(sae: str) -> str:
-    """What makes an SAE itself: the resolved folder or file for local SAEs, else its name."""
-    if _is_local_path(sae):
-        return "path:" + str(Path(sae).expanduser().resolve())
-    return sae
-
-
-def sae_folder(sae: str) -> str:
-    """The folder name of an SAE in a run: its slug, plus a short hash of its identity unless the slug
-    is the name itself (so ``a/mysae`` and ``b/mysae`` never share ``mysae/``)."""
-    slug = sae_slug(sae)
-    identity = sae_identity(sae)
-    if slug == sae and identity == sae:
-        return slug
-    return f"{slug}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
-
-
-def _file_mode() -> int:
-    """0o666 minus the process umask: what ``open()`` would give a new file (mkstemp gives 0600)."""
-    try:  # Linux: read it without changing it (os.umask would, for a moment, for every thread)
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    with _UMASK_GUARD:
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return 0o666 & ~mask
-
-
-_UMASK_GUARD = threading.Lock()
-
-
-def write_error(path: Path, e: OSError) -> StoreWriteError:
-    """An OSError from writing ``path`` as one line that says what to do."""
-    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-        return StoreWriteError(f"no space left to write {path}", "free some disk space (or pass another --store) and "
-                          "rerun the same command; finished work is kept")
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return StoreWriteError(f"cannot write {path}: the store is read-only ({e.strerror})",
-                          "make it writable or pass a writable --store")
-    if e.errno in (errno.ENOTDIR, errno.EEXIST) or isinstance(e, NotADirectoryError | FileExistsError):
-        return StoreWriteError(f"cannot write {path}: a file is in the way of a store folder ({e.strerror})",
-                          "pass --store a folder (or a path that does not exist yet)")
-    if e.errno == errno.ENAMETOOLONG:
-        return StoreWriteError(f"cannot write {path}: the path is too long", "use a shorter --run or --store")
-    return StoreWriteError(f"cannot write {path}: {e.strerror or e}", "check the store folder and rerun")
-
-
-def _mkdir(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_error(folder, e) from None
-
-
-def table_digest(table: pa.Table, where: tuple[str, Any] | None = None) -> str:
-    """Content hash of a table (optionally only the rows where ``column == value``).
-
-    Hashing the Arrow IPC bytes of the combined table makes the digest independent of how
-    the Parquet file was chunked or compressed.
-    """
-    if where is not None:
-        col, value = where
-        table = table.filter(pc.equal(table[col], pa.scalar(value, table.schema.field(col).type)))
-    table = table.combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
-
-
-def _mkstemp(path: Path) -> tuple[int, str]:
-    _mkdir(path.parent)
-    try:
-        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise write_error(path, e) from None
-
-
-def file_sha256(path: Path) -> str:
-    """Hash of a file's bytes (``--verify``: any change to a table file since it was written)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = _mkstemp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), _file_mode())
-            os.fsync(f.fileno())
-        faults.point("write:temp")
-        os.replace(tmp, path)
-        faults.point("write:renamed")
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise write_error(path, e) from None
-        raise
-
-
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    fd, tmp = _mkstemp(path)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        faults.point("write:temp")
-        os.replace(tmp, path)
-        faults.point("write:renamed")
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # pyarrow raises OSError for a full disk too
-            raise write_error(path, e) from None
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def with_run_sae(table: pa.Table, run: str, sae: str) -> pa.Table:
@@ -224,98 +82,6 @@ def with_run_sae(table: pa.Table, run: str, sae: str) -> pa.Table:
     n = table.num_rows
     table = table.add_column(0, "sae", pa.array([sae] * n, pa.string()))
     return table.add_column(0, "run", pa.array([run] * n, pa.string()))
-
-
-@dataclass
-class StageRecord:
-    config: dict[str, Any]
-    config_hash: str
-    inputs: dict[str, str]
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    started_at: str = ""
-    finished_at: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "config": self.config,
-            "config_hash": self.config_hash,
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-            "versions": self.versions,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "extra": self.extra,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> StageRecord:
-        return cls(
-            config=d.get("config", {}),
-            config_hash=d.get("config_hash", ""),
-            inputs=d.get("inputs", {}),
-            outputs=d.get("outputs", {}),
-            versions=d.get("versions", {}),
-            started_at=d.get("started_at", ""),
-            finished_at=d.get("finished_at", ""),
-            extra=d.get("extra", {}),
-        )
-
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """A manifest's content (None when there is none); a damaged one is an error naming the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        raise StoreError(f"{path.parent} is a file, not a store folder", "pass --store a folder") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise StoreError(f"cannot read {path}: {e}", "check the file's permissions and rerun") from None
-    try:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as e:
-        raise StoreError(f"{path} is not a valid manifest ({e})",
-                         "restore it from a backup, or move it away and rerun the stages of this SAE") from None
-    return data
-
-
-class Manifest:
-    """``manifest.json`` of one run × SAE: stage records, current table hashes, SAE info."""
-
-    def __init__(self, path: Path, run: str, sae: str) -> None:
-        self.path = path
-        data = read_manifest(path)
-        self.data: dict[str, Any] = data if data is not None else {
-            "run": run, "sae": sae, "sae_id": sae_identity(sae), "stages": {}, "tables": {}, "sae_info": {}}
-        self.data.setdefault("stages", {})
-        self.data.setdefault("tables", {})
-        self.data.setdefault("sae_info", {})
-
-    @property
-    def stages(self) -> dict[str, StageRecord]:
-        return {k: StageRecord.from_json(v) for k, v in self.data["stages"].items()}
-
-    def stage(self, key: str) -> StageRecord | None:
-        raw = self.data["stages"].get(key)
-        return StageRecord.from_json(raw) if raw is not None else None
-
-    def set_stage(self, key: str, record: StageRecord) -> None:
-        self.data["stages"][key] = record.to_json()
-
-    @property
-    def tables(self) -> dict[str, dict[str, Any]]:
-        return self.data["tables"]
-
-    @property
-    def sae_info(self) -> dict[str, Any]:
-        return self.data["sae_info"]
-
-    def save(self) -> None:
-        atomic_write_json(self.path, self.data)
 
 
 class Store:
@@ -632,13 +398,3 @@ class Store:
         return result
 
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("sae-sens", "torch", "transformers", "sae-bench", "sae-lens", "openai", "pyarrow", "duckdb"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out

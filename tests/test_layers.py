@@ -35,7 +35,7 @@ FLOORS: dict[str, int] = {
     # 0: plain helpers every floor may use
     "errors": 0, "hashing": 0, "schemas": 0, "progress": 0, "faults": 0, "jsonl": 0,
     # 1: the artifact store (the package root re-exports ``Store``)
-    "__init__": 1, "store": 1, "locking": 1, "runs": 1, "freshness": 1,
+    "__init__": 1, "store": 1, "files": 1, "folders": 1, "manifest": 1, "locking": 1, "runs": 1, "freshness": 1,
     # 2: model, SAE and corpus access, and the demo assets that resolve "demo:" ids
     "assets": 2, "hub": 2, "names": 2, "sae": 2, "model": 2, "corpus": 2, "devices": 2,
     # 3: the stages and what they share
