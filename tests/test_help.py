@@ -84,3 +84,32 @@ def test_runs_writes_its_table_with_o(cli: CliRunner, tmp_path) -> None:  # type
     rows = json.loads(out.read_text())
     assert [(r["run"], r["sae"], r["collect"]) for r in rows] == [("r1", "py_4k_topk_s0", "missing")]
     assert f"wrote {out}" in " ".join(err.split())
+
+
+SHARED = ("--store", "--device", "--dtype", "--model", "--hook", "--base-url", "--max-workers", "--force", "--wait",
+          "--checkpoint-every", "--max-cost", "--timeout", "--max-retries", "--price-in", "--price-out", "--batch",
+          "--batch-poll", "--prompt-template", "--corpus", "--total-tokens", "--context-size", "--alive-rule",
+          "--dead-min-firings", "--from-saebench", "--saebench-file", "--executor", "--address", "--gpus-per-task")
+# options whose default is each command's own, on purpose (a judge decodes short and greedily)
+OWN_DEFAULTS = {"--batch-size", "--max-tokens", "--temperature", "--seed", "--features"}
+
+
+def test_every_shared_option_has_one_default_and_one_help() -> None:
+    import typer.main
+
+    from sae_sens.cli import commands as _  # noqa: F401
+    from sae_sens.cli.base import app
+
+    seen: dict[str, list[tuple[str, object, str]]] = {}
+    for name, cmd in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        for p in cmd.params:
+            if p.opts and p.opts[0].startswith("--"):
+                seen.setdefault(p.opts[0], []).append((name, p.default, p.help or ""))
+    for option in SHARED:
+        uses = seen.get(option, [])
+        assert uses, option
+        assert len({repr(d) for _, d, _ in uses}) == 1 and len({h for _, _, h in uses}) == 1, (option, uses)
+    for option, uses in seen.items():  # the same help means the same option: the same default too
+        if option not in OWN_DEFAULTS and len({h for _, _, h in uses}) == 1:
+            assert len({repr(d) for _, d, _ in uses}) == 1, (option, uses)
+    assert len(seen["--store"]) >= 12  # every command that reads or writes a store

