@@ -97,7 +97,7 @@ OWN_DEFAULTS = {"--batch-size", "--max-tokens", "--temperature", "--seed", "--fe
 def test_every_shared_option_has_one_default_and_one_help() -> None:
     import typer.main
 
-    from sae_sens.cli import commands as _  # noqa: F401
+    import sae_sens.cli.commands  # noqa: F401  (registers them)
     from sae_sens.cli.base import app
 
     seen: dict[str, list[tuple[str, object, str]]] = {}

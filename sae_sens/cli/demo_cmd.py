@@ -139,5 +139,5 @@ def demo_command(
     saes = list(sae or demo_sae_names())
     if not saes:
         raise ConfigError(f"no demo SAEs in {DEMO_SAES_DIR}", "run `make demo-saes`")
-    run_demo(store or "evals", run, saes, tokens=tokens, features=features, samples=samples, max_tokens=max_tokens,
+    run_demo(str(store or "evals"), run, saes, tokens=tokens, features=features, samples=samples, max_tokens=max_tokens,
              judge_texts=judge_texts, negatives=negatives)
