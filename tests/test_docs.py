@@ -87,11 +87,10 @@ def command_lines(text: str) -> list[str]:
 
 
 def test_every_documented_command_line_uses_real_options() -> None:
-    from sae_sens.cli.original_argv import translate
-
     import typer.main
 
     from sae_sens.cli.base import app
+    from sae_sens.cli.original_argv import translate
 
     options = _options()
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
