@@ -156,3 +156,16 @@ def test_compare_at_80_columns_is_a_horizontal_table(tmp_path) -> None:  # type:
     assert "-[ 1 ]" not in out and "…" not in out
     assert any(line.startswith("┃") and " a " in line and " b " in line and "diff" in line for line in lines), out
     assert "a=g1, b=g2" in out  # the long names, once, in the title
+
+
+def test_run_dry_run_at_80_columns_fits(tmp_path: Path) -> None:
+    """`run --dry-run`'s plan (8 columns) and its total line fit an 80-column terminal, no value cut."""
+    store = tmp_path / "store"
+    out = run_cli(["run", "--store", str(store), "--run", "r", "--sae", "smol_576_topk", "--sae", "smol_4608_topk",
+                   "--corpus", "demo:wiki-heldout", "--feature-ids", "0,1,2", "--generator", "openai:gpt-4.1-mini",
+                   "--dry-run"], tty=True)
+    lines = out.splitlines()
+    assert lines and max(len(x) for x in lines) <= 80, out
+    assert "smol_576_topk" in out and "smol_4608_topk" in out and "…" not in out
+    assert "6 requests to openai:gpt-4.1-mini" in " ".join(lines)  # the total, wrapped between words
+    assert not store.exists()  # nothing run

@@ -226,4 +226,4 @@ def _dry_run(st: Store, run: str, saes: list[str], collect_cfg: CollectConfig, g
         line += "; before collect, prompts are estimated from examples of the window's length"
     if generate_cfg.max_cost is not None and total is not None and total > generate_cfg.max_cost:
         line += f"; more than --max-cost {generate_cfg.max_cost:g}: the run would stop before sending"
-    console.print(line, highlight=False, soft_wrap=True)
+    console.print(line, highlight=False)  # wrapped at the terminal's width, between words
