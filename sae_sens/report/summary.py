@@ -389,6 +389,17 @@ def difference_test(a: np.ndarray, b: np.ndarray, *, n_resamples: int = N_RESAMP
     return observed, float(low), float(high), p
 
 
+def _least(ns: list[Any]) -> Any:
+    """The smallest known denominator (a table imported without ``n_generated`` has none)."""
+    known = [n for n in ns if n is not None]
+    return min(known) if known else None
+
+
+def _most(ns: list[Any]) -> Any:
+    known = [n for n in ns if n is not None]
+    return max(known) if known else None
+
+
 def _compare_saes(con: duckdb.DuckDBPyConnection, a: str, b: str, n_resamples: int, seed: int) -> Comparison:
     """Two SAEs' latents are different features: compare their distributions, per generator both share
     (each feature once, averaged over runs), or over all generators (averaged per feature) if none."""
@@ -411,8 +422,8 @@ def _compare_saes(con: duckdb.DuckDBPyConnection, a: str, b: str, n_resamples: i
         for u in units:
             pooled.setdefault((u["sae"], u["feature_index"]), []).append(u)
         units = [{"sae": k[0], "generator": "(all)", "feature_index": k[1],
-                  "v": float(np.mean([x["v"] for x in us])), "n_min": min(x["n_min"] for x in us),
-                  "n_max": max(x["n_max"] for x in us)} for k, us in pooled.items()]
+                  "v": float(np.mean([x["v"] for x in us])), "n_min": _least([x["n_min"] for x in us]),
+                  "n_max": _most([x["n_max"] for x in us])} for k, us in pooled.items()]
         shared = ["(all)"]
     units += controls
     shared += sorted({u["generator"] for u in controls if u["sae"] == a}
@@ -429,10 +440,11 @@ def _compare_saes(con: duckdb.DuckDBPyConnection, a: str, b: str, n_resamples: i
                             np.r_[side_vals[a], side_vals[b]], 2)
         for i, side in enumerate((a, b)):
             us = side_units[side]
-            n_seen |= {u["n_min"] for u in us} | {u["n_max"] for u in us}
+            n_seen |= {u["n_min"] for u in us if u["n_min"] is not None} | {u["n_max"] for u in us if u["n_max"] is not None}
             rows.append({"generator": g, "sae": side, "features": len(us), "sensitivity": float(side_vals[side].mean()),
                          "ci_low": float(low[i]), "ci_high": float(high[i]),
-                         "n_min": min(u["n_min"] for u in us), "n_max": max(u["n_max"] for u in us), "p_value": None})
+                         "n_min": _least([u["n_min"] for u in us]), "n_max": _most([u["n_max"] for u in us]),
+                         "p_value": None})
         d, dlo, dhi, p = difference_test(side_vals[a], side_vals[b], n_resamples=n_resamples, seed=seed)
         rows.append({"generator": g, "sae": "b - a", "features": None, "sensitivity": d, "ci_low": dlo,
                      "ci_high": dhi, "n_min": None, "n_max": None, "p_value": p})
